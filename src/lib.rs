@@ -1,0 +1,15 @@
+//! guestlogd: owns the logs and consoles of virtual machines.
+//!
+//! `rotator` writes capped files; `registry` holds the logs; `pipe` feeds
+//! them from OpenPipe's pipes; `service` answers varlink calls; `transport`
+//! guards the varlink socket; `daemon` ties them together.
+
+pub mod api;
+pub mod config;
+pub mod daemon;
+pub mod name;
+pub mod pipe;
+pub mod registry;
+pub mod rotator;
+pub mod service;
+pub mod transport;

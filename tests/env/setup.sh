@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Provision everything the guestlogd tests need on a Debian 12 machine (root).
+# Idempotent; fast when already done.
+#   /var/cache/guestlogd-test/venv/bin/python   (asyncvarlink, varlink)
+#   /var/cache/guestlogd-test/bin/varlinkctl    (or varlinkctl.unavailable)
+#   socat, setpriv (util-linux), tmux
+set -euo pipefail
+
+HERE=$(cd "$(dirname "$0")" && pwd)
+W=/var/cache/guestlogd-test
+VENV=$W/venv
+PY=$(command -v python3 || echo /usr/bin/python3)
+mkdir -p "$W"
+
+venv_ok() {
+    "$VENV/bin/python" -c 'import asyncvarlink, varlink' >/dev/null 2>&1
+}
+
+# --- apt packages (only if something is missing) ---
+need=()
+command -v socat >/dev/null || need+=(socat)
+command -v setpriv >/dev/null || need+=(util-linux)
+command -v tmux >/dev/null || need+=(tmux)
+if ! venv_ok; then
+    t=$(mktemp -d)
+    if ! "$PY" -m venv "$t/v" >/dev/null 2>&1; then
+        need+=(python3-venv)
+        [ -x "$PY" ] || need+=(python3)
+    fi
+    rm -rf "$t"
+fi
+if [ ${#need[@]} -gt 0 ]; then
+    echo "setup: apt-get install ${need[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# --- Python venv with asyncvarlink + varlink ---
+if ! venv_ok; then
+    echo "setup: creating $VENV"
+    rm -rf "$VENV"
+    "$PY" -m venv "$VENV"
+    "$VENV/bin/pip" install -q --disable-pip-version-check 'asyncvarlink==0.3.*' 'varlink==31.*'
+    venv_ok || { echo "setup: import asyncvarlink/varlink failed in $VENV" >&2; exit 1; }
+fi
+
+# --- varlinkctl (systemd from forky); never fails setup ---
+bash "$HERE/varlinkctl.sh"
+
+echo "setup: ok ($("$VENV/bin/python" -c 'import importlib.metadata as m; print("asyncvarlink", m.version("asyncvarlink"), "varlink", m.version("varlink"))'); varlinkctl: $([ -f $W/varlinkctl.unavailable ] && echo unavailable || echo ok))"
