@@ -26,7 +26,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             continue;
         }
         let name = format!("{}Input", method.name());
-        write!(with_inputs, "\n# Input parameters for the {} method.\ntype {name} ({})\n", method.name(), params.join(", "))?;
+        write!(
+            with_inputs,
+            "\n# Input parameters for the {} method.\ntype {name} ({})\n",
+            method.name(),
+            params.join(", ")
+        )?;
         inputs.push(name);
     }
     let extended = Interface::try_from(with_inputs.as_str()).map_err(|e| format!("{IDL}: {e}"))?;

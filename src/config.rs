@@ -1,1 +1,243 @@
-//! todo
+//! `Config`: the daemon's TOML configuration, validated once at start.
+//!
+//! Every key is optional; a missing file section takes the defaults below.
+//! Unknown keys are refused, so a typo cannot silently weaken a limit.
+
+use std::{fs, path::Path};
+
+use serde::Deserialize;
+
+use crate::rotator::{self, Policy};
+
+/// The whole configuration.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The policy of a log created without one.
+    pub log: LogDefaults,
+    pub limits: Limits,
+    pub socket: SocketConfig,
+    pub access: Access,
+}
+
+/// The default rotation policy.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct LogDefaults {
+    pub max_size: u64,
+    pub max_backups: u32,
+}
+
+impl Default for LogDefaults {
+    fn default() -> Self {
+        let p = Policy::default();
+        Self {
+            max_size: p.max_size,
+            max_backups: p.max_backups,
+        }
+    }
+}
+
+impl LogDefaults {
+    pub fn policy(&self) -> Policy {
+        Policy {
+            max_size: self.max_size,
+            max_backups: self.max_backups,
+        }
+    }
+}
+
+/// Limits that bound what callers can make the daemon hold.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct Limits {
+    /// Open pipes, over all logs.
+    pub max_pipes: usize,
+    /// Concurrent varlink connections.
+    pub max_connections: usize,
+    /// The largest varlink message a caller may send, in bytes.
+    pub max_message_size: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_pipes: 4096,
+            max_connections: 256,
+            max_message_size: 1024 * 1024,
+        }
+    }
+}
+
+/// The varlink socket's file mode and group.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SocketConfig {
+    /// Octal, as in chmod: "0600".
+    pub mode: String,
+    /// A group name or number to own the socket; none keeps the daemon's.
+    pub group: Option<String>,
+}
+
+impl Default for SocketConfig {
+    fn default() -> Self {
+        Self {
+            mode: "0600".into(),
+            group: None,
+        }
+    }
+}
+
+/// Who may call, beyond uid 0 and the daemon's own uid.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Access {
+    pub uids: Vec<u32>,
+    /// A caller whose primary or supplementary groups include one of these.
+    pub gids: Vec<u32>,
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error("{path}: {what}")]
+    Invalid { path: String, what: String },
+}
+
+impl Config {
+    /// Reads and validates `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let shown = path.display().to_string();
+        let text = fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: shown.clone(),
+            source,
+        })?;
+        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: shown.clone(),
+            source,
+        })?;
+        config
+            .validate()
+            .map_err(|what| ConfigError::Invalid { path: shown, what })?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), String> {
+        let p = self.log.policy();
+        check_policy_size(i64::try_from(p.max_size).unwrap_or(i64::MAX))
+            .map_err(|why| format!("log.max-size {why}"))?;
+        check_policy_backups(p.max_backups.into())
+            .map_err(|why| format!("log.max-backups {why}"))?;
+        let l = &self.limits;
+        if l.max_pipes == 0 || l.max_connections == 0 {
+            return Err("limits: max-pipes and max-connections must be at least 1".into());
+        }
+        if !(4096..=MAX_MESSAGE_SIZE).contains(&l.max_message_size) {
+            return Err(format!(
+                "limits.max-message-size must be from 4096 to {MAX_MESSAGE_SIZE}"
+            ));
+        }
+        self.socket_mode()?;
+        Ok(())
+    }
+
+    /// The socket mode as a number.
+    pub fn socket_mode(&self) -> Result<u32, String> {
+        u32::from_str_radix(&self.socket.mode, 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| format!("socket.mode {:?} is not an octal mode", self.socket.mode))
+    }
+}
+
+/// zlink buffers up to 100 MiB per connection; we refuse far earlier.
+pub const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
+
+/// Checks a cap against the bounds the interface documents.
+pub fn check_policy_size(v: i64) -> Result<(), String> {
+    let (lo, hi) = (rotator::MIN_SIZE, rotator::MAX_SIZE);
+    u64::try_from(v)
+        .is_ok_and(|v| (lo..=hi).contains(&v))
+        .then_some(())
+        .ok_or_else(|| format!("must be from {lo} to {hi}"))
+}
+
+/// Checks a backup count against the bounds the interface documents.
+pub fn check_policy_backups(v: i64) -> Result<(), String> {
+    (0..=i64::from(rotator::MAX_BACKUPS))
+        .contains(&v)
+        .then_some(())
+        .ok_or_else(|| format!("must be from 0 to {}", rotator::MAX_BACKUPS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_libvirt() {
+        let c: Config = toml::from_str("").unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(
+            c.log.policy(),
+            Policy {
+                max_size: 2 << 20,
+                max_backups: 3
+            }
+        );
+        assert_eq!(c.socket_mode(), Ok(0o600));
+    }
+
+    #[test]
+    fn parses_every_section() {
+        let c: Config = toml::from_str(
+            r#"
+            [log]
+            max-size = 65536
+            max-backups = 1
+            [limits]
+            max-pipes = 8
+            max-connections = 4
+            max-message-size = 65536
+            [socket]
+            mode = "0660"
+            group = "libvirt"
+            [access]
+            uids = [107]
+            gids = [64055]
+            "#,
+        )
+        .unwrap();
+        assert!(c.validate().is_ok());
+        assert_eq!(c.limits.max_pipes, 8);
+        assert_eq!(c.access.uids, [107]);
+        assert_eq!(c.socket_mode(), Ok(0o660));
+    }
+
+    #[test]
+    fn refuses_typos_and_bad_values() {
+        assert!(toml::from_str::<Config>("[limits]\nmax-pipe = 3").is_err());
+        for bad in [
+            "[log]\nmax-size = 10",
+            "[log]\nmax-backups = 1000",
+            "[limits]\nmax-pipes = 0",
+            "[limits]\nmax-message-size = 1000000000",
+            "[socket]\nmode = \"rw\"",
+        ] {
+            let c: Config = toml::from_str(bad).unwrap();
+            assert!(c.validate().is_err(), "{bad}");
+        }
+    }
+}

@@ -4,10 +4,15 @@
 //! them from OpenPipe's pipes; `service` answers varlink calls; `transport`
 //! guards the varlink socket; `daemon` ties them together.
 
+#![deny(unsafe_code)]
+
+#[allow(unsafe_code)]
+pub mod activation;
 pub mod api;
 pub mod config;
 pub mod daemon;
 pub mod name;
+#[allow(unsafe_code)]
 pub mod pipe;
 pub mod registry;
 pub mod rotator;

@@ -68,8 +68,17 @@ mod tests {
 
     #[test]
     fn accepts_libvirt_style_names() {
-        for ok in ["vm1", "instance-0000002a", "a.b+c@d_e-f", "x", &"n".repeat(MAX_LEN)] {
-            assert_eq!(LogName::try_from(ok).map(|n| n.to_string()), Ok(ok.to_owned()));
+        for ok in [
+            "vm1",
+            "instance-0000002a",
+            "a.b+c@d_e-f",
+            "x",
+            &"n".repeat(MAX_LEN),
+        ] {
+            assert_eq!(
+                LogName::try_from(ok).map(|n| n.to_string()),
+                Ok(ok.to_owned())
+            );
         }
     }
 

@@ -1,1 +1,120 @@
-//! todo
+//! Pipes from OpenPipe: each read end is pumped into its log by one task.
+//!
+//! A task reads as much as the pipe holds (up to `CHUNK` bytes) and writes
+//! it to the log before it reads again: nothing waits in user space, where a
+//! crash would lose it, and a slow disk slows the writer through the pipe
+//! instead of growing a buffer. The read buffer belongs to the worker
+//! thread, not the pipe, so an idle pipe costs no buffer at all.
+
+use std::{
+    cell::RefCell,
+    io,
+    os::fd::{AsRawFd, OwnedFd},
+};
+
+use nix::{
+    fcntl::{FcntlArg, OFlag, fcntl},
+    unistd::pipe2,
+};
+use tokio::io::{Interest, unix::AsyncFd};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{Instrument, debug, info_span, warn};
+
+use crate::registry::PipeGuard;
+
+/// The most read at once: at least the 64 KiB the issue asks for, and
+/// twice what `cat` uses.
+const CHUNK: usize = 256 * 1024;
+/// The kernel-side buffer asked for, so a writer can run ahead of a slow
+/// disk by this much. Best effort: the kernel may refuse.
+const PIPE_SIZE: i32 = 1024 * 1024;
+
+thread_local! {
+    static BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; CHUNK]);
+}
+
+/// Creates a pipe whose read end feeds `guard`'s log until every writer has
+/// closed it, and returns the write end. Must run inside the runtime.
+pub fn open(
+    guard: PipeGuard,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> io::Result<OwnedFd> {
+    let (read, write) = pipe2(OFlag::O_CLOEXEC)?;
+    // Only our end is non-blocking; the writer keeps ordinary semantics.
+    fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    if let Err(e) = fcntl(&read, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE)) {
+        debug!(error = %e, "pipe size stays at the kernel default");
+    }
+    // SAFETY: an `OwnedFd` keeps its descriptor open, and names the same
+    // one, for as long as the `AsyncFd` that owns it lives.
+    let read = unsafe { AsyncFd::register_with_interest(read, Interest::READABLE) }
+        .map_err(io::Error::from)?;
+    let span = info_span!("pipe", log = %guard.log().name(), fd = read.as_raw_fd());
+    tracker.spawn(pump(read, guard, shutdown).instrument(span));
+    Ok(write)
+}
+
+/// Moves bytes from the pipe to the log until EOF, an error, or shutdown;
+/// on shutdown it first takes whatever the pipe already holds.
+async fn pump(read: AsyncFd<OwnedFd>, guard: PipeGuard, shutdown: CancellationToken) {
+    debug!("pipe opened");
+    loop {
+        let ready = tokio::select! {
+            biased;
+            ready = read.readable() => ready,
+            () = shutdown.cancelled() => {
+                drain(&read, &guard);
+                break;
+            }
+        };
+        let mut ready = match ready {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "pipe poll failed");
+                break;
+            }
+        };
+        match ready.try_io(|fd| transfer(fd.get_ref(), &guard)) {
+            Ok(Ok(0)) => break,
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => {
+                warn!(error = %e, "pipe read failed");
+                break;
+            }
+            Err(_would_block) => {}
+        }
+    }
+    debug!("pipe closed");
+}
+
+/// Reads until the pipe is empty, at shutdown.
+fn drain(read: &AsyncFd<OwnedFd>, guard: &PipeGuard) {
+    loop {
+        match transfer(read.get_ref(), guard) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) => {
+                warn!(error = %e, "pipe read failed while draining");
+                return;
+            }
+        }
+    }
+}
+
+/// One read into the thread's buffer, written to the log at once.
+fn transfer(fd: &OwnedFd, guard: &PipeGuard) -> io::Result<usize> {
+    BUFFER.with_borrow_mut(|buf| {
+        let n = loop {
+            match nix::unistd::read(fd, buf) {
+                Err(nix::errno::Errno::EINTR) => {}
+                other => break other?,
+            }
+        };
+        if n > 0 {
+            guard.log().write(&buf[..n]);
+        }
+        Ok(n)
+    })
+}

@@ -1,1 +1,282 @@
-//! todo
+//! `Registry`: every log the daemon knows, by name.
+//!
+//! A `Log` owns its `RotatingFile` behind a mutex, which is what keeps the
+//! bytes of one read (or one AppendLog) together in the file. Its figures are
+//! mirrored into atomics after each write, so ListLogs never waits for a
+//! writer that is stuck on the disk.
+//!
+//! Every method here may touch the disk; callers run them off the varlink
+//! loop (in `spawn_blocking` or a pipe's own task).
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+    },
+    time::{Duration, Instant},
+};
+
+use tracing::warn;
+
+use crate::{
+    name::LogName,
+    rotator::{Policy, RotatingFile, RotatorError},
+};
+
+/// One log: its file, its figures, and how many pipes feed it.
+#[derive(Debug)]
+pub struct Log {
+    name: LogName,
+    path: PathBuf,
+    file: Mutex<RotatingFile>,
+    stats: Stats,
+    /// Open pipes into this log; owned by `PipeGuard`s.
+    pipes: AtomicUsize,
+    /// When a failed write was last logged; failures a guest can cause are
+    /// logged at most once per `WARN_EVERY`.
+    last_warning: Mutex<Option<Instant>>,
+}
+
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// The figures ListLogs shows, copied from the file after each change.
+#[derive(Debug, Default)]
+struct Stats {
+    size: AtomicU64,
+    backups: AtomicU64,
+    max_size: AtomicU64,
+    max_backups: AtomicU64,
+    bytes_written: AtomicU64,
+    bytes_dropped: AtomicU64,
+    rotations: AtomicU64,
+}
+
+/// A snapshot of one log's figures.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogSnapshot {
+    pub name: LogName,
+    pub path: PathBuf,
+    pub size: u64,
+    pub backups: u64,
+    pub policy: Policy,
+    pub pipes: usize,
+    pub bytes_written: u64,
+    pub bytes_dropped: u64,
+    pub rotations: u64,
+}
+
+impl Log {
+    fn open(dir: &Path, name: &LogName, policy: Policy) -> Result<Self, RotatorError> {
+        let file = RotatingFile::open(dir, name, policy)?;
+        let log = Self {
+            name: name.clone(),
+            path: file.path(),
+            stats: Stats::default(),
+            file: Mutex::new(file),
+            pipes: AtomicUsize::new(0),
+            last_warning: Mutex::new(None),
+        };
+        log.with_file(|_| Ok(()))?;
+        Ok(log)
+    }
+
+    pub fn name(&self) -> &LogName {
+        &self.name
+    }
+
+    /// Runs `f` on the file under the log's lock, then publishes the
+    /// figures, whether `f` failed or not.
+    pub fn with_file<T>(
+        &self,
+        f: impl FnOnce(&mut RotatingFile) -> Result<T, RotatorError>,
+    ) -> Result<T, RotatorError> {
+        let mut file = lock(&self.file);
+        let result = f(&mut file);
+        let s = &self.stats;
+        s.size.store(file.size(), Relaxed);
+        s.backups.store(file.backups().into(), Relaxed);
+        s.max_size.store(file.policy().max_size, Relaxed);
+        s.max_backups
+            .store(file.policy().max_backups.into(), Relaxed);
+        s.bytes_written.store(file.bytes_written(), Relaxed);
+        s.bytes_dropped.store(file.bytes_dropped(), Relaxed);
+        s.rotations.store(file.rotations(), Relaxed);
+        result
+    }
+
+    /// Appends bytes a guest or caller sent. A failure is counted in
+    /// `bytesDropped` and logged, rate-limited; the caller goes on.
+    pub fn write(&self, data: &[u8]) {
+        if let Err(e) = self.with_file(|f| f.write(data)) {
+            self.warn_dropped(&e);
+        }
+    }
+
+    /// Counts bytes lost before they reached the file.
+    pub fn count_dropped(&self, n: u64, why: &RotatorError) {
+        let _ = self.with_file(|f| {
+            f.count_dropped(n);
+            Ok(())
+        });
+        self.warn_dropped(why);
+    }
+
+    fn warn_dropped(&self, e: &RotatorError) {
+        let mut last = lock(&self.last_warning);
+        if last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+            *last = Some(Instant::now());
+            let dropped = self.stats.bytes_dropped.load(Relaxed);
+            warn!(log = %self.name, dropped, error = %error_chain(e), "log bytes dropped");
+        }
+    }
+
+    pub fn snapshot(&self) -> LogSnapshot {
+        let s = &self.stats;
+        LogSnapshot {
+            name: self.name.clone(),
+            path: self.path.clone(),
+            size: s.size.load(Relaxed),
+            backups: s.backups.load(Relaxed),
+            policy: Policy {
+                max_size: s.max_size.load(Relaxed),
+                max_backups: s.max_backups.load(Relaxed) as u32,
+            },
+            pipes: self.pipes.load(Relaxed),
+            bytes_written: s.bytes_written.load(Relaxed),
+            bytes_dropped: s.bytes_dropped.load(Relaxed),
+            rotations: s.rotations.load(Relaxed),
+        }
+    }
+}
+
+/// Every known log, and the daemon-wide pipe count.
+#[derive(Debug)]
+pub struct Registry {
+    dir: PathBuf,
+    defaults: Policy,
+    logs: Mutex<BTreeMap<LogName, Arc<Log>>>,
+    pipes: AtomicUsize,
+    max_pipes: usize,
+}
+
+/// A pipe's place under `max_pipes`, given back when dropped.
+#[derive(Debug)]
+pub struct PipeSlot(Arc<Registry>);
+
+impl Drop for PipeSlot {
+    fn drop(&mut self) {
+        self.0.pipes.fetch_sub(1, Relaxed);
+    }
+}
+
+impl PipeSlot {
+    /// Ties the slot to the log the pipe feeds.
+    pub fn bind(self, log: Arc<Log>) -> PipeGuard {
+        log.pipes.fetch_add(1, Relaxed);
+        PipeGuard { _slot: self, log }
+    }
+}
+
+/// Held while a pipe is open; counts it in its log and the registry.
+#[derive(Debug)]
+pub struct PipeGuard {
+    _slot: PipeSlot,
+    log: Arc<Log>,
+}
+
+impl Drop for PipeGuard {
+    fn drop(&mut self) {
+        self.log.pipes.fetch_sub(1, Relaxed);
+    }
+}
+
+impl PipeGuard {
+    pub fn log(&self) -> &Arc<Log> {
+        &self.log
+    }
+}
+
+impl Registry {
+    pub fn new(dir: PathBuf, defaults: Policy, max_pipes: usize) -> Self {
+        Self {
+            dir,
+            defaults,
+            logs: Mutex::new(BTreeMap::new()),
+            pipes: AtomicUsize::new(0),
+            max_pipes,
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn get(&self, name: &LogName) -> Option<Arc<Log>> {
+        lock(&self.logs).get(name).cloned()
+    }
+
+    /// The log called `name`, opened with the default policy if it is new.
+    /// A given `max_size` or `max_backups` replaces the log's, new or not.
+    pub fn open(
+        &self,
+        name: &LogName,
+        max_size: Option<u64>,
+        max_backups: Option<u32>,
+    ) -> Result<Arc<Log>, RotatorError> {
+        let with = |p: Policy| Policy {
+            max_size: max_size.unwrap_or(p.max_size),
+            max_backups: max_backups.unwrap_or(p.max_backups),
+        };
+        // The map stays locked while a new file opens, so two callers
+        // cannot create the same log twice.
+        let mut logs = lock(&self.logs);
+        if let Some(log) = logs.get(name) {
+            let log = log.clone();
+            drop(logs);
+            if max_size.is_some() || max_backups.is_some() {
+                log.with_file(|f| f.set_policy(with(f.policy())))?;
+            }
+            return Ok(log);
+        }
+        let log = Arc::new(Log::open(&self.dir, name, with(self.defaults))?);
+        logs.insert(name.clone(), log.clone());
+        Ok(log)
+    }
+
+    /// Takes a pipe slot, or `None` when `max_pipes` are open. Taken before
+    /// anything is created, so a refused call changes nothing.
+    pub fn reserve_pipe(self: &Arc<Self>) -> Option<PipeSlot> {
+        self.pipes
+            .fetch_update(Relaxed, Relaxed, |n| (n < self.max_pipes).then_some(n + 1))
+            .ok()?;
+        Some(PipeSlot(self.clone()))
+    }
+
+    pub fn max_pipes(&self) -> usize {
+        self.max_pipes
+    }
+
+    pub fn logs(&self) -> Vec<Arc<Log>> {
+        lock(&self.logs).values().cloned().collect()
+    }
+}
+
+/// Locks a mutex, taking the data even if a thread panicked while holding
+/// it: every holder leaves the data consistent between calls.
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// An error and its sources, joined with ": ".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

@@ -515,8 +515,14 @@ mod tests {
         log.write(line.as_bytes()).unwrap();
         // The second line does not fit. The last newline before the cap is
         // the file's own last byte, so the whole line moves on.
-        assert_eq!(fs::read(dir.path().join("vm.log.0")).unwrap(), line.as_bytes());
-        assert_eq!(fs::read(dir.path().join("vm.log")).unwrap(), line.as_bytes());
+        assert_eq!(
+            fs::read(dir.path().join("vm.log.0")).unwrap(),
+            line.as_bytes()
+        );
+        assert_eq!(
+            fs::read(dir.path().join("vm.log")).unwrap(),
+            line.as_bytes()
+        );
         assert_eq!(log.rotations(), 1);
     }
 
@@ -538,7 +544,10 @@ mod tests {
         fs::write(dir.path().join("vm.log.7"), b"stale").unwrap();
         let log = open(dir.path(), 4096, 2);
         assert_eq!(log.size(), 0);
-        assert_eq!(fs::metadata(dir.path().join("vm.log.0")).unwrap().len(), 10_000);
+        assert_eq!(
+            fs::metadata(dir.path().join("vm.log.0")).unwrap().len(),
+            10_000
+        );
         assert!(!dir.path().join("vm.log.7").exists());
         assert_eq!(log.backups(), 1);
     }
@@ -561,7 +570,15 @@ mod tests {
         let c = log.read(Some(pos), 1000).unwrap();
         assert!(c.skipped);
         log.truncate().unwrap();
-        let c = log.read(Some(Pos { inode: log.end().unwrap().inode, offset: 99 }), 10).unwrap();
+        let c = log
+            .read(
+                Some(Pos {
+                    inode: log.end().unwrap().inode,
+                    offset: 99,
+                }),
+                10,
+            )
+            .unwrap();
         assert!(c.skipped);
     }
 

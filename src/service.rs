@@ -1,1 +1,535 @@
-//! todo
+//! `Manager`: the varlink switchboard for `io.guestlogd.Manager` and
+//! `org.varlink.service`.
+//!
+//! zlink runs one handler at a time for every connection, so a handler here
+//! only validates, checks access and either answers from memory or hands
+//! the work to a blocking task. Such a reply comes back as a one-item reply
+//! stream, which zlink sends when the task ends while it goes on serving
+//! other calls.
+//!
+//! Calls are decoded here rather than by zlink's macro, so that every bad
+//! call gets an error reply: a wrong type, a missing or unknown parameter
+//! and an unknown method each get one, and the connection stays usable.
+
+use std::{os::fd::OwnedFd, pin::Pin, sync::Arc};
+
+use base64::Engine as _;
+use futures_util::{Stream, stream};
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use serde_json::Value;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{debug, warn};
+use zlink::{
+    Call, Connection, Reply,
+    connection::Credentials,
+    service::{HandleResult, MethodReply, ReplyStreamItem, Service},
+    varlink_service,
+};
+
+use crate::{
+    api::{self, ManagerError},
+    config::{self, Access},
+    name::{self, LogName},
+    pipe,
+    registry::{Registry, error_chain},
+    rotator::{Pos, RotatorError},
+    transport,
+};
+
+/// The most bytes one ReadLog returns. zlink grows a reply buffer in small
+/// steps, re-serialising each time, so a reply costs time quadratic in its
+/// size; at 64 KiB of data (about 88 KiB of base64) it stays near 10 ms.
+pub const MAX_READ: usize = 64 * 1024;
+const DEFAULT_READ: usize = 32 * 1024;
+/// The longest AppendLog message.
+pub const MAX_MESSAGE: usize = 64 * 1024;
+
+/// `org.varlink.service`'s own definition, for GetInterfaceDescription.
+const VARLINK_SERVICE: &str = "\
+# The Varlink Service Interface is provided by every varlink service. It
+# describes the service and the interfaces it implements.
+interface org.varlink.service
+
+# Get a list of all the interfaces a service provides and information
+# about the implementation.
+method GetInfo() -> (
+  vendor: string,
+  product: string,
+  version: string,
+  url: string,
+  interfaces: []string
+)
+
+# Get the description of an interface that is implemented by this service.
+method GetInterfaceDescription(interface: string) -> (description: string)
+
+# The requested interface was not found.
+error InterfaceNotFound (interface: string)
+
+# The requested method was not found
+error MethodNotFound (method: string)
+
+# The interface defines the requested method, but the service does not
+# implement it.
+error MethodNotImplemented (method: string)
+
+# One of the passed parameters is invalid.
+error InvalidParameter (parameter: string)
+
+# Client is denied access
+error PermissionDenied ()
+
+# Method is expected to be called with 'more' set to true, but wasn't
+error ExpectedMore ()
+";
+
+/// A call as it comes off the wire, before its parameters are checked.
+#[derive(Debug, Deserialize)]
+pub struct RawCall {
+    method: String,
+    #[serde(default)]
+    parameters: Option<Value>,
+}
+
+/// Every error a call can end with.
+#[derive(Debug)]
+pub enum WireError {
+    Manager(ManagerError),
+    Varlink(varlink_service::Error<'static>),
+}
+
+impl Serialize for WireError {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Self::Manager(e) => e.serialize(s),
+            Self::Varlink(e) => e.serialize(s),
+        }
+    }
+}
+
+impl From<ManagerError> for WireError {
+    fn from(e: ManagerError) -> Self {
+        Self::Manager(e)
+    }
+}
+
+impl From<RotatorError> for WireError {
+    fn from(e: RotatorError) -> Self {
+        warn!(error = %error_chain(&e), "call failed");
+        ManagerError::IoError {
+            message: error_chain(&e),
+        }
+        .into()
+    }
+}
+
+type Reply0 = Result<(Value, Vec<OwnedFd>), WireError>;
+type Deferred = Pin<Box<dyn Stream<Item = ReplyStreamItem<Value, WireError>> + Send>>;
+type Handled = MethodReply<Value, Deferred, WireError>;
+
+/// Who may call, from the config plus uid 0 and the daemon's own uid.
+#[derive(Debug, Clone)]
+pub struct AccessPolicy {
+    own_uid: u32,
+    extra: Access,
+}
+
+impl AccessPolicy {
+    pub fn new(extra: Access) -> Self {
+        Self {
+            own_uid: nix::unistd::geteuid().as_raw(),
+            extra,
+        }
+    }
+
+    fn allows(&self, c: &Credentials) -> bool {
+        let uid = c.unix_user_id().as_raw();
+        uid == 0
+            || uid == self.own_uid
+            || self.extra.uids.contains(&uid)
+            || std::iter::once(c.unix_primary_group_id())
+                .chain(c.unix_supplementary_group_ids().iter().copied())
+                .any(|g| self.extra.gids.contains(&g.as_raw()))
+    }
+}
+
+/// The service. Cheap to hold: all state lives in the registry.
+#[derive(Debug)]
+pub struct Manager {
+    registry: Arc<Registry>,
+    access: AccessPolicy,
+    /// Pipe tasks, so shutdown can wait for them to drain.
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+}
+
+impl Manager {
+    pub fn new(
+        registry: Arc<Registry>,
+        access: AccessPolicy,
+        tracker: TaskTracker,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            registry,
+            access,
+            tracker,
+            shutdown,
+        }
+    }
+
+    async fn dispatch(
+        &self,
+        call: &Call<RawCall>,
+        conn: &mut Connection<transport::Stream>,
+    ) -> Result<Handled, WireError> {
+        let RawCall { method, parameters } = call.method();
+        let (interface, member) = method.rsplit_once('.').unwrap_or(("", method));
+        if interface == "org.varlink.service" {
+            return varlink_call(member, parameters).map(|v| MethodReply::Single(Some(v)));
+        }
+        if interface != api::INTERFACE {
+            return Err(WireError::Varlink(
+                varlink_service::Error::InterfaceNotFound {
+                    interface: interface.to_owned().into(),
+                },
+            ));
+        }
+
+        let creds = conn.peer_credentials().await.map_err(|e| {
+            warn!(error = %e, "cannot read the caller's credentials");
+            ManagerError::PermissionDenied { uid: -1 }
+        })?;
+        if !self.access.allows(creds) {
+            let uid = creds.unix_user_id().as_raw();
+            debug!(uid, method, "call refused");
+            return Err(ManagerError::PermissionDenied { uid: uid.into() }.into());
+        }
+
+        let work: Box<dyn FnOnce() -> Reply0 + Send> = match member {
+            "ListLogs" => {
+                let _: Empty = parse(parameters)?;
+                return Ok(MethodReply::Single(Some(self.list_logs())));
+            }
+            "OpenPipe" => self.open_pipe(parse(parameters)?)?,
+            "Rotate" => self.rotate(parse(parameters)?)?,
+            "ReadLog" => self.read_log(parse(parameters)?)?,
+            "AppendLog" => self.append_log(parse(parameters)?)?,
+            _ => {
+                return Err(WireError::Varlink(varlink_service::Error::MethodNotFound {
+                    method: method.clone().into(),
+                }));
+            }
+        };
+        if call.oneway() {
+            // No reply is wanted, so none is waited for.
+            tokio::task::spawn_blocking(work);
+            return Ok(MethodReply::Single(None));
+        }
+        Ok(deferred(work))
+    }
+
+    fn list_logs(&self) -> Value {
+        let logs = self
+            .registry
+            .logs()
+            .iter()
+            .map(|log| {
+                let s = log.snapshot();
+                api::LogInfo {
+                    name: s.name.to_string(),
+                    path: s.path.display().to_string(),
+                    size: int(s.size),
+                    backups: int(s.backups),
+                    max_size: int(s.policy.max_size),
+                    max_backups: s.policy.max_backups.into(),
+                    pipes: int(s.pipes as u64),
+                    bytes_written: int(s.bytes_written),
+                    bytes_dropped: int(s.bytes_dropped),
+                    rotations: int(s.rotations),
+                }
+            })
+            .collect();
+        to_value(api::ListLogsOutput { logs })
+    }
+
+    fn open_pipe(
+        &self,
+        p: api::OpenPipeInput,
+    ) -> Result<Box<dyn FnOnce() -> Reply0 + Send>, WireError> {
+        let name = log_name(&p.name)?;
+        let max_size = p.max_size.map(|v| ranged("maxSize", v)).transpose()?;
+        let max_backups = p.max_backups.map(|v| ranged("maxBackups", v)).transpose()?;
+        let registry = self.registry.clone();
+        let tracker = self.tracker.clone();
+        let shutdown = self.shutdown.clone();
+        Ok(Box::new(move || {
+            let slot = registry
+                .reserve_pipe()
+                .ok_or_else(|| ManagerError::LimitReached {
+                    limit: "pipes".into(),
+                    max: int(registry.max_pipes() as u64),
+                })?;
+            let log = registry.open(&name, max_size, max_backups)?;
+            let position = log.with_file(|f| {
+                if p.truncate == Some(true) {
+                    f.truncate()?;
+                }
+                f.end()
+            })?;
+            let path = log.snapshot().path.display().to_string();
+            let fd = pipe::open(slot.bind(log), &tracker, shutdown).map_err(|e| {
+                ManagerError::IoError {
+                    message: format!("cannot create a pipe: {e}"),
+                }
+            })?;
+            let reply = api::OpenPipeOutput {
+                file_descriptor: 0,
+                path: &path,
+                position: wire_pos(position),
+            };
+            Ok((to_value(reply), vec![fd]))
+        }))
+    }
+
+    fn rotate(&self, p: api::RotateInput) -> Result<Box<dyn FnOnce() -> Reply0 + Send>, WireError> {
+        let name = log_name(&p.name)?;
+        let registry = self.registry.clone();
+        Ok(Box::new(move || {
+            let log = registry.get(&name).ok_or_else(|| no_such_log(&name))?;
+            log.with_file(|f| f.rotate())?;
+            Ok((empty(), vec![]))
+        }))
+    }
+
+    fn read_log(
+        &self,
+        p: api::ReadLogInput,
+    ) -> Result<Box<dyn FnOnce() -> Reply0 + Send>, WireError> {
+        let name = log_name(&p.name)?;
+        let from = p
+            .position
+            .map(|pos| {
+                Ok::<_, WireError>(Pos {
+                    inode: ranged("position.inode", pos.inode)?,
+                    offset: ranged("position.offset", pos.offset)?,
+                })
+            })
+            .transpose()?;
+        let max = match p.max_bytes {
+            None => DEFAULT_READ,
+            Some(n) if (1..=MAX_READ as i64).contains(&n) => n as usize,
+            Some(_) => {
+                return Err(invalid("maxBytes", format!("must be from 1 to {MAX_READ}")));
+            }
+        };
+        let registry = self.registry.clone();
+        Ok(Box::new(move || {
+            let log = registry.get(&name).ok_or_else(|| no_such_log(&name))?;
+            let chunk = log.with_file(|f| f.read(from, max))?;
+            let data = base64::engine::general_purpose::STANDARD.encode(&chunk.data);
+            let text = (p.text == Some(true)).then(|| String::from_utf8_lossy(&chunk.data));
+            let reply = api::ReadLogOutput {
+                data: &data,
+                text: text.as_deref(),
+                position: wire_pos(chunk.next),
+                eof: chunk.eof,
+                skipped: chunk.skipped,
+            };
+            Ok((to_value(reply), vec![]))
+        }))
+    }
+
+    fn append_log(
+        &self,
+        p: api::AppendLogInput,
+    ) -> Result<Box<dyn FnOnce() -> Reply0 + Send>, WireError> {
+        let name = log_name(&p.name)?;
+        if p.message.len() > MAX_MESSAGE {
+            return Err(invalid(
+                "message",
+                format!("is longer than {MAX_MESSAGE} bytes"),
+            ));
+        }
+        let mut message = p.message;
+        if !message.ends_with('\n') {
+            message.push('\n');
+        }
+        let registry = self.registry.clone();
+        Ok(Box::new(move || {
+            let log = registry.open(&name, None, None)?;
+            log.with_file(|f| f.write(message.as_bytes()))?;
+            Ok((empty(), vec![]))
+        }))
+    }
+}
+
+impl Service<transport::Stream> for Manager {
+    type MethodCall<'de> = RawCall;
+    type ReplyParams<'ser> = Value;
+    type ReplyStreamParams = Value;
+    type ReplyStreamError = WireError;
+    type ReplyStream = Deferred;
+    type ReplyError<'ser> = WireError;
+    type Upgrade = ();
+
+    fn handle<'ser>(
+        &'ser mut self,
+        call: &'ser Call<Self::MethodCall<'_>>,
+        conn: &mut Connection<transport::Stream>,
+        _fds: Vec<OwnedFd>,
+    ) -> impl Future<Output = HandleResult<Value, Deferred, WireError>> {
+        async move {
+            let reply = match self.dispatch(call, conn).await {
+                Ok(reply) => reply,
+                Err(e) => MethodReply::Error(e),
+            };
+            (reply, vec![])
+        }
+    }
+}
+
+/// Answers `org.varlink.service`, whose replies are the interface file.
+fn varlink_call(member: &str, parameters: &Option<Value>) -> Result<Value, WireError> {
+    match member {
+        "GetInfo" => {
+            let _: Empty = parse(parameters)?;
+            Ok(serde_json::json!({
+                "vendor": "guestlogd",
+                "product": "guestlogd",
+                "version": env!("CARGO_PKG_VERSION"),
+                "url": "https://github.com/guestlogd/guestlogd",
+                "interfaces": ["io.guestlogd.Manager", "org.varlink.service"],
+            }))
+        }
+        "GetInterfaceDescription" => {
+            let p: DescriptionInput = parse(parameters)?;
+            let description = match p.interface.as_str() {
+                api::INTERFACE => api::DESCRIPTION,
+                "org.varlink.service" => VARLINK_SERVICE,
+                _ => {
+                    return Err(WireError::Varlink(
+                        varlink_service::Error::InterfaceNotFound {
+                            interface: p.interface.into(),
+                        },
+                    ));
+                }
+            };
+            Ok(serde_json::json!({ "description": description }))
+        }
+        _ => Err(WireError::Varlink(varlink_service::Error::MethodNotFound {
+            method: format!("org.varlink.service.{member}").into(),
+        })),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Empty {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DescriptionInput {
+    interface: String,
+}
+
+/// Decodes a call's parameters, naming the parameter at fault.
+fn parse<T: DeserializeOwned>(parameters: &Option<Value>) -> Result<T, WireError> {
+    let value = match parameters {
+        None | Some(Value::Null) => Value::Object(Default::default()),
+        Some(v) => v.clone(),
+    };
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let reason = e.inner().to_string();
+        let path = e.path().to_string();
+        // Missing and unknown fields are reported at the parent: the name
+        // is in the message, between backquotes.
+        let parameter = if path == "." {
+            reason.split('`').nth(1).unwrap_or("parameters").to_owned()
+        } else {
+            path
+        };
+        invalid(&parameter, reason)
+    })
+}
+
+/// Runs `work` on a blocking thread; its result becomes the call's reply.
+fn deferred(work: Box<dyn FnOnce() -> Reply0 + Send>) -> Handled {
+    let task = tokio::task::spawn_blocking(work);
+    MethodReply::Multi(Box::pin(stream::once(async move {
+        match task.await {
+            Ok(Ok((params, fds))) => (Ok(Reply::new(Some(params))), fds),
+            Ok(Err(e)) => (Err(e), vec![]),
+            Err(e) => {
+                warn!(error = %e, "call task failed");
+                let e = ManagerError::IoError {
+                    message: "internal error".into(),
+                };
+                (Err(e.into()), vec![])
+            }
+        }
+    })))
+}
+
+fn log_name(name: &str) -> Result<LogName, WireError> {
+    LogName::try_from(name).map_err(|e| {
+        let mut end = name.len().min(name::MAX_LEN);
+        while !name.is_char_boundary(end) {
+            end -= 1;
+        }
+        ManagerError::InvalidName {
+            name: name[..end].to_owned(),
+            reason: e.to_string(),
+        }
+        .into()
+    })
+}
+
+/// A non-negative wire integer in the range its parameter allows.
+fn ranged<T: TryFrom<i64>>(parameter: &str, v: i64) -> Result<T, WireError> {
+    let fits = match parameter {
+        "maxSize" => config::check_policy_size(v),
+        "maxBackups" => config::check_policy_backups(v),
+        _ => (v >= 0)
+            .then_some(())
+            .ok_or_else(|| "must not be negative".to_owned()),
+    };
+    fits.map_err(|why| invalid(parameter, why))?;
+    T::try_from(v).map_err(|_| invalid(parameter, "is out of range".into()))
+}
+
+fn invalid(parameter: &str, reason: String) -> WireError {
+    ManagerError::InvalidParameter {
+        parameter: parameter.to_owned(),
+        reason,
+    }
+    .into()
+}
+
+fn no_such_log(name: &LogName) -> WireError {
+    ManagerError::NoSuchLog {
+        name: name.to_string(),
+    }
+    .into()
+}
+
+fn wire_pos(p: Pos) -> api::Position {
+    api::Position {
+        inode: int(p.inode),
+        offset: int(p.offset),
+    }
+}
+
+/// Wire integers are signed 64-bit; nothing we count comes near the limit.
+fn int(v: u64) -> i64 {
+    i64::try_from(v).unwrap_or(i64::MAX)
+}
+
+fn empty() -> Value {
+    Value::Object(Default::default())
+}
+
+fn to_value(v: impl Serialize) -> Value {
+    // Our own output types always serialise; a map with string keys cannot fail.
+    serde_json::to_value(v).unwrap_or_else(|_| empty())
+}
