@@ -617,7 +617,7 @@ mod tests {
                     Some((len, seed)) => {
                         // Newlines at varying places exercise the line cut.
                         let data: Vec<u8> = (0..len)
-                            .map(|j| if (j + seed as usize) % 37 == 0 { b'\n' } else { b'a' + (i % 26) as u8 })
+                            .map(|j| if (j + seed as usize).is_multiple_of(37) { b'\n' } else { b'a' + (i % 26) as u8 })
                             .collect();
                         log.write(&data).unwrap();
                         written.extend(data);

@@ -373,19 +373,17 @@ impl Service<transport::Stream> for Manager {
     type ReplyError<'ser> = WireError;
     type Upgrade = ();
 
-    fn handle<'ser>(
+    async fn handle<'ser>(
         &'ser mut self,
         call: &'ser Call<Self::MethodCall<'_>>,
         conn: &mut Connection<transport::Stream>,
         _fds: Vec<OwnedFd>,
-    ) -> impl Future<Output = HandleResult<Value, Deferred, WireError>> {
-        async move {
-            let reply = match self.dispatch(call, conn).await {
-                Ok(reply) => reply,
-                Err(e) => MethodReply::Error(e),
-            };
-            (reply, vec![])
-        }
+    ) -> HandleResult<Value, Deferred, WireError> {
+        let reply = match self.dispatch(call, conn).await {
+            Ok(reply) => reply,
+            Err(e) => MethodReply::Error(e),
+        };
+        (reply, vec![])
     }
 }
 
