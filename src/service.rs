@@ -456,7 +456,12 @@ fn deferred(work: Box<dyn FnOnce() -> Reply0 + Send>) -> Handled {
     let task = tokio::task::spawn_blocking(work);
     MethodReply::Multi(Box::pin(stream::once(async move {
         match task.await {
-            Ok(Ok((params, fds))) => (Ok(Reply::new(Some(params))), fds),
+            // An empty reply carries no parameters, as zlink's own clients
+            // expect for methods that return `()`.
+            Ok(Ok((params, fds))) => {
+                let params = (params != empty()).then_some(params);
+                (Ok(Reply::new(params)), fds)
+            }
             Ok(Err(e)) => (Err(e), vec![]),
             Err(e) => {
                 warn!(error = %e, "call task failed");
