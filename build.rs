@@ -33,6 +33,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             params.join(", ")
         )?;
         inputs.push(name);
+        // Named types that inputs use are strict too.
+        for t in interface.custom_types() {
+            let t = t.name().to_string();
+            let used = params
+                .iter()
+                .any(|p| p.split(|c: char| !c.is_alphanumeric()).any(|w| w == t));
+            if used && !inputs.contains(&t) {
+                inputs.push(t);
+            }
+        }
     }
     let extended = Interface::try_from(with_inputs.as_str()).map_err(|e| format!("{IDL}: {e}"))?;
     let mut code = zlink_codegen::generate_interface(&extended)?

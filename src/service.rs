@@ -396,7 +396,7 @@ fn varlink_call(member: &str, parameters: &Option<Value>) -> Result<Value, WireE
                 "vendor": "guestlogd",
                 "product": "guestlogd",
                 "version": env!("CARGO_PKG_VERSION"),
-                "url": "https://github.com/guestlogd/guestlogd",
+                "url": "",
                 "interfaces": ["io.guestlogd.Manager", "org.varlink.service"],
             }))
         }
@@ -440,12 +440,18 @@ fn parse<T: DeserializeOwned>(parameters: &Option<Value>) -> Result<T, WireError
     serde_path_to_error::deserialize(value).map_err(|e| {
         let reason = e.inner().to_string();
         let path = e.path().to_string();
-        // Missing and unknown fields are reported at the parent: the name
-        // is in the message, between backquotes.
-        let parameter = if path == "." {
-            reason.split('`').nth(1).unwrap_or("parameters").to_owned()
-        } else {
-            path
+        // A missing field is reported at its parent, with the field's name
+        // in the message between backquotes.
+        // An unknown field is already the last part of the path.
+        let field = reason
+            .starts_with("missing field")
+            .then(|| reason.split('`').nth(1))
+            .flatten();
+        let parameter = match (path.as_str(), field) {
+            (".", Some(f)) => f.to_owned(),
+            (".", None) => "parameters".to_owned(),
+            (_, Some(f)) => format!("{path}.{f}"),
+            (_, None) => path,
         };
         invalid(&parameter, reason)
     })

@@ -600,3 +600,33 @@ async fn sigterm_drains_every_pipe_then_exits_zero() {
     }
     assert!(!d.socket().exists(), "the socket is removed on exit");
 }
+
+#[tokio::test]
+async fn guestlogctl_reads_lists_and_rotates() {
+    let d = Daemon::start("");
+    let mut conn = connect(&d).await;
+    let (_, fd) = open_pipe(&mut conn, json!({"name": "ctl"})).await;
+    let data = lines(0, 300_000);
+    fs::File::from(fd).write_all(&data).unwrap();
+    settle(&mut conn, "ctl", data.len()).await;
+    let ctl = |args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_guestlogctl"))
+            .arg("--runtime-dir")
+            .arg(d.dir.path().join("run"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    assert_eq!(ctl(&["read", "ctl"]), data);
+    ctl(&["rotate", "ctl"]);
+    assert_eq!(ctl(&["read", "ctl"]), data, "a rotation loses nothing");
+    let list = String::from_utf8(ctl(&["list"])).unwrap();
+    let row: Vec<_> = list.lines().nth(1).unwrap().split_whitespace().collect();
+    assert_eq!(row, ["ctl", "0", "2097152", "1/3", "0", "300000", "0", "1"]);
+}
