@@ -630,3 +630,67 @@ async fn guestlogctl_reads_lists_and_rotates() {
     let row: Vec<_> = list.lines().nth(1).unwrap().split_whitespace().collect();
     assert_eq!(row, ["ctl", "0", "2097152", "1/3", "0", "300000", "0", "1"]);
 }
+
+#[tokio::test]
+async fn a_file_that_cannot_be_opened_is_an_io_error() {
+    let d = Daemon::start_with("", |dir| {
+        fs::create_dir_all(dir.join("log/taken.log")).unwrap();
+    });
+    let mut conn = connect(&d).await;
+    let err = call(&mut conn, "OpenPipe", json!({"name": "taken"}))
+        .await
+        .unwrap_err();
+    let ManagerError::IoError { message } = err else {
+        panic!("{err:?}");
+    };
+    assert!(message.contains("taken.log"), "{message}");
+    assert_eq!(conn.list_logs().await.unwrap().unwrap().logs, []);
+}
+
+/// A full disk: what does not fit is counted, never silently lost.
+#[tokio::test]
+async fn bytes_the_disk_refuses_are_counted() {
+    let mounted = std::cell::Cell::new(false);
+    let d = Daemon::start_with("[log]\nmax-size = 8388608\n", |dir| {
+        fs::create_dir_all(dir.join("log")).unwrap();
+        mounted.set(
+            Command::new("mount")
+                .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+                .arg(dir.join("log"))
+                .status()
+                .is_ok_and(|s| s.success()),
+        );
+    });
+    if !mounted.get() {
+        eprintln!("SKIPPED: cannot mount a small tmpfs to fill (needs root)");
+        return;
+    }
+    // Dropped before the daemon: a lazy unmount works while files are open.
+    let _unmount = Unmount(d.log_dir());
+    let mut conn = connect(&d).await;
+    let (_, fd) = open_pipe(&mut conn, json!({"name": "full"})).await;
+    let data = lines(0, 3_000_000);
+    fs::File::from(fd).write_all(&data).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let i = loop {
+        let i = info(&mut conn, "full").await;
+        if i.pipes == 0 && i.bytes_written + i.bytes_dropped == data.len() as i64 {
+            break i;
+        }
+        assert!(Instant::now() < deadline, "{i:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(i.bytes_dropped > 1_000_000, "{i:?}");
+    let kept = fs::read(d.log_path("full")).unwrap();
+    assert_eq!(kept.len() as i64, i.bytes_written);
+    assert!(data.starts_with(&kept));
+    assert!(d.stderr().contains("log bytes dropped"));
+}
+
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}

@@ -22,10 +22,16 @@ impl Daemon {
     /// Starts a daemon with `config` (TOML; may be empty) and waits until
     /// its socket accepts connections.
     pub fn start(config: &str) -> Self {
+        Self::start_with(config, |_| {})
+    }
+
+    /// Like `start`, with `prepare` run on the directory first.
+    pub fn start_with(config: &str, prepare: impl FnOnce(&Path)) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("guestlogd-test")
             .tempdir()
             .unwrap();
+        prepare(dir.path());
         // Other uids (the access tests) must reach the socket's directory.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let config_path = dir.path().join("guestlogd.toml");
