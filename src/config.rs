@@ -57,6 +57,13 @@ pub struct Limits {
     pub max_connections: usize,
     /// The largest varlink message a caller may send, in bytes.
     pub max_message_size: usize,
+    /// Consoles, over all guests.
+    pub max_consoles: usize,
+    /// Clients per console, and separately viewers per console.
+    pub max_clients: usize,
+    /// Output queued for one console client or follower before the
+    /// slow-client policy applies, in bytes.
+    pub client_queue: usize,
 }
 
 impl Default for Limits {
@@ -65,6 +72,9 @@ impl Default for Limits {
             max_pipes: 4096,
             max_connections: 256,
             max_message_size: 1024 * 1024,
+            max_consoles: 4096,
+            max_clients: 16,
+            client_queue: 256 * 1024,
         }
     }
 }
@@ -141,8 +151,14 @@ impl Config {
         check_policy_backups(p.max_backups.into())
             .map_err(|why| format!("log.max-backups {why}"))?;
         let l = &self.limits;
-        if l.max_pipes == 0 || l.max_connections == 0 {
-            return Err("limits: max-pipes and max-connections must be at least 1".into());
+        if l.max_pipes == 0 || l.max_connections == 0 || l.max_consoles == 0 || l.max_clients == 0 {
+            return Err(
+                "limits: max-pipes, max-connections, max-consoles and max-clients must be at least 1"
+                    .into(),
+            );
+        }
+        if !(4096..=64 << 20).contains(&l.client_queue) {
+            return Err("limits.client-queue must be from 4096 to 67108864".into());
         }
         if !(4096..=MAX_MESSAGE_SIZE).contains(&l.max_message_size) {
             return Err(format!(

@@ -17,6 +17,7 @@ use tracing::{info, warn};
 
 use crate::{
     config::Config,
+    console::Consoles,
     registry::{Registry, error_chain},
     service::{AccessPolicy, Manager},
     transport::Listener,
@@ -94,9 +95,16 @@ async fn serve(opts: Options, activated: Option<OwnedFd>) -> Result<(), DaemonEr
     ));
     let tracker = TaskTracker::new();
     let shutdown = CancellationToken::new();
+    let consoles = Arc::new(Consoles::new(
+        &opts.runtime_dir,
+        limits.max_consoles,
+        shutdown.clone(),
+    ));
     let manager = Manager::new(
         registry.clone(),
+        consoles.clone(),
         AccessPolicy::new(config.access.clone()),
+        limits.clone(),
         tracker.clone(),
         shutdown.clone(),
     );
@@ -124,6 +132,7 @@ async fn serve(opts: Options, activated: Option<OwnedFd>) -> Result<(), DaemonEr
     shutdown.cancel();
     tracker.close();
     tracker.wait().await;
+    consoles.stop_all().await;
     let logs = registry.logs();
     let synced = tokio::task::spawn_blocking(move || {
         for log in logs {

@@ -10,11 +10,14 @@
 pub mod activation;
 pub mod api;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod name;
 #[allow(unsafe_code)]
 pub mod pipe;
+pub mod queue;
 pub mod registry;
+pub mod relay;
 pub mod rotator;
 pub mod service;
 pub mod transport;

@@ -113,7 +113,9 @@ fn transfer(fd: &OwnedFd, guard: &PipeGuard) -> io::Result<usize> {
             }
         };
         if n > 0 {
-            guard.log().write(&buf[..n]);
+            // A refused write is counted and logged by the log; the pipe
+            // goes on, since the next write may succeed.
+            let _ = guard.log().write(&buf[..n]);
         }
         Ok(n)
     })

@@ -18,10 +18,12 @@ use std::{
     time::{Duration, Instant},
 };
 
+use bytes::Bytes;
 use tracing::warn;
 
 use crate::{
     name::LogName,
+    queue::{OutputQueue, Pushed, SlowPolicy},
     rotator::{Policy, RotatingFile, RotatorError},
 };
 
@@ -37,6 +39,10 @@ pub struct Log {
     /// When a failed write was last logged; failures a guest can cause are
     /// logged at most once per `WARN_EVERY`.
     last_warning: Mutex<Option<Instant>>,
+    /// Follow streams; each gets every write, without ever slowing it.
+    followers: Mutex<Vec<Arc<OutputQueue>>>,
+    /// Bytes the followers did not get because they fell behind.
+    followers_dropped: AtomicU64,
 }
 
 const WARN_EVERY: Duration = Duration::from_secs(10);
@@ -77,6 +83,8 @@ impl Log {
             file: Mutex::new(file),
             pipes: AtomicUsize::new(0),
             last_warning: Mutex::new(None),
+            followers: Mutex::default(),
+            followers_dropped: AtomicU64::new(0),
         };
         log.with_file(|_| Ok(()))?;
         Ok(log)
@@ -108,10 +116,61 @@ impl Log {
 
     /// Appends bytes a guest or caller sent. A failure is counted in
     /// `bytesDropped` and logged, rate-limited; the caller goes on.
-    pub fn write(&self, data: &[u8]) {
-        if let Err(e) = self.with_file(|f| f.write(data)) {
-            self.warn_dropped(&e);
+    /// Appends bytes a guest or caller sent and hands them to followers.
+    /// A failure is counted in `bytesDropped` and logged, rate-limited.
+    pub fn write(&self, data: &[u8]) -> Result<(), RotatorError> {
+        let result = self.with_file(|f| {
+            let result = f.write(data);
+            // Under the file's lock, so a follower's replay and its first
+            // live bytes meet exactly.
+            self.fan_out(data);
+            result
+        });
+        if let Err(e) = &result {
+            self.warn_dropped(e);
         }
+        result
+    }
+
+    fn fan_out(&self, data: &[u8]) {
+        let mut followers = lock(&self.followers);
+        if followers.is_empty() {
+            return;
+        }
+        let data = Bytes::copy_from_slice(data);
+        followers.retain(|q| match q.push(data.clone()) {
+            Pushed::Queued { dropped } => {
+                self.followers_dropped.fetch_add(dropped as u64, Relaxed);
+                true
+            }
+            Pushed::Closed => false,
+        });
+    }
+
+    /// A new follower: its queue starts with the log's last `replay` bytes
+    /// and then gets every write.
+    pub fn follow(&self, replay: usize, cap: usize) -> Result<Arc<OutputQueue>, RotatorError> {
+        let queue = Arc::new(OutputQueue::new(cap, SlowPolicy::Drop));
+        self.with_file(|f| {
+            queue.start_with(f.tail(replay)?);
+            lock(&self.followers).push(queue.clone());
+            Ok(())
+        })?;
+        Ok(queue)
+    }
+
+    /// The last `n` bytes of the log.
+    pub fn tail(&self, n: usize) -> Result<Vec<u8>, RotatorError> {
+        self.with_file(|f| f.tail(n))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Bytes that followers missed by falling behind.
+    pub fn followers_dropped(&self) -> u64 {
+        self.followers_dropped.load(Relaxed)
     }
 
     /// Counts bytes lost before they reached the file.

@@ -275,50 +275,40 @@ impl RotatingFile {
     /// Reads up to `max` bytes forward from `from` (the oldest byte kept
     /// when `None`), across backups and into the current file.
     pub fn read(&self, from: Option<Pos>, max: usize) -> Result<Chunk, RotatorError> {
+        read_files(&self.files()?, from, max)
+    }
+
+    /// The last `n` bytes kept (fewer if the log holds less), across
+    /// backups.
+    pub fn tail(&self, n: usize) -> Result<Vec<u8>, RotatorError> {
         let files = self.files()?;
-        let last = files.len() - 1;
-        let (mut i, mut offset, skipped) = match from {
-            None => (0, 0, false),
-            Some(pos) => match files.iter().position(|f| f.inode == pos.inode) {
-                Some(i) if pos.offset <= files[i].len => (i, pos.offset, false),
-                // Truncated in place, or an inode we never had.
-                _ => (0, 0, true),
-            },
-        };
-        let mut data = Vec::with_capacity(max.min(64 * 1024));
-        loop {
-            let f = &files[i];
-            let want = (max - data.len()).min((f.len - offset) as usize);
-            if want > 0 {
-                let start = data.len();
-                data.resize(start + want, 0);
-                let got = read_at(&f.file, &mut data[start..], offset).map_err(|source| {
-                    RotatorError::Read {
-                        path: f.path.clone(),
-                        source,
+        let mut skip = files
+            .iter()
+            .map(|f| f.len)
+            .sum::<u64>()
+            .saturating_sub(n as u64);
+        for (i, f) in files.iter().enumerate() {
+            if skip < f.len {
+                let from = Pos {
+                    inode: f.inode,
+                    offset: skip,
+                };
+                let mut out = Vec::with_capacity(n);
+                let mut pos = Some(from);
+                // `read` crosses into newer files by itself.
+                while out.len() < n {
+                    let chunk = read_files(&files[i..], pos, n - out.len())?;
+                    out.extend_from_slice(&chunk.data);
+                    if chunk.eof || chunk.data.is_empty() {
+                        break;
                     }
-                })?;
-                data.truncate(start + got);
-                offset += got as u64;
+                    pos = Some(chunk.next);
+                }
+                return Ok(out);
             }
-            // A finished backup hands over to the next file at once, so the
-            // returned position does not die with the backup.
-            if offset >= f.len && i < last {
-                i += 1;
-                offset = 0;
-                continue;
-            }
-            break;
+            skip -= f.len;
         }
-        Ok(Chunk {
-            data,
-            next: Pos {
-                inode: files[i].inode,
-                offset,
-            },
-            eof: i == last && offset >= files[last].len,
-            skipped,
-        })
+        Ok(Vec::new())
     }
 
     /// The end of the current file.
@@ -385,6 +375,53 @@ impl RotatingFile {
     pub fn count_dropped(&mut self, n: u64) {
         self.bytes_dropped += n;
     }
+}
+
+/// Reads up to `max` bytes forward from `from` in `files` (oldest first).
+fn read_files(files: &[LogFile], from: Option<Pos>, max: usize) -> Result<Chunk, RotatorError> {
+    let last = files.len() - 1;
+    let (mut i, mut offset, skipped) = match from {
+        None => (0, 0, false),
+        Some(pos) => match files.iter().position(|f| f.inode == pos.inode) {
+            Some(i) if pos.offset <= files[i].len => (i, pos.offset, false),
+            // Truncated in place, or an inode we never had.
+            _ => (0, 0, true),
+        },
+    };
+    let mut data = Vec::with_capacity(max.min(64 * 1024));
+    loop {
+        let f = &files[i];
+        let want = (max - data.len()).min((f.len - offset) as usize);
+        if want > 0 {
+            let start = data.len();
+            data.resize(start + want, 0);
+            let got = read_at(&f.file, &mut data[start..], offset).map_err(|source| {
+                RotatorError::Read {
+                    path: f.path.clone(),
+                    source,
+                }
+            })?;
+            data.truncate(start + got);
+            offset += got as u64;
+        }
+        // A finished backup hands over to the next file at once, so the
+        // returned position does not die with the backup.
+        if offset >= f.len && i < last {
+            i += 1;
+            offset = 0;
+            continue;
+        }
+        break;
+    }
+    Ok(Chunk {
+        data,
+        next: Pos {
+            inode: files[i].inode,
+            offset,
+        },
+        eof: i == last && offset >= files[last].len,
+        skipped,
+    })
 }
 
 /// One file of a log, opened for reading.
@@ -580,6 +617,20 @@ mod tests {
             )
             .unwrap();
         assert!(c.skipped);
+    }
+
+    #[test]
+    fn tail_reads_across_backups() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path(), 4096, 2);
+        log.write(b"abc").unwrap();
+        log.rotate().unwrap();
+        log.write(b"defg").unwrap();
+        assert_eq!(log.tail(5).unwrap(), b"cdefg");
+        assert_eq!(log.tail(100).unwrap(), b"abcdefg");
+        assert_eq!(log.tail(0).unwrap(), b"");
+        log.rotate().unwrap();
+        assert_eq!(log.tail(2).unwrap(), b"fg");
     }
 
     #[test]

@@ -11,10 +11,14 @@
 //! call gets an error reply: a wrong type, a missing or unknown parameter
 //! and an unknown method each get one, and the connection stays usable.
 
-use std::{os::fd::OwnedFd, pin::Pin, sync::Arc};
+use std::{
+    os::fd::OwnedFd,
+    pin::Pin,
+    sync::{Arc, atomic::Ordering::Relaxed},
+};
 
 use base64::Engine as _;
-use futures_util::{Stream, stream};
+use futures_util::{Stream, StreamExt, stream};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
@@ -28,9 +32,11 @@ use zlink::{
 
 use crate::{
     api::{self, ManagerError},
-    config::{self, Access},
+    config::{self, Access, Limits},
+    console::{ConsoleError, Consoles, Owner, Settings},
     name::{self, LogName},
     pipe,
+    queue::{OutputQueue, SlowPolicy},
     registry::{Registry, error_chain},
     rotator::{Pos, RotatorError},
     transport,
@@ -43,6 +49,8 @@ pub const MAX_READ: usize = 64 * 1024;
 const DEFAULT_READ: usize = 32 * 1024;
 /// The longest AppendLog message.
 pub const MAX_MESSAGE: usize = 64 * 1024;
+const DEFAULT_REPLAY: usize = 16 * 1024;
+const MAX_REPLAY: i64 = 1024 * 1024;
 
 /// `org.varlink.service`'s own definition, for GetInterfaceDescription.
 const VARLINK_SERVICE: &str = "\
@@ -157,7 +165,9 @@ impl AccessPolicy {
 #[derive(Debug)]
 pub struct Manager {
     registry: Arc<Registry>,
+    consoles: Arc<Consoles>,
     access: AccessPolicy,
+    limits: Limits,
     /// Pipe tasks, so shutdown can wait for them to drain.
     tracker: TaskTracker,
     shutdown: CancellationToken,
@@ -166,13 +176,17 @@ pub struct Manager {
 impl Manager {
     pub fn new(
         registry: Arc<Registry>,
+        consoles: Arc<Consoles>,
         access: AccessPolicy,
+        limits: Limits,
         tracker: TaskTracker,
         shutdown: CancellationToken,
     ) -> Self {
         Self {
             registry,
+            consoles,
             access,
+            limits,
             tracker,
             shutdown,
         }
@@ -206,15 +220,23 @@ impl Manager {
             return Err(ManagerError::PermissionDenied { uid: uid.into() }.into());
         }
 
-        let work: Box<dyn FnOnce() -> Reply0 + Send> = match member {
+        let job = match member {
             "ListLogs" => {
                 let _: Empty = parse(parameters)?;
                 return Ok(MethodReply::Single(Some(self.list_logs())));
             }
-            "OpenPipe" => self.open_pipe(parse(parameters)?)?,
-            "Rotate" => self.rotate(parse(parameters)?)?,
-            "ReadLog" => self.read_log(parse(parameters)?)?,
-            "AppendLog" => self.append_log(parse(parameters)?)?,
+            "Follow" => {
+                if !call.more() {
+                    return Err(WireError::Varlink(varlink_service::Error::ExpectedMore));
+                }
+                return self.follow(parse(parameters)?).map(MethodReply::Multi);
+            }
+            "OpenPipe" => blocking(self.open_pipe(parse(parameters)?)?),
+            "Rotate" => blocking(self.rotate(parse(parameters)?)?),
+            "ReadLog" => blocking(self.read_log(parse(parameters)?)?),
+            "AppendLog" => blocking(self.append_log(parse(parameters)?)?),
+            "CreateConsole" => blocking(self.create_console(parse(parameters)?)?),
+            "RemoveConsole" => self.remove_console(parse(parameters)?)?,
             _ => {
                 return Err(WireError::Varlink(varlink_service::Error::MethodNotFound {
                     method: method.clone().into(),
@@ -223,10 +245,10 @@ impl Manager {
         };
         if call.oneway() {
             // No reply is wanted, so none is waited for.
-            tokio::task::spawn_blocking(work);
+            tokio::spawn(job);
             return Ok(MethodReply::Single(None));
         }
-        Ok(deferred(work))
+        Ok(deferred(job))
     }
 
     fn list_logs(&self) -> Value {
@@ -250,13 +272,145 @@ impl Manager {
                 }
             })
             .collect();
-        to_value(api::ListLogsOutput { logs })
+        let consoles = self
+            .consoles
+            .all()
+            .iter()
+            .map(|c| {
+                let s = &c.stats;
+                let path = |p: &std::path::Path| p.display().to_string();
+                api::ConsoleInfo {
+                    name: c.name.to_string(),
+                    guest_socket: path(&c.guest_socket),
+                    client_socket: path(&c.client_socket),
+                    view_socket: c.view_socket.as_deref().map(path),
+                    log_path: c.log_path.as_deref().map(path),
+                    guest_connected: s.guest_connected.load(Relaxed),
+                    clients: int(s.clients.load(Relaxed) as u64),
+                    viewers: int(s.viewers.load(Relaxed) as u64),
+                    bytes_from_guest: int(s.bytes_from_guest.load(Relaxed)),
+                    bytes_to_guest: int(s.bytes_to_guest.load(Relaxed)),
+                    bytes_dropped_for_clients: int(s.bytes_dropped_for_clients.load(Relaxed)),
+                }
+            })
+            .collect();
+        to_value(api::ListLogsOutput { logs, consoles })
     }
 
-    fn open_pipe(
-        &self,
-        p: api::OpenPipeInput,
-    ) -> Result<Box<dyn FnOnce() -> Reply0 + Send>, WireError> {
+    fn create_console(&self, p: api::CreateConsoleInput) -> Result<Work, WireError> {
+        let name = log_name(&p.name)?;
+        let max_size = p.max_size.map(|v| ranged("maxSize", v)).transpose()?;
+        let max_backups = p.max_backups.map(|v| ranged("maxBackups", v)).transpose()?;
+        let replay = replay_bytes(p.replay_bytes)?;
+        let slow = match p.slow_client.as_deref() {
+            None | Some("drop") => SlowPolicy::Drop,
+            Some("disconnect") => SlowPolicy::Disconnect,
+            Some(_) => {
+                return Err(invalid(
+                    "slowClient",
+                    "must be \"drop\" or \"disconnect\"".into(),
+                ));
+            }
+        };
+        let owner = match p.owner {
+            None => Owner::default(),
+            Some(o) => Owner {
+                uid: o.uid.map(|v| id("owner.uid", v)).transpose()?,
+                gid: o.gid.map(|v| id("owner.gid", v)).transpose()?,
+                mode: match o.mode {
+                    None => 0o600,
+                    Some(m @ 0..=0o777) => m as u32,
+                    Some(_) => {
+                        return Err(invalid("owner.mode", "must be from 0 to 511 (0777)".into()));
+                    }
+                },
+            },
+        };
+        // Refused before anything is created, so a refused call changes nothing.
+        if self.consoles.get(&name).is_some() {
+            return Err(ManagerError::ConsoleExists {
+                name: name.to_string(),
+            }
+            .into());
+        }
+        if self.consoles.all().len() >= self.consoles.max() {
+            return Err(limit("consoles", self.consoles.max()));
+        }
+        let registry = self.registry.clone();
+        let consoles = self.consoles.clone();
+        let limits = self.limits.clone();
+        let viewers = p.viewers == Some(true);
+        let logged = p.log != Some(false);
+        Ok(Box::new(move || {
+            let log = logged
+                .then(|| registry.open(&name, max_size, max_backups))
+                .transpose()?;
+            let console = consoles
+                .create(Settings {
+                    name,
+                    log,
+                    replay,
+                    slow,
+                    owner,
+                    viewers,
+                    queue: limits.client_queue,
+                    max_clients: limits.max_clients,
+                })
+                .map_err(|e| match e {
+                    ConsoleError::Exists(name) => ManagerError::ConsoleExists {
+                        name: name.to_string(),
+                    }
+                    .into(),
+                    ConsoleError::Limit(max) => limit("consoles", max),
+                    e @ ConsoleError::Socket { .. } => {
+                        warn!(error = %error_chain(&e), "cannot create a console");
+                        WireError::from(ManagerError::IoError {
+                            message: error_chain(&e),
+                        })
+                    }
+                })?;
+            let path = |p: &std::path::Path| p.display().to_string();
+            let reply = serde_json::json!({
+                "guestSocket": path(&console.guest_socket),
+                "clientSocket": path(&console.client_socket),
+                "viewSocket": console.view_socket.as_deref().map(path),
+                "logPath": console.log_path.as_deref().map(path),
+            });
+            Ok((reply, vec![]))
+        }))
+    }
+
+    fn remove_console(&self, p: api::RemoveConsoleInput) -> Result<Job, WireError> {
+        let name = log_name(&p.name)?;
+        let consoles = self.consoles.clone();
+        Ok(Box::pin(async move {
+            if consoles.remove(&name).await {
+                Ok((empty(), vec![]))
+            } else {
+                Err(ManagerError::NoSuchConsole {
+                    name: name.to_string(),
+                }
+                .into())
+            }
+        }))
+    }
+
+    fn follow(&self, p: api::FollowInput) -> Result<Deferred, WireError> {
+        let name = log_name(&p.name)?;
+        let replay = replay_bytes(p.replay_bytes)?;
+        let log = self.registry.get(&name).ok_or_else(|| no_such_log(&name))?;
+        let cap = self.limits.client_queue;
+        let text = p.text == Some(true);
+        let start = tokio::task::spawn_blocking(move || log.follow(replay, cap));
+        let stream = stream::once(start).flat_map(move |started| match started {
+            Ok(Ok(queue)) => follow_stream(Following(queue), text).boxed(),
+            Ok(Err(e)) => stream::iter([(Err(WireError::from(e)), vec![])]).boxed(),
+            Err(_) => stream::iter([(Err(internal()), vec![])]).boxed(),
+        });
+        Ok(Box::pin(stream))
+    }
+
+    fn open_pipe(&self, p: api::OpenPipeInput) -> Result<Work, WireError> {
         let name = log_name(&p.name)?;
         let max_size = p.max_size.map(|v| ranged("maxSize", v)).transpose()?;
         let max_backups = p.max_backups.map(|v| ranged("maxBackups", v)).transpose()?;
@@ -266,10 +420,7 @@ impl Manager {
         Ok(Box::new(move || {
             let slot = registry
                 .reserve_pipe()
-                .ok_or_else(|| ManagerError::LimitReached {
-                    limit: "pipes".into(),
-                    max: int(registry.max_pipes() as u64),
-                })?;
+                .ok_or_else(|| limit("pipes", registry.max_pipes()))?;
             let log = registry.open(&name, max_size, max_backups)?;
             let position = log.with_file(|f| {
                 if p.truncate == Some(true) {
@@ -292,7 +443,7 @@ impl Manager {
         }))
     }
 
-    fn rotate(&self, p: api::RotateInput) -> Result<Box<dyn FnOnce() -> Reply0 + Send>, WireError> {
+    fn rotate(&self, p: api::RotateInput) -> Result<Work, WireError> {
         let name = log_name(&p.name)?;
         let registry = self.registry.clone();
         Ok(Box::new(move || {
@@ -302,10 +453,7 @@ impl Manager {
         }))
     }
 
-    fn read_log(
-        &self,
-        p: api::ReadLogInput,
-    ) -> Result<Box<dyn FnOnce() -> Reply0 + Send>, WireError> {
+    fn read_log(&self, p: api::ReadLogInput) -> Result<Work, WireError> {
         let name = log_name(&p.name)?;
         let from = p
             .position
@@ -340,10 +488,7 @@ impl Manager {
         }))
     }
 
-    fn append_log(
-        &self,
-        p: api::AppendLogInput,
-    ) -> Result<Box<dyn FnOnce() -> Reply0 + Send>, WireError> {
+    fn append_log(&self, p: api::AppendLogInput) -> Result<Work, WireError> {
         let name = log_name(&p.name)?;
         if p.message.len() > MAX_MESSAGE {
             return Err(invalid(
@@ -357,8 +502,9 @@ impl Manager {
         }
         let registry = self.registry.clone();
         Ok(Box::new(move || {
-            let log = registry.open(&name, None, None)?;
-            log.with_file(|f| f.write(message.as_bytes()))?;
+            registry
+                .open(&name, None, None)?
+                .write(message.as_bytes())?;
             Ok((empty(), vec![]))
         }))
     }
@@ -457,27 +603,93 @@ fn parse<T: DeserializeOwned>(parameters: &Option<Value>) -> Result<T, WireError
     })
 }
 
-/// Runs `work` on a blocking thread; its result becomes the call's reply.
-fn deferred(work: Box<dyn FnOnce() -> Reply0 + Send>) -> Handled {
-    let task = tokio::task::spawn_blocking(work);
+/// Work that may touch the disk, for a blocking thread.
+type Work = Box<dyn FnOnce() -> Reply0 + Send>;
+/// A call's work, run off the varlink loop.
+type Job = Pin<Box<dyn Future<Output = Reply0> + Send>>;
+
+fn blocking(work: Work) -> Job {
+    Box::pin(async move {
+        tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
+            warn!(error = %e, "call task failed");
+            Err(internal())
+        })
+    })
+}
+
+/// Runs `job` beside the varlink loop; its result becomes the call's reply.
+fn deferred(job: Job) -> Handled {
     MethodReply::Multi(Box::pin(stream::once(async move {
-        match task.await {
+        match job.await {
             // An empty reply carries no parameters, as zlink's own clients
             // expect for methods that return `()`.
-            Ok(Ok((params, fds))) => {
+            Ok((params, fds)) => {
                 let params = (params != empty()).then_some(params);
                 (Ok(Reply::new(params)), fds)
             }
-            Ok(Err(e)) => (Err(e), vec![]),
-            Err(e) => {
-                warn!(error = %e, "call task failed");
-                let e = ManagerError::IoError {
-                    message: "internal error".into(),
-                };
-                (Err(e.into()), vec![])
-            }
+            Err(e) => (Err(e), vec![]),
         }
     })))
+}
+
+/// A follower's queue, closed when its stream ends, so the log stops
+/// feeding it.
+struct Following(Arc<OutputQueue>);
+
+impl Drop for Following {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+fn follow_stream(
+    following: Following,
+    text: bool,
+) -> impl Stream<Item = ReplyStreamItem<Value, WireError>> + Send {
+    stream::unfold(following, move |following| async move {
+        let batch = following.0.pop().await?;
+        let data: Vec<u8> = batch.chunks.concat();
+        let encoded = base64::engine::general_purpose::STANDARD.encode(&data);
+        let text = text.then(|| String::from_utf8_lossy(&data));
+        let reply = api::FollowOutput {
+            data: &encoded,
+            text: text.as_deref(),
+            dropped: int(batch.dropped),
+        };
+        let reply = Reply::new(Some(to_value(reply))).set_continues(Some(true));
+        Some(((Ok(reply), vec![]), following))
+    })
+}
+
+fn internal() -> WireError {
+    ManagerError::IoError {
+        message: "internal error".into(),
+    }
+    .into()
+}
+
+fn limit(what: &str, max: usize) -> WireError {
+    ManagerError::LimitReached {
+        limit: what.into(),
+        max: int(max as u64),
+    }
+    .into()
+}
+
+/// How much output a new client or follower gets first.
+fn replay_bytes(v: Option<i64>) -> Result<usize, WireError> {
+    match v {
+        None => Ok(DEFAULT_REPLAY),
+        Some(n @ 0..=MAX_REPLAY) => Ok(n as usize),
+        Some(_) => Err(invalid(
+            "replayBytes",
+            format!("must be from 0 to {MAX_REPLAY}"),
+        )),
+    }
+}
+
+fn id(parameter: &str, v: i64) -> Result<u32, WireError> {
+    u32::try_from(v).map_err(|_| invalid(parameter, "must be from 0 to 4294967295".into()))
 }
 
 fn log_name(name: &str) -> Result<LogName, WireError> {

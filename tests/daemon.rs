@@ -143,7 +143,16 @@ async fn introspection_is_the_interface_file() {
     let methods: Vec<_> = served.methods().map(|m| m.name().to_string()).collect();
     assert_eq!(
         methods,
-        ["OpenPipe", "Rotate", "ListLogs", "ReadLog", "AppendLog"]
+        [
+            "OpenPipe",
+            "Rotate",
+            "ListLogs",
+            "ReadLog",
+            "AppendLog",
+            "CreateConsole",
+            "RemoveConsole",
+            "Follow"
+        ]
     );
 
     let info = raw_call(&d.socket(), br#"{"method":"org.varlink.service.GetInfo"}"#).unwrap();

@@ -4,6 +4,7 @@
 #   /var/cache/guestlogd-test/venv/bin/python   (asyncvarlink, varlink)
 #   /var/cache/guestlogd-test/bin/varlinkctl    (or varlinkctl.unavailable)
 #   socat, setpriv (util-linux), tmux
+#   qemu-system-x86_64 + /var/cache/guestlogd-test/guest/ (or *.unavailable)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -47,5 +48,8 @@ fi
 
 # --- varlinkctl (systemd from forky); never fails setup ---
 bash "$HERE/varlinkctl.sh"
+
+# --- QEMU + console-test guest (kernel, initramfs); never fails setup ---
+bash "$HERE/guest.sh"
 
 echo "setup: ok ($("$VENV/bin/python" -c 'import importlib.metadata as m; print("asyncvarlink", m.version("asyncvarlink"), "varlink", m.version("varlink"))'); varlinkctl: $([ -f $W/varlinkctl.unavailable ] && echo unavailable || echo ok))"

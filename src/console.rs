@@ -1,0 +1,272 @@
+//! `Consoles`: every console by name, and how one is created and removed.
+//!
+//! A console is three listening sockets under `RUNDIR/consoles/` (`NAME.guest`
+//! for QEMU, `NAME.client` for people and tools, `NAME.view` for read-only
+//! watchers) and one relay task that owns them (see `relay`). The handle kept
+//! here holds the console's figures and the means to stop it.
+
+use std::{
+    collections::BTreeMap,
+    fs,
+    os::unix::fs::PermissionsExt,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex, MutexGuard, PoisonError,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize},
+    },
+};
+
+use tokio::{net::UnixListener, task::JoinHandle};
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, info, info_span};
+
+use crate::{
+    name::LogName,
+    queue::SlowPolicy,
+    registry::Log,
+    relay::{self, Listeners},
+};
+
+/// Who owns a console's sockets, and their mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub mode: u32,
+}
+
+impl Default for Owner {
+    fn default() -> Self {
+        Self {
+            uid: None,
+            gid: None,
+            mode: 0o600,
+        }
+    }
+}
+
+/// Everything CreateConsole decided, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub name: LogName,
+    /// The log the guest's output goes to, if any.
+    pub log: Option<Arc<Log>>,
+    pub replay: usize,
+    pub slow: SlowPolicy,
+    pub owner: Owner,
+    pub viewers: bool,
+    /// A client's queue, in bytes.
+    pub queue: usize,
+    /// The most clients, and separately the most viewers.
+    pub max_clients: usize,
+}
+
+/// A console's figures, shared by its relay task and ListLogs.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub guest_connected: AtomicBool,
+    pub clients: AtomicUsize,
+    pub viewers: AtomicUsize,
+    pub bytes_from_guest: AtomicU64,
+    pub bytes_to_guest: AtomicU64,
+    pub bytes_dropped_for_clients: AtomicU64,
+}
+
+/// A running console.
+#[derive(Debug)]
+pub struct Console {
+    pub name: LogName,
+    pub guest_socket: PathBuf,
+    pub client_socket: PathBuf,
+    pub view_socket: Option<PathBuf>,
+    pub log_path: Option<PathBuf>,
+    pub stats: Arc<Stats>,
+    stop: CancellationToken,
+    /// The relay task; taken by whoever waits for it to end.
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Why a console could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error("a console named {0} exists")]
+    Exists(LogName),
+    #[error("{0} consoles exist already")]
+    Limit(usize),
+    #[error("cannot set up {path}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Every console.
+#[derive(Debug)]
+pub struct Consoles {
+    dir: PathBuf,
+    max: usize,
+    map: Mutex<BTreeMap<LogName, Arc<Console>>>,
+    /// Parent of every console's token: the daemon's shutdown.
+    shutdown: CancellationToken,
+}
+
+impl Consoles {
+    pub fn new(runtime_dir: &Path, max: usize, shutdown: CancellationToken) -> Self {
+        Self {
+            dir: runtime_dir.join("consoles"),
+            max,
+            map: Mutex::default(),
+            shutdown,
+        }
+    }
+
+    pub fn max(&self) -> usize {
+        self.max
+    }
+
+    /// Binds the console's sockets and starts its relay. Must run inside
+    /// the runtime. On error nothing is left behind.
+    pub fn create(&self, settings: Settings) -> Result<Arc<Console>, ConsoleError> {
+        // Held throughout, so two calls cannot create one name twice.
+        let mut map = lock(&self.map);
+        if map.contains_key(&settings.name) {
+            return Err(ConsoleError::Exists(settings.name));
+        }
+        if map.len() >= self.max {
+            return Err(ConsoleError::Limit(self.max));
+        }
+        let failed = |path: &Path| {
+            let path = path.to_owned();
+            move |source| ConsoleError::Socket { path, source }
+        };
+        fs::create_dir_all(&self.dir).map_err(failed(&self.dir))?;
+        let path = |kind: &str| self.dir.join(format!("{}.{kind}", settings.name));
+        let guest_socket = path("guest");
+        let client_socket = path("client");
+        let view_socket = settings.viewers.then(|| path("view"));
+
+        let mut bound = Vec::new();
+        let mut listen = |p: &Path| -> Result<UnixListener, ConsoleError> {
+            let l = listen(p, settings.owner).map_err(failed(p))?;
+            bound.push(p.to_owned());
+            Ok(l)
+        };
+        let listeners = (|| {
+            Ok(Listeners {
+                guest: listen(&guest_socket)?,
+                client: listen(&client_socket)?,
+                view: view_socket.as_deref().map(&mut listen).transpose()?,
+            })
+        })();
+        let listeners = match listeners {
+            Ok(l) => l,
+            Err(e) => {
+                for p in bound {
+                    let _ = fs::remove_file(p);
+                }
+                return Err(e);
+            }
+        };
+
+        let stop = self.shutdown.child_token();
+        let stats = Arc::new(Stats::default());
+        let console = Arc::new(Console {
+            name: settings.name.clone(),
+            guest_socket,
+            client_socket,
+            view_socket,
+            log_path: settings.log.as_ref().map(|l| l.path().to_owned()),
+            stats: stats.clone(),
+            stop: stop.clone(),
+            task: Mutex::new(None),
+        });
+        let span = info_span!("console", name = %settings.name);
+        let task = tokio::spawn(
+            relay::run(settings, listeners, stats, stop, console.clone()).instrument(span),
+        );
+        *lock(&console.task) = Some(task);
+        info!(name = %console.name, "console created");
+        map.insert(console.name.clone(), console.clone());
+        Ok(console)
+    }
+
+    pub fn get(&self, name: &LogName) -> Option<Arc<Console>> {
+        lock(&self.map).get(name).cloned()
+    }
+
+    pub fn all(&self) -> Vec<Arc<Console>> {
+        lock(&self.map).values().cloned().collect()
+    }
+
+    /// Stops a console, waits until its connections are closed and its
+    /// sockets removed, then forgets it. `false` if there was none.
+    pub async fn remove(&self, name: &LogName) -> bool {
+        let Some(console) = self.get(name) else {
+            return false;
+        };
+        console.stop().await;
+        lock(&self.map).remove(name);
+        true
+    }
+
+    /// Stops every console and waits for them, at shutdown.
+    pub async fn stop_all(&self) {
+        for console in self.all() {
+            console.stop().await;
+        }
+    }
+}
+
+impl Console {
+    /// Stops the relay and waits for it.
+    async fn stop(&self) {
+        self.stop.cancel();
+        let task = lock(&self.task).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+
+    /// The socket files, for removal when the console ends.
+    pub fn sockets(&self) -> impl Iterator<Item = &Path> {
+        [
+            Some(&self.guest_socket),
+            Some(&self.client_socket),
+            self.view_socket.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(PathBuf::as_path)
+    }
+}
+
+/// Binds a listening socket with the given owner and mode. A stale file
+/// from an earlier run is replaced: no live console has this name.
+fn listen(path: &Path, owner: Owner) -> std::io::Result<UnixListener> {
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let std = std::os::unix::net::UnixListener::bind(path)?;
+    let result = (|| {
+        if owner.uid.is_some() || owner.gid.is_some() {
+            nix::unistd::chown(
+                path,
+                owner.uid.map(nix::unistd::Uid::from_raw),
+                owner.gid.map(nix::unistd::Gid::from_raw),
+            )?;
+        }
+        fs::set_permissions(path, fs::Permissions::from_mode(owner.mode))?;
+        std.set_nonblocking(true)?;
+        UnixListener::from_std(std)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(path);
+    }
+    result
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
