@@ -241,7 +241,7 @@ fn varlinkctl_list_logs_and_oneway_append() {
     let ctl = tool_or_skip!("varlinkctl");
     let mut d = Daemon::start("");
     let reply = ctl_call(&ctl, &d, "ListLogs", &json!({}));
-    assert_eq!(reply, json!({ "logs": [] }));
+    assert_eq!(reply, json!({ "logs": [], "consoles": [] }));
 
     // A oneway call gets no reply, but is carried out.
     let o = run(Command::new(&ctl)
@@ -417,7 +417,7 @@ fn varlinkctl_error_replies_exit_non_zero() {
     // None of that created a log.
     assert_eq!(
         ctl_call(&ctl, &d, "ListLogs", &json!({})),
-        json!({"logs": []})
+        json!({"logs": [], "consoles": []})
     );
     d.assert_alive();
 }

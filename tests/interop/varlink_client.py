@@ -68,7 +68,7 @@ def scenario_basic(address):
                          {"interface": "io.example.Nope"}, "GetInterfaceDescription(io.example.Nope)")
 
         with c.open(IFACE, namespaced=False) as m:
-            check(m.ListLogs() == {"logs": []}, "ListLogs on a new daemon is not empty")
+            check(m.ListLogs() == {"logs": [], "consoles": []}, "ListLogs on a new daemon is not empty")
 
             m.AppendLog("vm1", "first line")
             m.AppendLog(name="vm1", message="second line\n")
