@@ -13,6 +13,7 @@
 
 use std::{
     collections::VecDeque,
+    io,
     sync::{Mutex, MutexGuard, PoisonError},
 };
 
@@ -31,10 +32,40 @@ pub enum SlowPolicy {
 /// What a push did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Pushed {
-    /// Queued; `dropped` older bytes were discarded to make room.
-    Queued { dropped: usize },
+    /// Written straight to the consumer.
+    Sent,
+    /// Queued; `dropped` older bytes were discarded to make room. `woke`:
+    /// the consumer was waiting for output and now has some.
+    Queued { dropped: usize, woke: bool },
     /// The consumer is gone, or was disconnected by this push.
     Closed,
+}
+
+/// Output on its way to several queues, copied into shared memory at most
+/// once, and only if some queue keeps it.
+#[derive(Debug)]
+pub struct Output<'a> {
+    data: &'a [u8],
+    shared: Option<Bytes>,
+}
+
+impl<'a> Output<'a> {
+    pub fn new(data: &'a [u8]) -> Self {
+        Self { data, shared: None }
+    }
+
+    /// The last `n` bytes, shared.
+    fn tail(&mut self, n: usize) -> Bytes {
+        let all = self
+            .shared
+            .get_or_insert_with(|| Bytes::copy_from_slice(self.data));
+        all.slice(all.len() - n..)
+    }
+}
+
+/// For queues whose consumer has no socket to write to directly.
+pub fn no_direct(_: &[u8]) -> io::Result<usize> {
+    Err(io::ErrorKind::WouldBlock.into())
 }
 
 /// Everything a consumer has to send now.
@@ -60,6 +91,8 @@ struct State {
     /// Dropped since the consumer last popped; all of it precedes `chunks`.
     dropped: u64,
     closed: bool,
+    /// The consumer popped a batch and is still sending it.
+    sending: bool,
 }
 
 impl OutputQueue {
@@ -83,38 +116,58 @@ impl OutputQueue {
         }
     }
 
-    /// Queues `data` without waiting.
-    pub fn push(&self, mut data: Bytes) -> Pushed {
+    /// Queues `data`, or hands it to `send` (a non-blocking write to the
+    /// consumer's socket) when nothing is queued or being sent: a consumer
+    /// that keeps up then costs no copy and no task switch. What `send`
+    /// does not take is queued, without waiting.
+    pub fn push(
+        &self,
+        out: &mut Output<'_>,
+        send: impl FnOnce(&[u8]) -> io::Result<usize>,
+    ) -> Pushed {
         let mut s = self.lock();
         if s.closed {
             return Pushed::Closed;
         }
-        let mut dropped = 0;
-        if s.bytes + data.len() > self.cap {
-            if self.policy == SlowPolicy::Disconnect {
-                s.closed = true;
-                drop(s);
-                self.ready.notify_one();
-                return Pushed::Closed;
+        let idle = s.chunks.is_empty() && !s.sending;
+        let mut rest = out.data.len();
+        if idle && s.dropped == 0 {
+            match send(out.data) {
+                Ok(n) if n == rest => return Pushed::Sent,
+                Ok(n) => rest -= n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(_) => {
+                    s.closed = true;
+                    drop(s);
+                    self.ready.notify_one();
+                    return Pushed::Closed;
+                }
             }
-            if data.len() > self.cap {
-                dropped += data.len() - self.cap;
-                data = data.slice(data.len() - self.cap..);
-            }
-            while s.bytes + data.len() > self.cap {
-                let Some(old) = s.chunks.pop_front() else {
-                    break;
-                };
-                s.bytes -= old.len();
-                dropped += old.len();
-            }
-            s.dropped += dropped as u64;
         }
+        if s.bytes + rest > self.cap && self.policy == SlowPolicy::Disconnect {
+            s.closed = true;
+            drop(s);
+            self.ready.notify_one();
+            return Pushed::Closed;
+        }
+        let mut dropped = rest.saturating_sub(self.cap);
+        let data = out.tail(rest - dropped);
+        while s.bytes + data.len() > self.cap {
+            let Some(old) = s.chunks.pop_front() else {
+                break;
+            };
+            s.bytes -= old.len();
+            dropped += old.len();
+        }
+        s.dropped += dropped as u64;
         s.bytes += data.len();
         s.chunks.push_back(data);
         drop(s);
         self.ready.notify_one();
-        Pushed::Queued { dropped }
+        Pushed::Queued {
+            dropped,
+            woke: idle,
+        }
     }
 
     /// Waits for output; `None` once the queue is closed. What is still
@@ -129,6 +182,7 @@ impl OutputQueue {
                 }
                 if !s.chunks.is_empty() || s.dropped > 0 {
                     s.bytes = 0;
+                    s.sending = true;
                     return Some(Batch {
                         dropped: std::mem::take(&mut s.dropped),
                         chunks: s.chunks.drain(..).collect(),
@@ -141,6 +195,11 @@ impl OutputQueue {
         }
     }
 
+    /// The consumer has sent what it popped.
+    pub fn sent(&self) {
+        self.lock().sending = false;
+    }
+
     /// Ends the queue: the producer stops pushing, the consumer stops.
     pub fn close(&self) {
         self.lock().closed = true;
@@ -149,6 +208,12 @@ impl OutputQueue {
 
     pub fn is_closed(&self) -> bool {
         self.lock().closed
+    }
+
+    /// Nothing queued and nothing being sent.
+    pub fn is_idle(&self) -> bool {
+        let s = self.lock();
+        s.chunks.is_empty() && !s.sending && s.dropped == 0
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -169,33 +234,88 @@ mod tests {
         Bytes::copy_from_slice(s.as_bytes())
     }
 
+    fn push(q: &OutputQueue, data: &str) -> Pushed {
+        q.push(&mut Output::new(data.as_bytes()), no_direct)
+    }
+
     #[tokio::test]
     async fn drop_policy_keeps_the_newest_and_counts_the_rest() {
         let q = OutputQueue::new(10, SlowPolicy::Drop);
-        assert_eq!(q.push(b("aaaa")), Pushed::Queued { dropped: 0 });
-        assert_eq!(q.push(b("bbbb")), Pushed::Queued { dropped: 0 });
-        assert_eq!(q.push(b("cccc")), Pushed::Queued { dropped: 4 });
-        assert_eq!(q.push(b("0123456789xy")), Pushed::Queued { dropped: 10 });
+        let queued = |dropped, woke| Pushed::Queued { dropped, woke };
+        assert_eq!(push(&q, "aaaa"), queued(0, true));
+        assert_eq!(push(&q, "bbbb"), queued(0, false));
+        assert_eq!(push(&q, "cccc"), queued(4, false));
+        assert_eq!(push(&q, "0123456789xy"), queued(10, false));
         let batch = q.pop().await.unwrap();
         assert_eq!(batch.dropped, 14);
         assert_eq!(batch.chunks, [b("23456789xy")]);
-        q.push(b("z"));
+        q.sent();
+        push(&q, "z");
+        let batch = q.pop().await.unwrap();
+        assert_eq!((batch.dropped, batch.chunks), (0, vec![b("z")]));
+    }
+
+    #[tokio::test]
+    async fn sends_directly_only_when_idle() {
+        let q = OutputQueue::new(100, SlowPolicy::Drop);
+        let mut sent = Vec::new();
+        // Idle: the send takes two bytes, the rest is queued.
+        let pushed = q.push(&mut Output::new(b"abcd"), |d| {
+            sent.extend_from_slice(&d[..2]);
+            Ok(2)
+        });
         assert_eq!(
-            q.pop().await.unwrap(),
-            Batch {
+            pushed,
+            Pushed::Queued {
                 dropped: 0,
-                chunks: vec![b("z")]
+                woke: true
             }
         );
+        assert_eq!(sent, b"ab");
+        // Something is queued: no direct send, or bytes would overtake it.
+        q.push(&mut Output::new(b"ef"), |_| {
+            panic!("sent past queued bytes")
+        });
+        let batch = q.pop().await.unwrap();
+        assert_eq!(batch.chunks, [b("cd"), b("ef")]);
+        // Still sending the batch: no direct send either.
+        q.push(&mut Output::new(b"gh"), |_| panic!("sent during a batch"));
+        q.sent();
+        assert_eq!(q.pop().await.unwrap().chunks, [b("gh")]);
+        q.sent();
+        assert_eq!(
+            q.push(&mut Output::new(b"ij"), |d| Ok(d.len())),
+            Pushed::Sent
+        );
+        // A failed send means the consumer is gone.
+        let gone = q.push(&mut Output::new(b"kl"), |_| {
+            Err(io::ErrorKind::BrokenPipe.into())
+        });
+        assert_eq!(gone, Pushed::Closed);
+    }
+
+    #[test]
+    fn output_is_copied_once_for_all_queues() {
+        let (a, b) = (
+            OutputQueue::new(8, SlowPolicy::Drop),
+            OutputQueue::new(8, SlowPolicy::Drop),
+        );
+        let mut out = Output::new(b"0123456789");
+        a.push(&mut out, no_direct);
+        b.push(&mut out, |_| Ok(4));
+        let (qa, qb) = (a.lock().chunks[0].clone(), b.lock().chunks[0].clone());
+        assert_eq!((&qa[..], &qb[..]), (&b"23456789"[..], &b"456789"[..]));
+        // Both are views of one buffer.
+        assert_eq!(qa.as_ptr().wrapping_add(2), qb.as_ptr());
     }
 
     #[tokio::test]
     async fn disconnect_policy_closes_instead() {
         let q = OutputQueue::new(4, SlowPolicy::Disconnect);
-        q.push(b("abc"));
-        assert_eq!(q.push(b("de")), Pushed::Closed);
+        push(&q, "abc");
+        assert_eq!(push(&q, "de"), Pushed::Closed);
         assert_eq!(q.pop().await, None);
-        assert_eq!(q.push(b("f")), Pushed::Closed);
+        assert_eq!(push(&q, "f"), Pushed::Closed);
     }
 
     #[tokio::test]

@@ -18,12 +18,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use bytes::Bytes;
 use tracing::warn;
 
 use crate::{
     name::LogName,
-    queue::{OutputQueue, Pushed, SlowPolicy},
+    queue::{Output, OutputQueue, Pushed, SlowPolicy, no_direct},
     rotator::{Policy, RotatingFile, RotatorError},
 };
 
@@ -134,12 +133,10 @@ impl Log {
 
     fn fan_out(&self, data: &[u8]) {
         let mut followers = lock(&self.followers);
-        if followers.is_empty() {
-            return;
-        }
-        let data = Bytes::copy_from_slice(data);
-        followers.retain(|q| match q.push(data.clone()) {
-            Pushed::Queued { dropped } => {
+        let mut out = Output::new(data);
+        followers.retain(|q| match q.push(&mut out, no_direct) {
+            Pushed::Sent => true,
+            Pushed::Queued { dropped, .. } => {
                 self.followers_dropped.fetch_add(dropped as u64, Relaxed);
                 true
             }

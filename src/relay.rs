@@ -19,7 +19,7 @@ use std::{
 
 use bytes::Bytes;
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt, Interest},
+    io::{AsyncReadExt, Interest},
     net::{
         UnixListener, UnixStream,
         unix::{OwnedReadHalf, OwnedWriteHalf},
@@ -31,7 +31,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     console::{Console, Settings, Stats},
-    queue::{OutputQueue, Pushed, drop_marker},
+    queue::{Output, OutputQueue, Pushed, drop_marker},
 };
 
 /// The most read from the guest at once.
@@ -55,6 +55,8 @@ pub struct Listeners {
 /// The relay's end of one client.
 struct Client {
     queue: Arc<OutputQueue>,
+    /// Shared with the client's writer task, for writes that need no wait.
+    socket: Arc<OwnedWriteHalf>,
     stop: CancellationToken,
 }
 
@@ -105,7 +107,14 @@ pub async fn run(
                 Err(e) => accept_failed(e).await,
             },
             r = readable(&relay.guest) => match r {
-                Ok(()) => relay.read_guest(),
+                Ok(()) => {
+                    if relay.read_guest() {
+                        // A busy guest keeps this task ready forever, and the
+                        // writers it just woke wait in this worker's slot:
+                        // let them send before reading more.
+                        tokio::task::yield_now().await;
+                    }
+                }
                 Err(_) => relay.guest_gone(),
             },
             r = l.client.accept() => match r {
@@ -161,20 +170,24 @@ impl Relay {
         self.stats.guest_connected.store(false, Relaxed);
     }
 
-    /// One read from the guest, passed on at once.
-    fn read_guest(&mut self) {
+    /// One read from the guest, passed on at once. True if a client's
+    /// writer task was woken to send some of it.
+    fn read_guest(&mut self) -> bool {
         BUFFER.with_borrow_mut(|buf| {
-            let Some(guest) = &self.guest else { return };
+            let Some(guest) = &self.guest else {
+                return false;
+            };
             match guest.try_read(buf) {
                 Ok(0) => self.guest_gone(),
-                Ok(n) => self.output(&buf[..n]),
+                Ok(n) => return self.output(&buf[..n]),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
                     debug!(error = %e, "guest read failed");
                     self.guest_gone();
                 }
             }
-        });
+            false
+        })
     }
 
     /// Reads until the guest has nothing more to give right now.
@@ -188,8 +201,10 @@ impl Relay {
         }
     }
 
-    /// Guest output: to the log first, then to every client's queue.
-    fn output(&mut self, data: &[u8]) {
+    /// Guest output: to the log first, then to every client, straight to
+    /// its socket if it keeps up, else into its queue. True if a client's
+    /// writer task was woken.
+    fn output(&mut self, data: &[u8]) -> bool {
         self.stats
             .bytes_from_guest
             .fetch_add(data.len() as u64, Relaxed);
@@ -200,23 +215,26 @@ impl Relay {
             }
             None => self.remember(data),
         }
-        if self.clients.is_empty() {
-            return;
-        }
-        let data = Bytes::copy_from_slice(data);
         let stats = &self.stats;
-        self.clients.retain(|c| match c.queue.push(data.clone()) {
-            Pushed::Queued { dropped } => {
-                stats
-                    .bytes_dropped_for_clients
-                    .fetch_add(dropped as u64, Relaxed);
-                true
-            }
-            Pushed::Closed => {
-                c.stop.cancel();
-                false
-            }
-        });
+        let mut out = Output::new(data);
+        let mut woke = false;
+        self.clients.retain(
+            |c| match c.queue.push(&mut out, |d| c.socket.try_write(d)) {
+                Pushed::Sent => true,
+                Pushed::Queued { dropped, woke: w } => {
+                    stats
+                        .bytes_dropped_for_clients
+                        .fetch_add(dropped as u64, Relaxed);
+                    woke |= w;
+                    true
+                }
+                Pushed::Closed => {
+                    c.stop.cancel();
+                    false
+                }
+            },
+        );
+        woke
     }
 
     fn remember(&mut self, data: &[u8]) {
@@ -281,16 +299,21 @@ impl Relay {
             viewer,
         });
         let (read, write) = stream.into_split();
+        let socket = Arc::new(write);
         let input = (!viewer).then(|| self.input_tx.clone());
         self.client_tasks.spawn(send_output(
-            write,
+            socket.clone(),
             queue.clone(),
             stop.clone(),
             guard.clone(),
         ));
         self.client_tasks
             .spawn(take_input(read, input, stop.clone(), guard));
-        self.clients.push(Client { queue, stop });
+        self.clients.push(Client {
+            queue,
+            socket,
+            stop,
+        });
         debug!(viewer, "client attached");
     }
 
@@ -323,9 +346,9 @@ impl Drop for Attached {
     }
 }
 
-/// A client's writer: its queue, at its own pace.
+/// A client's writer: the backlog in its queue, at the client's pace.
 async fn send_output(
-    mut w: OwnedWriteHalf,
+    w: Arc<OwnedWriteHalf>,
     queue: Arc<OutputQueue>,
     stop: CancellationToken,
     _attached: Arc<Attached>,
@@ -340,22 +363,37 @@ async fn send_output(
         let sent = tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            r = send(&mut w, batch.dropped, &batch.chunks) => r,
+            r = send(&w, batch.dropped, &batch.chunks) => r,
         };
         if sent.is_err() {
             break;
         }
+        queue.sent();
     }
     stop.cancel();
     queue.close();
 }
 
-async fn send(w: &mut OwnedWriteHalf, dropped: u64, chunks: &[Bytes]) -> io::Result<()> {
+async fn send(w: &OwnedWriteHalf, dropped: u64, chunks: &[Bytes]) -> io::Result<()> {
     if dropped > 0 {
-        w.write_all(drop_marker(dropped).as_bytes()).await?;
+        write_all(w, drop_marker(dropped).as_bytes()).await?;
     }
     for c in chunks {
-        w.write_all(c).await?;
+        write_all(w, c).await?;
+    }
+    Ok(())
+}
+
+/// `write_all` through a shared half: the relay writes through it too, but
+/// only while this task has nothing popped.
+async fn write_all(w: &OwnedWriteHalf, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        w.writable().await?;
+        match w.try_write(data) {
+            Ok(n) => data = &data[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
     }
     Ok(())
 }

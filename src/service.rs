@@ -648,6 +648,8 @@ fn follow_stream(
 ) -> impl Stream<Item = ReplyStreamItem<Value, WireError>> + Send {
     stream::unfold(following, move |following| async move {
         let batch = following.0.pop().await?;
+        // Handed to zlink now; the next batch may be queued behind it.
+        following.0.sent();
         let data: Vec<u8> = batch.chunks.concat();
         let encoded = base64::engine::general_purpose::STANDARD.encode(&data);
         let text = text.then(|| String::from_utf8_lossy(&data));
