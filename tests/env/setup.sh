@@ -51,5 +51,6 @@ bash "$HERE/varlinkctl.sh"
 
 # --- QEMU + console-test guest (kernel, initramfs); never fails setup ---
 bash "$HERE/guest.sh"
+bash "$HERE/systemd.sh"  # trixie root for tests/systemd/ (systemd 257 as PID 1); never fails setup
 
 echo "setup: ok ($("$VENV/bin/python" -c 'import importlib.metadata as m; print("asyncvarlink", m.version("asyncvarlink"), "varlink", m.version("varlink"))'); varlinkctl: $([ -f $W/varlinkctl.unavailable ] && echo unavailable || echo ok))"

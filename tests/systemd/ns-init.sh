@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs as PID 1 of the new pid/mount/cgroup/uts/ipc namespaces (started by
+# boot.sh through unshare): sets up the API file systems under ROOT, binds
+# HOSTDIR at /host and execs systemd. Usage: ns-init.sh ROOT HOSTDIR
+set -euo pipefail
+R=$1 H=$2
+mount --bind "$R" "$R"
+mount -t proc -o nosuid,nodev,noexec proc "$R/proc"
+mount --bind "$R/proc/sys" "$R/proc/sys"
+mount -o remount,bind,ro "$R/proc/sys"
+mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$R/sys"
+mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 "$R/sys/fs/cgroup"
+mount -t tmpfs -o mode=755,nosuid,size=4m tmpfs "$R/dev"
+for d in null zero full random urandom tty; do
+    touch "$R/dev/$d"
+    mount --bind "/dev/$d" "$R/dev/$d"
+done
+mkdir -m 755 "$R/dev/pts" "$R/dev/shm"
+mount -t devpts -o newinstance,ptmxmode=0666,mode=620,gid=5,nosuid,noexec devpts "$R/dev/pts"
+ln -s pts/ptmx "$R/dev/ptmx"
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/dev/shm"
+ln -s /proc/self/fd "$R/dev/fd"
+ln -s /proc/self/fd/0 "$R/dev/stdin"
+ln -s /proc/self/fd/1 "$R/dev/stdout"
+ln -s /proc/self/fd/2 "$R/dev/stderr"
+mount -t tmpfs -o mode=755,nosuid,nodev tmpfs "$R/run"
+mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/tmp"
+mkdir -p "$R/host"
+mount --bind "$H" "$R/host"
+exec chroot "$R" /usr/bin/env -i container=unshare /usr/lib/systemd/systemd
