@@ -80,6 +80,8 @@ pub struct Console {
     pub client_socket: PathBuf,
     pub view_socket: Option<PathBuf>,
     pub log_path: Option<PathBuf>,
+    /// The log, for the figures of its followers.
+    pub log: Option<Arc<Log>>,
     pub stats: Arc<Stats>,
     stop: CancellationToken,
     /// The relay task; taken by whoever waits for it to end.
@@ -177,6 +179,7 @@ impl Consoles {
             client_socket,
             view_socket,
             log_path: settings.log.as_ref().map(|l| l.path().to_owned()),
+            log: settings.log.clone(),
             stats: stats.clone(),
             stop: stop.clone(),
             task: Mutex::new(None),

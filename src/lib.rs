@@ -20,4 +20,5 @@ pub mod registry;
 pub mod relay;
 pub mod rotator;
 pub mod service;
+#[allow(unsafe_code)]
 pub mod transport;

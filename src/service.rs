@@ -12,12 +12,14 @@
 //! and an unknown method each get one, and the connection stays usable.
 
 use std::{
+    collections::VecDeque,
     os::fd::OwnedFd,
     pin::Pin,
     sync::{Arc, atomic::Ordering::Relaxed},
 };
 
 use base64::Engine as _;
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt, stream};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
@@ -229,7 +231,13 @@ impl Manager {
                 if !call.more() {
                     return Err(WireError::Varlink(varlink_service::Error::ExpectedMore));
                 }
-                return self.follow(parse(parameters)?).map(MethodReply::Multi);
+                let socket = transport::Room::new(conn.read().read_half()).map_err(|e| {
+                    warn!(error = %e, "cannot watch a follower's socket");
+                    internal()
+                })?;
+                return self
+                    .follow(parse(parameters)?, socket)
+                    .map(MethodReply::Multi);
             }
             "OpenPipe" => blocking(self.open_pipe(parse(parameters)?)?),
             "Rotate" => blocking(self.rotate(parse(parameters)?)?),
@@ -290,7 +298,8 @@ impl Manager {
                     viewers: int(s.viewers.load(Relaxed) as u64),
                     bytes_from_guest: int(s.bytes_from_guest.load(Relaxed)),
                     bytes_to_guest: int(s.bytes_to_guest.load(Relaxed)),
-                    bytes_dropped_for_clients: int(s.bytes_dropped_for_clients.load(Relaxed)),
+                    bytes_dropped_for_clients: int(s.bytes_dropped_for_clients.load(Relaxed)
+                        + c.log.as_ref().map_or(0, |l| l.followers_dropped())),
                 }
             })
             .collect();
@@ -395,17 +404,20 @@ impl Manager {
         }))
     }
 
-    fn follow(&self, p: api::FollowInput) -> Result<Deferred, WireError> {
+    fn follow(&self, p: api::FollowInput, socket: transport::Room) -> Result<Deferred, WireError> {
         let name = log_name(&p.name)?;
         let replay = replay_bytes(p.replay_bytes)?;
         let log = self.registry.get(&name).ok_or_else(|| no_such_log(&name))?;
         let cap = self.limits.client_queue;
         let text = p.text == Some(true);
         let start = tokio::task::spawn_blocking(move || log.follow(replay, cap));
-        let stream = stream::once(start).flat_map(move |started| match started {
-            Ok(Ok(queue)) => follow_stream(Following(queue), text).boxed(),
-            Ok(Err(e)) => stream::iter([(Err(WireError::from(e)), vec![])]).boxed(),
-            Err(_) => stream::iter([(Err(internal()), vec![])]).boxed(),
+        // Called once: `stream::once` yields one item.
+        let mut socket = Some(socket);
+        let stream = stream::once(start).flat_map(move |started| match (started, socket.take()) {
+            (_, None) => stream::empty().boxed(),
+            (Ok(Ok(queue)), Some(socket)) => follow_stream(Following(queue), socket, text).boxed(),
+            (Ok(Err(e)), _) => stream::iter([(Err(WireError::from(e)), vec![])]).boxed(),
+            (Err(_), _) => stream::iter([(Err(internal()), vec![])]).boxed(),
         });
         Ok(Box::pin(stream))
     }
@@ -642,24 +654,45 @@ impl Drop for Following {
     }
 }
 
+/// The most log bytes in one Follow reply. zlink writes a reply inside its
+/// one server loop, and a reply's cost grows with the square of its size,
+/// so replies stay small.
+const FOLLOW_CHUNK: usize = 16 * 1024;
+
 fn follow_stream(
     following: Following,
+    socket: transport::Room,
     text: bool,
 ) -> impl Stream<Item = ReplyStreamItem<Value, WireError>> + Send {
-    stream::unfold(following, move |following| async move {
-        let batch = following.0.pop().await?;
-        // Handed to zlink now; the next batch may be queued behind it.
-        following.0.sent();
-        let data: Vec<u8> = batch.chunks.concat();
+    let state = (following, socket, VecDeque::<(Bytes, u64)>::new());
+    stream::unfold(state, move |(following, socket, mut ready)| async move {
+        if ready.is_empty() {
+            let batch = following.0.pop().await?;
+            // Taken from the queue now; the next batch may queue behind it.
+            following.0.sent();
+            let data = Bytes::from(batch.chunks.concat());
+            let mut dropped = batch.dropped;
+            for at in (0..data.len().max(1)).step_by(FOLLOW_CHUNK) {
+                let end = (at + FOLLOW_CHUNK).min(data.len());
+                ready.push_back((data.slice(at..end), std::mem::take(&mut dropped)));
+            }
+        }
+        let (data, dropped) = ready.pop_front()?;
+        // zlink would wait for a follower that does not read, and every
+        // other caller with it: a reply goes out only once it fits. Until
+        // then output waits in the follower's queue, which drops its oldest.
         let encoded = base64::engine::general_purpose::STANDARD.encode(&data);
+        if socket.wait_for(encoded.len() + 256).await.is_err() {
+            return None;
+        }
         let text = text.then(|| String::from_utf8_lossy(&data));
         let reply = api::FollowOutput {
             data: &encoded,
             text: text.as_deref(),
-            dropped: int(batch.dropped),
+            dropped: int(dropped),
         };
         let reply = Reply::new(Some(to_value(reply))).set_continues(Some(true));
-        Some(((Ok(reply), vec![]), following))
+        Some(((Ok(reply), vec![]), (following, socket, ready)))
     })
 }
 

@@ -182,3 +182,43 @@ fn refuse(fd: BorrowedFd<'_>, limit: &str, max: usize) {
         MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL,
     );
 }
+
+/// Watches how much a connection's socket can take without blocking, so a
+/// reply is produced only once it fits.
+#[derive(Debug)]
+pub struct Room(tokio::io::unix::AsyncFd<std::os::fd::OwnedFd>);
+
+nix::ioctl_read_bad!(unsent_bytes, nix::libc::TIOCOUTQ, nix::libc::c_int);
+
+impl Room {
+    pub fn new(socket: &ReadHalf) -> std::io::Result<Self> {
+        let fd = socket.as_fd().try_clone_to_owned()?;
+        // SAFETY: the `OwnedFd` keeps its descriptor open, naming the same
+        // socket, for as long as the `AsyncFd` that owns it lives.
+        let fd = unsafe {
+            tokio::io::unix::AsyncFd::register_with_interest(fd, tokio::io::Interest::WRITABLE)
+        }
+        .map_err(std::io::Error::from)?;
+        Ok(Self(fd))
+    }
+
+    /// Waits until `bytes` more fit in the socket's send buffer.
+    pub async fn wait_for(&self, bytes: usize) -> std::io::Result<()> {
+        use nix::sys::socket::{getsockopt, sockopt::SndBuf};
+        loop {
+            let mut queued: nix::libc::c_int = 0;
+            // SAFETY: TIOCOUTQ (SIOCOUTQ) writes one int, the bytes a
+            // socket has not yet had taken by its peer.
+            unsafe { unsent_bytes(self.0.as_raw_fd(), &mut queued) }?;
+            let size = getsockopt(self.0.get_ref(), SndBuf)?;
+            if size.saturating_sub(queued.max(0) as usize) >= bytes {
+                return Ok(());
+            }
+            let mut ready = self.0.writable().await?;
+            ready.clear_ready();
+            // Writability says some room came free, not how much; the peer
+            // reads at its pace, so look again shortly.
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+}
