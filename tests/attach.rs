@@ -50,7 +50,7 @@ impl Tmux {
 
     fn screen(&self) -> String {
         let out = Command::new("tmux")
-            .args(["capture-pane", "-p", "-t", &self.0])
+            .args(["capture-pane", "-p", "-S", "-", "-t", &self.0])
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
