@@ -4,7 +4,7 @@
 //! Must run before any thread exists: it reads and then unsets the
 //! activation environment, so no child inherits it.
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::fcntl::{FcntlArg, fcntl};
 use tracing::warn;
@@ -17,9 +17,11 @@ pub const VARLINK: &str = "varlink";
 pub struct Activation {
     /// The listening varlink socket, if one was passed.
     pub varlink: Option<OwnedFd>,
-    /// Names of descriptors we did not expect; they were closed. Logged
-    /// once tracing is up.
-    pub unknown: Vec<String>,
+    /// Every other passed descriptor, by name: what a previous guestlogd
+    /// stored (see `fdstore`).
+    pub stored: Vec<(String, OwnedFd)>,
+    /// Names that were passed but not open. Logged once tracing is up.
+    pub missing: Vec<String>,
 }
 
 impl Activation {
@@ -33,7 +35,7 @@ impl Activation {
         let mut out = Self::default();
         for (fd, name) in fds {
             let Some(fd) = adopt(fd) else {
-                out.unknown.push(format!("{name} (fd {fd} is not open)"));
+                out.missing.push(format!("{name} (fd {fd} is not open)"));
                 continue;
             };
             // A socket unit without FileDescriptorName= passes "unknown";
@@ -41,7 +43,7 @@ impl Activation {
             if out.varlink.is_none() && (name == VARLINK || name == "unknown") {
                 out.varlink = Some(fd);
             } else {
-                out.unknown.push(name);
+                out.stored.push((name, fd));
             }
         }
         Ok(out)
@@ -49,10 +51,44 @@ impl Activation {
 
     /// Logs what `take` could not use.
     pub fn report(&self) {
-        for name in &self.unknown {
-            warn!(name, "closed an unexpected passed file descriptor");
+        for name in &self.missing {
+            warn!(name, "a passed file descriptor was not open");
         }
     }
+}
+
+/// Replaces this process with a new guestlogd (the binary now at
+/// `/proc/self/exe`, which after an upgrade is the new one), handing it
+/// `fds` the way systemd would: from fd 3 up, named in `LISTEN_FDNAMES`.
+/// Returns only on failure.
+pub fn reexec(fds: Vec<(String, OwnedFd)>) -> std::io::Error {
+    use std::os::unix::process::CommandExt;
+    let count = fds.len();
+    let names: Vec<String> = fds.iter().map(|(n, _)| n.clone()).collect();
+    // Each descriptor first moves above the range it will take, so that
+    // placing one cannot close another.
+    let mut high = Vec::with_capacity(count);
+    for (_, fd) in &fds {
+        match fcntl(fd, FcntlArg::F_DUPFD_CLOEXEC(3 + count as RawFd)) {
+            Ok(dup) => high.push(dup),
+            Err(e) => return e.into(),
+        }
+    }
+    drop(fds);
+    for (i, fd) in high.iter().enumerate() {
+        // SAFETY: the target numbers are below every descriptor in `high`;
+        // whatever held them is ours and closes at exec anyway (CLOEXEC).
+        // dup2 leaves the copy without CLOEXEC, so it survives the exec.
+        if unsafe { nix::libc::dup2(fd.as_raw_fd(), 3 + i as RawFd) } < 0 {
+            return std::io::Error::last_os_error();
+        }
+    }
+    std::process::Command::new("/proc/self/exe")
+        .args(std::env::args_os().skip(1))
+        .env("LISTEN_FDS", count.to_string())
+        .env("LISTEN_PID", std::process::id().to_string())
+        .env("LISTEN_FDNAMES", names.join(":"))
+        .exec()
 }
 
 /// Wraps a passed descriptor, if it is really open: wrapping a closed one

@@ -8,11 +8,12 @@
 use std::{
     collections::BTreeMap,
     fs,
+    os::fd::AsFd,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
 };
 
@@ -23,7 +24,7 @@ use tracing::{Instrument, info, info_span};
 use crate::{
     name::LogName,
     queue::SlowPolicy,
-    registry::Log,
+    registry::{Log, Registry},
     relay::{self, Listeners},
 };
 
@@ -59,6 +60,8 @@ pub struct Settings {
     pub queue: usize,
     /// The most clients, and separately the most viewers.
     pub max_clients: usize,
+    /// For the descriptor store and the saved state.
+    pub registry: Arc<Registry>,
 }
 
 /// A console's figures, shared by its relay task and ListLogs.
@@ -83,9 +86,28 @@ pub struct Console {
     /// The log, for the figures of its followers.
     pub log: Option<Arc<Log>>,
     pub stats: Arc<Stats>,
+    pub settings: Settings,
     stop: CancellationToken,
+    /// Set by RemoveConsole: the relay closes everything instead of handing
+    /// it over.
+    removing: AtomicBool,
     /// The relay task; taken by whoever waits for it to end.
-    task: Mutex<Option<JoinHandle<()>>>,
+    task: Mutex<Option<JoinHandle<Handover>>>,
+}
+
+/// What a previous guestlogd passed on for one console.
+#[derive(Debug, Default)]
+pub struct Adopted {
+    pub guest: Option<tokio::net::UnixStream>,
+    pub clients: Vec<AdoptedClient>,
+}
+
+#[derive(Debug)]
+pub struct AdoptedClient {
+    pub fd_name: String,
+    pub stream: tokio::net::UnixStream,
+    pub viewer: bool,
+    pub pending: Vec<u8>,
 }
 
 /// Why a console could not be created.
@@ -130,6 +152,25 @@ impl Consoles {
     /// Binds the console's sockets and starts its relay. Must run inside
     /// the runtime. On error nothing is left behind.
     pub fn create(&self, settings: Settings) -> Result<Arc<Console>, ConsoleError> {
+        self.create_or_adopt(settings, None)
+    }
+
+    /// Starts a console a previous guestlogd ran, on its sockets and
+    /// connections.
+    pub fn adopt(
+        &self,
+        settings: Settings,
+        listeners: Listeners,
+        adopted: Adopted,
+    ) -> Result<Arc<Console>, ConsoleError> {
+        self.create_or_adopt(settings, Some((listeners, adopted)))
+    }
+
+    fn create_or_adopt(
+        &self,
+        settings: Settings,
+        adopt: Option<(Listeners, Adopted)>,
+    ) -> Result<Arc<Console>, ConsoleError> {
         // Held throughout, so two calls cannot create one name twice.
         let mut map = lock(&self.map);
         if map.contains_key(&settings.name) {
@@ -148,26 +189,31 @@ impl Consoles {
         let client_socket = path("client");
         let view_socket = settings.viewers.then(|| path("view"));
 
-        let mut bound = Vec::new();
-        let mut listen = |p: &Path| -> Result<UnixListener, ConsoleError> {
-            let l = listen(p, settings.owner).map_err(failed(p))?;
-            bound.push(p.to_owned());
-            Ok(l)
-        };
-        let listeners = (|| {
-            Ok(Listeners {
-                guest: listen(&guest_socket)?,
-                client: listen(&client_socket)?,
-                view: view_socket.as_deref().map(&mut listen).transpose()?,
-            })
-        })();
-        let listeners = match listeners {
-            Ok(l) => l,
-            Err(e) => {
-                for p in bound {
-                    let _ = fs::remove_file(p);
+        let (listeners, adopted) = match adopt {
+            Some(a) => a,
+            None => {
+                let listeners = bind_all(
+                    &settings,
+                    &guest_socket,
+                    &client_socket,
+                    view_socket.as_deref(),
+                )?;
+                let store = settings.registry.store();
+                let prefix = format!("console/{}", settings.name);
+                store.add(
+                    format!("{prefix}/guest-listen"),
+                    listeners.guest.as_fd(),
+                    true,
+                );
+                store.add(
+                    format!("{prefix}/client-listen"),
+                    listeners.client.as_fd(),
+                    true,
+                );
+                if let Some(v) = &listeners.view {
+                    store.add(format!("{prefix}/view-listen"), v.as_fd(), true);
                 }
-                return Err(e);
+                (listeners, Adopted::default())
             }
         };
 
@@ -181,12 +227,14 @@ impl Consoles {
             log_path: settings.log.as_ref().map(|l| l.path().to_owned()),
             log: settings.log.clone(),
             stats: stats.clone(),
+            settings: settings.clone(),
             stop: stop.clone(),
+            removing: AtomicBool::new(false),
             task: Mutex::new(None),
         });
         let span = info_span!("console", name = %settings.name);
         let task = tokio::spawn(
-            relay::run(settings, listeners, stats, stop, console.clone()).instrument(span),
+            relay::run(settings, listeners, adopted, stats, stop, console.clone()).instrument(span),
         );
         *lock(&console.task) = Some(task);
         info!(name = %console.name, "console created");
@@ -208,27 +256,73 @@ impl Consoles {
         let Some(console) = self.get(name) else {
             return false;
         };
+        console.removing.store(true, Relaxed);
         console.stop().await;
         lock(&self.map).remove(name);
+        console.settings.registry.touch();
         true
     }
 
-    /// Stops every console and waits for them, at shutdown.
-    pub async fn stop_all(&self) {
+    /// Stops every console and waits for them, at shutdown; returns what
+    /// each handed over.
+    pub async fn stop_all(&self) -> BTreeMap<LogName, Handover> {
+        let mut out = BTreeMap::new();
         for console in self.all() {
-            console.stop().await;
+            out.insert(console.name.clone(), console.stop().await);
+        }
+        out
+    }
+}
+
+/// What a console's relay leaves for the next guestlogd: client output
+/// it had queued, by client descriptor name.
+pub type Handover = BTreeMap<String, crate::state::Pending>;
+
+fn bind_all(
+    settings: &Settings,
+    guest: &Path,
+    client: &Path,
+    view: Option<&Path>,
+) -> Result<Listeners, ConsoleError> {
+    let failed = |path: &Path| {
+        let path = path.to_owned();
+        move |source| ConsoleError::Socket { path, source }
+    };
+    let mut bound = Vec::new();
+    let mut listen = |p: &Path| -> Result<UnixListener, ConsoleError> {
+        let l = listen(p, settings.owner).map_err(failed(p))?;
+        bound.push(p.to_owned());
+        Ok(l)
+    };
+    let listeners = (|| {
+        Ok(Listeners {
+            guest: listen(guest)?,
+            client: listen(client)?,
+            view: view.map(&mut listen).transpose()?,
+        })
+    })();
+    if listeners.is_err() {
+        for p in bound {
+            let _ = fs::remove_file(p);
         }
     }
+    listeners
 }
 
 impl Console {
     /// Stops the relay and waits for it.
-    async fn stop(&self) {
+    async fn stop(&self) -> Handover {
         self.stop.cancel();
         let task = lock(&self.task).take();
-        if let Some(task) = task {
-            let _ = task.await;
+        match task {
+            Some(task) => task.await.unwrap_or_default(),
+            None => Handover::default(),
         }
+    }
+
+    /// Whether RemoveConsole is closing this console for good.
+    pub fn removing(&self) -> bool {
+        self.removing.load(Relaxed)
     }
 
     /// The socket files, for removal when the console ends.

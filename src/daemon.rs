@@ -2,13 +2,14 @@
 //! SIGTERM drain every pipe into its log before exiting.
 
 use std::{
+    collections::BTreeMap,
     fs,
     os::{
-        fd::OwnedFd,
+        fd::{AsFd, OwnedFd},
         unix::{fs::PermissionsExt, net::UnixStream},
     },
     path::{Path, PathBuf},
-    sync::{Arc, atomic::Ordering::Relaxed},
+    sync::{Arc, Mutex, MutexGuard, PoisonError, atomic::Ordering::Relaxed},
 };
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -16,9 +17,12 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use crate::{
+    activation::{self, Activation},
     config::Config,
     console::Consoles,
+    fdstore::FdStore,
     registry::{Registry, error_chain},
+    restart::{self, Saver},
     service::{AccessPolicy, Manager},
     transport::Listener,
 };
@@ -61,9 +65,17 @@ pub enum DaemonError {
     Serve(#[source] zlink::Error),
 }
 
-/// Runs the daemon until SIGTERM or SIGINT. `activated` is a listening
-/// socket passed by the service manager, if any.
-pub fn run(opts: Options, activated: Option<OwnedFd>) -> Result<(), DaemonError> {
+/// How the daemon ended.
+#[derive(Debug)]
+pub enum Exit {
+    /// SIGTERM or SIGINT.
+    Stopped,
+    /// SIGUSR1: exec a new guestlogd with these descriptors.
+    Reexec(Vec<(String, OwnedFd)>),
+}
+
+/// Runs the daemon until SIGTERM or SIGINT (or SIGUSR1, for a re-exec).
+pub fn run(opts: Options, activation: Activation) -> Result<Exit, DaemonError> {
     for (dir, mode) in [(&opts.runtime_dir, 0o755), (&opts.log_dir, 0o750)] {
         create_dir(dir, mode)?;
     }
@@ -71,27 +83,43 @@ pub fn run(opts: Options, activated: Option<OwnedFd>) -> Result<(), DaemonError>
         .enable_all()
         .build()
         .map_err(DaemonError::Runtime)?;
-    runtime.block_on(serve(opts, activated))
+    let exit = runtime.block_on(serve(opts, activation));
+    // Blocking threads may still wait on a disk; they hold nothing we need.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    exit
 }
 
-async fn serve(opts: Options, activated: Option<OwnedFd>) -> Result<(), DaemonError> {
+async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonError> {
     let config = &opts.config;
     let socket_path = opts.runtime_dir.join(SOCKET);
-    let (listener, bound) = match activated {
+    let (listener, bound) = match activation.varlink {
         Some(fd) => {
             let std = std::os::unix::net::UnixListener::from(fd);
             (listen_on(std, &socket_path)?, false)
         }
         None => (bind(&socket_path, config)?, true),
     };
+    // Kept to hand the socket itself to a re-exec'd successor.
+    let varlink_fd = listener
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| DaemonError::Bind {
+            path: socket_path.clone(),
+            source,
+        })?;
     let limits = &config.limits;
     let listener = Listener::new(listener, limits.max_connections, limits.max_message_size);
     let live = listener.live();
 
+    // systemd keeps copies only when it has an FD store for us.
+    let systemd = std::env::var_os("FDSTORE").is_some_and(|v| v != "0")
+        && std::env::var_os("NOTIFY_SOCKET").is_some();
+    let store = Arc::new(FdStore::new(systemd));
     let registry = Arc::new(Registry::new(
         opts.log_dir.clone(),
         config.log.policy(),
         limits.max_pipes,
+        store.clone(),
     ));
     let tracker = TaskTracker::new();
     let shutdown = CancellationToken::new();
@@ -100,6 +128,20 @@ async fn serve(opts: Options, activated: Option<OwnedFd>) -> Result<(), DaemonEr
         limits.max_consoles,
         shutdown.clone(),
     ));
+    let adoptions = restart::adopt(
+        activation.stored,
+        &registry,
+        &consoles,
+        limits,
+        &tracker,
+        &shutdown,
+    );
+    let saver = Arc::new(Mutex::new(Saver::new(adoptions)));
+    lock(&saver).save(&registry, &consoles, &BTreeMap::new());
+    let status = Arc::new(Status {
+        started: std::time::SystemTime::now(),
+        adoptions,
+    });
     let manager = Manager::new(
         registry.clone(),
         consoles.clone(),
@@ -107,32 +149,66 @@ async fn serve(opts: Options, activated: Option<OwnedFd>) -> Result<(), DaemonEr
         limits.clone(),
         tracker.clone(),
         shutdown.clone(),
+        status,
     );
     let server = zlink::Server::new(listener, manager);
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
-    info!(socket = %socket_path.display(), logs = %opts.log_dir.display(), "ready");
+    let mut sigusr1 = signal(SignalKind::user_defined1()).map_err(DaemonError::Signals)?;
+    info!(socket = %socket_path.display(), logs = %opts.log_dir.display(), adoptions, "ready");
     notify(&[
         sd_notify::NotifyState::Ready,
         sd_notify::NotifyState::Status("serving"),
     ]);
 
-    let result = tokio::select! {
-        r = server.run() => r.map_err(DaemonError::Serve),
-        _ = sigterm.recv() => Ok(()),
-        _ = sigint.recv() => Ok(()),
+    // The state is saved again after every change, by one task, so saves
+    // never interleave.
+    let saving = {
+        let (registry, consoles, saver) = (registry.clone(), consoles.clone(), saver.clone());
+        tokio::spawn(async move {
+            loop {
+                registry.changed().await;
+                lock(&saver).save(&registry, &consoles, &BTreeMap::new());
+            }
+        })
     };
 
+    let (result, reexec) = tokio::select! {
+        r = server.run() => (r.map_err(DaemonError::Serve), false),
+        _ = sigterm.recv() => (Ok(()), false),
+        _ = sigint.recv() => (Ok(()), false),
+        _ = sigusr1.recv() => (Ok(()), true),
+    };
+
+    // Under systemd's FD store, and for a re-exec, everything open is
+    // handed over; otherwise pipes are drained and consoles closed.
+    let handing_over = reexec || systemd;
+    if handing_over {
+        registry.hand_over();
+    }
     notify(&[
-        sd_notify::NotifyState::Stopping,
-        sd_notify::NotifyState::Status("draining pipes"),
+        if reexec {
+            sd_notify::NotifyState::Reloading
+        } else {
+            sd_notify::NotifyState::Stopping
+        },
+        sd_notify::NotifyState::Status(if handing_over {
+            "handing over"
+        } else {
+            "draining pipes"
+        }),
     ]);
-    info!(connections = live.load(Relaxed), "stopping; draining pipes");
+    info!(
+        connections = live.load(Relaxed),
+        reexec, handing_over, "stopping"
+    );
+    saving.abort();
     shutdown.cancel();
     tracker.close();
     tracker.wait().await;
-    consoles.stop_all().await;
+    let handovers = consoles.stop_all().await;
+    lock(&saver).save(&registry, &consoles, &handovers);
     let logs = registry.logs();
     let synced = tokio::task::spawn_blocking(move || {
         for log in logs {
@@ -145,11 +221,26 @@ async fn serve(opts: Options, activated: Option<OwnedFd>) -> Result<(), DaemonEr
     if let Err(e) = synced {
         warn!(error = %e, "sync task failed");
     }
-    if bound {
+    result?;
+    if reexec {
+        let mut fds = store.take_all();
+        fds.push((activation::VARLINK.to_owned(), varlink_fd));
+        info!(descriptors = fds.len(), "re-executing");
+        return Ok(Exit::Reexec(fds));
+    }
+    if bound && !handing_over {
         let _ = fs::remove_file(&socket_path);
     }
     info!("stopped");
-    result
+    Ok(Exit::Stopped)
+}
+
+/// What GetStatus reports beyond the live figures.
+#[derive(Debug)]
+pub struct Status {
+    pub started: std::time::SystemTime,
+    /// How many times a guestlogd took over before this one.
+    pub adoptions: u64,
 }
 
 fn create_dir(dir: &Path, mode: u32) -> Result<(), DaemonError> {
@@ -217,4 +308,8 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
     {
         warn!(error = %e, "cannot notify the service manager");
     }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -12,13 +12,16 @@ pub mod api;
 pub mod config;
 pub mod console;
 pub mod daemon;
+pub mod fdstore;
 pub mod name;
 #[allow(unsafe_code)]
 pub mod pipe;
 pub mod queue;
 pub mod registry;
 pub mod relay;
+pub mod restart;
 pub mod rotator;
 pub mod service;
+pub mod state;
 #[allow(unsafe_code)]
 pub mod transport;

@@ -9,7 +9,7 @@
 use std::{
     cell::RefCell,
     io,
-    os::fd::{AsRawFd, OwnedFd},
+    os::fd::{AsFd, AsRawFd, OwnedFd},
 };
 
 use nix::{
@@ -41,29 +41,61 @@ pub fn open(
     shutdown: CancellationToken,
 ) -> io::Result<OwnedFd> {
     let (read, write) = pipe2(OFlag::O_CLOEXEC)?;
-    // Only our end is non-blocking; the writer keeps ordinary semantics.
-    fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
     if let Err(e) = fcntl(&read, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE)) {
         debug!(error = %e, "pipe size stays at the kernel default");
     }
+    let store = guard.registry().store();
+    let name = format!("pipe/{}/{}", guard.log().name(), store.id());
+    // No polling: a pipe whose writers are gone may still hold data.
+    store.add(name.clone(), read.as_fd(), false);
+    start(name, read, guard, tracker, shutdown)?;
+    Ok(write)
+}
+
+/// Feeds `guard`'s log from the read end of a pipe a previous guestlogd
+/// created, stored as `name`.
+pub fn adopt(
+    name: String,
+    read: OwnedFd,
+    guard: PipeGuard,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    start(name, read, guard, tracker, shutdown)
+}
+
+fn start(
+    name: String,
+    read: OwnedFd,
+    guard: PipeGuard,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    // Only our end is non-blocking; the writer keeps ordinary semantics.
+    fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
     // SAFETY: an `OwnedFd` keeps its descriptor open, and names the same
     // one, for as long as the `AsyncFd` that owns it lives.
     let read = unsafe { AsyncFd::register_with_interest(read, Interest::READABLE) }
         .map_err(io::Error::from)?;
     let span = info_span!("pipe", log = %guard.log().name(), fd = read.as_raw_fd());
-    tracker.spawn(pump(read, guard, shutdown).instrument(span));
-    Ok(write)
+    tracker.spawn(pump(name, read, guard, shutdown).instrument(span));
+    Ok(())
 }
 
-/// Moves bytes from the pipe to the log until EOF, an error, or shutdown;
-/// on shutdown it first takes whatever the pipe already holds.
-async fn pump(read: AsyncFd<OwnedFd>, guard: PipeGuard, shutdown: CancellationToken) {
+/// Moves bytes from the pipe to the log until EOF, an error, or shutdown.
+/// A shutdown that hands over leaves unread bytes in the kernel for the
+/// next guestlogd; a final one first takes whatever the pipe holds.
+async fn pump(name: String, read: AsyncFd<OwnedFd>, guard: PipeGuard, shutdown: CancellationToken) {
     debug!("pipe opened");
     loop {
         let ready = tokio::select! {
             biased;
             ready = read.readable() => ready,
             () = shutdown.cancelled() => {
+                if guard.registry().handing_over() {
+                    debug!("pipe handed over");
+                    return;
+                }
                 drain(&read, &guard);
                 break;
             }
@@ -85,6 +117,9 @@ async fn pump(read: AsyncFd<OwnedFd>, guard: PipeGuard, shutdown: CancellationTo
             Err(_would_block) => {}
         }
     }
+    let registry = guard.registry();
+    registry.store().remove(&name);
+    registry.touch();
     debug!("pipe closed");
 }
 

@@ -195,6 +195,28 @@ impl OutputQueue {
         }
     }
 
+    /// Puts back what the consumer popped but could not send, ahead of
+    /// anything queued since.
+    pub fn unsend(&self, chunks: Vec<Bytes>, dropped: u64) {
+        let mut s = self.lock();
+        for c in chunks.into_iter().rev() {
+            s.bytes += c.len();
+            s.chunks.push_front(c);
+        }
+        s.dropped += dropped;
+        s.sending = false;
+    }
+
+    /// Everything queued, at once, for handing over.
+    pub fn take(&self) -> Batch {
+        let mut s = self.lock();
+        s.bytes = 0;
+        Batch {
+            dropped: std::mem::take(&mut s.dropped),
+            chunks: s.chunks.drain(..).collect(),
+        }
+    }
+
     /// The consumer has sent what it popped.
     pub fn sent(&self) {
         self.lock().sending = false;

@@ -13,17 +13,20 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         Arc, Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
     time::{Duration, Instant},
 };
 
+use tokio::sync::Notify;
 use tracing::warn;
 
 use crate::{
+    fdstore::FdStore,
     name::LogName,
     queue::{Output, OutputQueue, Pushed, SlowPolicy, no_direct},
     rotator::{Policy, RotatingFile, RotatorError},
+    state::LogState,
 };
 
 /// One log: its file, its figures, and how many pipes feed it.
@@ -215,6 +218,12 @@ pub struct Registry {
     logs: Mutex<BTreeMap<LogName, Arc<Log>>>,
     pipes: AtomicUsize,
     max_pipes: usize,
+    /// Every long-lived descriptor, for the next guestlogd.
+    store: Arc<FdStore>,
+    /// Something the saved state describes has changed.
+    changed: Notify,
+    /// A planned stop hands descriptors over instead of finishing them.
+    handing_over: AtomicBool,
 }
 
 /// A pipe's place under `max_pipes`, given back when dropped.
@@ -252,17 +261,67 @@ impl PipeGuard {
     pub fn log(&self) -> &Arc<Log> {
         &self.log
     }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self._slot.0
+    }
 }
 
 impl Registry {
-    pub fn new(dir: PathBuf, defaults: Policy, max_pipes: usize) -> Self {
+    pub fn new(dir: PathBuf, defaults: Policy, max_pipes: usize, store: Arc<FdStore>) -> Self {
         Self {
             dir,
             defaults,
             logs: Mutex::new(BTreeMap::new()),
             pipes: AtomicUsize::new(0),
             max_pipes,
+            store,
+            changed: Notify::new(),
+            handing_over: AtomicBool::new(false),
         }
+    }
+
+    pub fn store(&self) -> &Arc<FdStore> {
+        &self.store
+    }
+
+    /// Asks for the state to be saved again.
+    pub fn touch(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Waits until something changed since the last call.
+    pub async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// From now on, stopping hands descriptors over to the next guestlogd.
+    pub fn hand_over(&self) {
+        self.handing_over.store(true, Relaxed);
+    }
+
+    pub fn handing_over(&self) -> bool {
+        self.handing_over.load(Relaxed)
+    }
+
+    /// Reopens a log a previous guestlogd had, with its policy and counters.
+    pub fn restore(&self, saved: &LogState) -> Result<Arc<Log>, RotatorError> {
+        let name = LogName::try_from(saved.name.as_str()).map_err(|e| RotatorError::Open {
+            path: self.dir.join(&saved.name),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
+        })?;
+        let log = self.open(
+            &name,
+            Some(saved.policy.max_size),
+            Some(saved.policy.max_backups),
+        )?;
+        log.with_file(|f| {
+            f.restore_counters(saved.bytes_written, saved.bytes_dropped, saved.rotations);
+            Ok(())
+        })?;
+        log.followers_dropped
+            .store(saved.followers_dropped, Relaxed);
+        Ok(log)
     }
 
     pub fn dir(&self) -> &Path {

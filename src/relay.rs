@@ -13,25 +13,28 @@ use std::{
     cell::RefCell,
     collections::VecDeque,
     io,
-    sync::{Arc, atomic::Ordering::Relaxed},
+    os::fd::AsFd,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering::Relaxed},
+    },
     time::Duration,
 };
 
 use bytes::Bytes;
 use tokio::{
-    io::{AsyncReadExt, Interest},
-    net::{
-        UnixListener, UnixStream,
-        unix::{OwnedReadHalf, OwnedWriteHalf},
-    },
+    io::Interest,
+    net::{UnixListener, UnixStream},
     sync::mpsc,
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
 
 use crate::{
-    console::{Console, Settings, Stats},
+    console::{Adopted, Console, Handover, Settings, Stats},
     queue::{Output, OutputQueue, Pushed, drop_marker},
+    registry::Registry,
+    state::Pending,
 };
 
 /// The most read from the guest at once.
@@ -54,16 +57,16 @@ pub struct Listeners {
 
 /// The relay's end of one client.
 struct Client {
+    fd_name: String,
     queue: Arc<OutputQueue>,
     /// Shared with the client's writer task, for writes that need no wait.
-    socket: Arc<OwnedWriteHalf>,
+    socket: Arc<UnixStream>,
     stop: CancellationToken,
 }
 
 struct Relay {
     settings: Settings,
     stats: Arc<Stats>,
-    stop: CancellationToken,
     guest: Option<UnixStream>,
     /// Client input not yet taken by the guest.
     input: VecDeque<Bytes>,
@@ -73,22 +76,31 @@ struct Relay {
     client_tasks: TaskTracker,
     /// The latest output, for replay, when there is no log to read it from.
     ring: VecDeque<u8>,
+    /// The guest connection's name in the descriptor store.
+    guest_name: String,
+    /// Set when the console is handed over: clients that end then stay in
+    /// the descriptor store for the next guestlogd.
+    keep: Arc<AtomicBool>,
 }
 
-/// Runs a console until `stop`, then closes every connection and removes
-/// its sockets.
+/// Runs a console until `stop`. Then, when the console is removed or the
+/// daemon stops for good, it closes every connection and removes the
+/// sockets; when the daemon hands over to a successor, it leaves every
+/// connection open in the descriptor store and returns the clients'
+/// unsent output.
 pub async fn run(
     settings: Settings,
     listeners: Listeners,
+    adopted: Adopted,
     stats: Arc<Stats>,
     stop: CancellationToken,
     console: Arc<Console>,
-) {
+) -> Handover {
     let (input_tx, mut input_rx) = mpsc::channel(64);
+    let guest_name = format!("console/{}/guest", settings.name);
     let mut relay = Relay {
         settings,
         stats,
-        stop: stop.clone(),
         guest: None,
         input: VecDeque::new(),
         input_bytes: 0,
@@ -96,14 +108,23 @@ pub async fn run(
         clients: Vec::new(),
         client_tasks: TaskTracker::new(),
         ring: VecDeque::new(),
+        guest_name,
+        keep: Arc::new(AtomicBool::new(false)),
     };
+    if let Some(guest) = adopted.guest {
+        relay.guest = Some(guest);
+        relay.stats.guest_connected.store(true, Relaxed);
+    }
+    for c in adopted.clients {
+        relay.attach(c.stream, c.viewer, Some((c.fd_name, c.pending)));
+    }
     let l = listeners;
     loop {
         tokio::select! {
             biased;
             () = stop.cancelled() => break,
             r = l.guest.accept() => match r {
-                Ok((s, _)) => relay.adopt_guest(s),
+                Ok((s, _)) => relay.connect_guest(s),
                 Err(e) => accept_failed(e).await,
             },
             r = readable(&relay.guest) => match r {
@@ -118,11 +139,11 @@ pub async fn run(
                 Err(_) => relay.guest_gone(),
             },
             r = l.client.accept() => match r {
-                Ok((s, _)) => relay.attach(s, false),
+                Ok((s, _)) => relay.attach(s, false, None),
                 Err(e) => accept_failed(e).await,
             },
             r = accept(&l.view) => match r {
-                Ok(s) => relay.attach(s, true),
+                Ok(s) => relay.attach(s, true, None),
                 Err(e) => accept_failed(e).await,
             },
             Some(data) = input_rx.recv(), if relay.input_bytes < INPUT_CAP => {
@@ -136,6 +157,10 @@ pub async fn run(
             },
         }
     }
+    let registry = relay.settings.registry.clone();
+    if registry.handing_over() && !console.removing() {
+        return relay.hand_over().await;
+    }
     // What the guest has sent is taken and logged before the console ends.
     relay.drain_guest();
     for c in relay.clients.drain(..) {
@@ -143,22 +168,34 @@ pub async fn run(
     }
     relay.client_tasks.close();
     relay.client_tasks.wait().await;
+    let store = registry.store();
+    store.remove(&relay.guest_name);
+    for kind in ["guest-listen", "client-listen", "view-listen"] {
+        store.remove(&format!("console/{}/{kind}", console.name));
+    }
     for path in console.sockets() {
         let _ = std::fs::remove_file(path);
     }
+    registry.touch();
     info!("console closed");
+    Handover::default()
 }
 
 impl Relay {
     /// A (re)connecting guest replaces the old connection once the old
     /// one's output has been taken.
-    fn adopt_guest(&mut self, guest: UnixStream) {
+    fn connect_guest(&mut self, guest: UnixStream) {
+        let store = self.settings.registry.store().clone();
         if self.guest.is_some() {
             self.drain_guest();
+            store.remove(&self.guest_name);
             info!("guest reconnected");
         } else {
             info!("guest connected");
         }
+        // No polling: a guest that hung up may have left output unread.
+        store.add(self.guest_name.clone(), guest.as_fd(), false);
+        self.settings.registry.touch();
         self.guest = Some(guest);
         self.stats.guest_connected.store(true, Relaxed);
     }
@@ -166,8 +203,52 @@ impl Relay {
     fn guest_gone(&mut self) {
         if self.guest.take().is_some() {
             info!("guest disconnected");
+            self.settings.registry.store().remove(&self.guest_name);
+            self.settings.registry.touch();
         }
         self.stats.guest_connected.store(false, Relaxed);
+    }
+
+    /// Stops without closing anything: output already read is in the log,
+    /// output not yet read stays in the kernel, and what clients have not
+    /// been sent is sent now where it fits, else returned.
+    async fn hand_over(mut self) -> Handover {
+        self.keep.store(true, Relaxed);
+        for c in &self.clients {
+            c.stop.cancel();
+        }
+        self.client_tasks.close();
+        self.client_tasks.wait().await;
+        let mut handover = Handover::new();
+        for c in self.clients.drain(..) {
+            let batch = c.queue.take();
+            let mut data = Vec::new();
+            if batch.dropped > 0 {
+                data.extend_from_slice(drop_marker(batch.dropped).as_bytes());
+            }
+            for chunk in &batch.chunks {
+                data.extend_from_slice(chunk);
+            }
+            let mut sent = 0;
+            while sent < data.len() {
+                match c.socket.try_write(&data[sent..]) {
+                    Ok(n) if n > 0 => sent += n,
+                    _ => break,
+                }
+            }
+            if sent < data.len() {
+                use base64::Engine as _;
+                handover.insert(
+                    c.fd_name,
+                    Pending {
+                        data: base64::engine::general_purpose::STANDARD.encode(&data[sent..]),
+                        dropped: 0,
+                    },
+                );
+            }
+        }
+        info!("console handed over");
+        handover
     }
 
     /// One read from the guest, passed on at once. True if a client's
@@ -274,7 +355,7 @@ impl Relay {
 
     /// Starts a client (or, with `viewer`, a read-only watcher): first the
     /// replay, then live output.
-    fn attach(&mut self, stream: UnixStream, viewer: bool) {
+    fn attach(&mut self, stream: UnixStream, viewer: bool, adopted: Option<(String, Vec<u8>)>) {
         let counter = if viewer {
             &self.stats.viewers
         } else {
@@ -291,15 +372,37 @@ impl Relay {
         self.clients.retain(|c| !c.stop.is_cancelled());
 
         let queue = Arc::new(OutputQueue::new(self.settings.queue, self.settings.slow));
-        queue.start_with(self.replay());
-        let stop = self.stop.child_token();
+        let store = self.settings.registry.store();
+        let fd_name = match adopted {
+            // A client carried over from a previous guestlogd: it saw the
+            // replay then; it gets what was still queued for it.
+            Some((name, pending)) => {
+                queue.start_with(pending);
+                name
+            }
+            None => {
+                queue.start_with(self.replay());
+                let kind = if viewer { "viewer" } else { "client" };
+                let name = format!("console/{}/{kind}/{}", self.settings.name, store.id());
+                store.add(name.clone(), stream.as_fd(), false);
+                self.settings.registry.touch();
+                name
+            }
+        };
+        // Not a child of the console's token: at a hand-over the relay must
+        // mark the clients as kept before they stop.
+        let stop = CancellationToken::new();
         counter.fetch_add(1, Relaxed);
         let guard = Arc::new(Attached {
             stats: self.stats.clone(),
             viewer,
+            fd_name: fd_name.clone(),
+            registry: self.settings.registry.clone(),
+            keep: self.keep.clone(),
         });
-        let (read, write) = stream.into_split();
-        let socket = Arc::new(write);
+        // Shared, not split: tokio's write half shuts the socket down when
+        // dropped, which would end the client's session at a hand-over.
+        let socket = Arc::new(stream);
         let input = (!viewer).then(|| self.input_tx.clone());
         self.client_tasks.spawn(send_output(
             socket.clone(),
@@ -308,8 +411,9 @@ impl Relay {
             guard.clone(),
         ));
         self.client_tasks
-            .spawn(take_input(read, input, stop.clone(), guard));
+            .spawn(take_input(socket.clone(), input, stop.clone(), guard));
         self.clients.push(Client {
+            fd_name,
             queue,
             socket,
             stop,
@@ -329,10 +433,14 @@ impl Relay {
     }
 }
 
-/// Counts a client while either of its tasks runs.
+/// Counts a client while either of its tasks runs; when both end, the
+/// connection is closed for good unless the console is being handed over.
 struct Attached {
     stats: Arc<Stats>,
     viewer: bool,
+    fd_name: String,
+    registry: Arc<Registry>,
+    keep: Arc<AtomicBool>,
 }
 
 impl Drop for Attached {
@@ -343,12 +451,16 @@ impl Drop for Attached {
             &self.stats.clients
         };
         counter.fetch_sub(1, Relaxed);
+        if !self.keep.load(Relaxed) {
+            self.registry.store().remove(&self.fd_name);
+            self.registry.touch();
+        }
     }
 }
 
 /// A client's writer: the backlog in its queue, at the client's pace.
 async fn send_output(
-    w: Arc<OwnedWriteHalf>,
+    w: Arc<UnixStream>,
     queue: Arc<OutputQueue>,
     stop: CancellationToken,
     _attached: Arc<Attached>,
@@ -360,13 +472,32 @@ async fn send_output(
             b = queue.pop() => b,
         };
         let Some(batch) = batch else { break };
-        let sent = tokio::select! {
-            biased;
-            () = stop.cancelled() => break,
-            r = send(&w, batch.dropped, &batch.chunks) => r,
-        };
-        if sent.is_err() {
-            break;
+        let mut chunks: VecDeque<Bytes> = batch.chunks.into();
+        if batch.dropped > 0 {
+            chunks.push_front(Bytes::from(drop_marker(batch.dropped)));
+        }
+        // Sent piece by piece, so that a stop in the middle can put back
+        // exactly what the client has not got.
+        while let Some(front) = chunks.front_mut() {
+            let sent = tokio::select! {
+                biased;
+                () = stop.cancelled() => {
+                    queue.unsend(chunks.into(), 0);
+                    return;
+                }
+                r = write_some(&w, front) => r,
+            };
+            match sent {
+                Ok(n) if n == front.len() => {
+                    chunks.pop_front();
+                }
+                Ok(n) => *front = front.slice(n..),
+                Err(_) => {
+                    stop.cancel();
+                    queue.close();
+                    return;
+                }
+            }
         }
         queue.sent();
     }
@@ -374,33 +505,32 @@ async fn send_output(
     queue.close();
 }
 
-async fn send(w: &OwnedWriteHalf, dropped: u64, chunks: &[Bytes]) -> io::Result<()> {
-    if dropped > 0 {
-        write_all(w, drop_marker(dropped).as_bytes()).await?;
+/// One read, once the socket has something.
+async fn read_some(r: &UnixStream, buf: &mut [u8]) -> io::Result<usize> {
+    loop {
+        r.readable().await?;
+        match r.try_read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            other => return other,
+        }
     }
-    for c in chunks {
-        write_all(w, c).await?;
-    }
-    Ok(())
 }
 
-/// `write_all` through a shared half: the relay writes through it too, but
-/// only while this task has nothing popped.
-async fn write_all(w: &OwnedWriteHalf, mut data: &[u8]) -> io::Result<()> {
-    while !data.is_empty() {
+/// One non-blocking write, once the socket can take some bytes.
+async fn write_some(w: &UnixStream, data: &[u8]) -> io::Result<usize> {
+    loop {
         w.writable().await?;
         match w.try_write(data) {
-            Ok(n) => data = &data[n..],
+            Ok(n) => return Ok(n),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(())
 }
 
 /// A client's reader: input to the relay (or, for a viewer, nowhere).
 async fn take_input(
-    mut r: OwnedReadHalf,
+    r: Arc<UnixStream>,
     input: Option<mpsc::Sender<Bytes>>,
     stop: CancellationToken,
     _attached: Arc<Attached>,
@@ -410,10 +540,14 @@ async fn take_input(
         let n = tokio::select! {
             biased;
             () = stop.cancelled() => return,
-            r = r.read(&mut buf) => r,
+            r = read_some(&r, &mut buf) => r,
         };
         let n = match n {
-            Ok(0) | Err(_) => break,
+            Ok(0) => break,
+            Err(e) => {
+                debug!(error = %e, "client read failed");
+                break;
+            }
             Ok(n) => n,
         };
         if let Some(tx) = &input {
@@ -431,7 +565,7 @@ async fn take_input(
         let hung_up = tokio::select! {
             biased;
             () = stop.cancelled() => return,
-            r = r.as_ref().ready(Interest::WRITABLE) => r.map_or(true, |ready| ready.is_write_closed()),
+            r = r.ready(Interest::WRITABLE) => r.map_or(true, |ready| ready.is_write_closed()),
         };
         if hung_up {
             break;

@@ -36,6 +36,7 @@ use crate::{
     api::{self, ManagerError},
     config::{self, Access, Limits},
     console::{ConsoleError, Consoles, Owner, Settings},
+    daemon::Status,
     name::{self, LogName},
     pipe,
     queue::{OutputQueue, SlowPolicy},
@@ -173,6 +174,7 @@ pub struct Manager {
     /// Pipe tasks, so shutdown can wait for them to drain.
     tracker: TaskTracker,
     shutdown: CancellationToken,
+    status: Arc<Status>,
 }
 
 impl Manager {
@@ -183,6 +185,7 @@ impl Manager {
         limits: Limits,
         tracker: TaskTracker,
         shutdown: CancellationToken,
+        status: Arc<Status>,
     ) -> Self {
         Self {
             registry,
@@ -191,6 +194,7 @@ impl Manager {
             limits,
             tracker,
             shutdown,
+            status,
         }
     }
 
@@ -226,6 +230,10 @@ impl Manager {
             "ListLogs" => {
                 let _: Empty = parse(parameters)?;
                 return Ok(MethodReply::Single(Some(self.list_logs())));
+            }
+            "GetStatus" => {
+                let _: Empty = parse(parameters)?;
+                return Ok(MethodReply::Single(Some(self.status())));
             }
             "Follow" => {
                 if !call.more() {
@@ -306,6 +314,23 @@ impl Manager {
         to_value(api::ListLogsOutput { logs, consoles })
     }
 
+    fn status(&self) -> Value {
+        let started = self
+            .status
+            .started
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let store = self.registry.store();
+        to_value(api::GetStatusOutput {
+            version: env!("CARGO_PKG_VERSION"),
+            pid: std::process::id().into(),
+            start_time: int(started),
+            adoptions: int(self.status.adoptions),
+            stored_fds: int(store.len() as u64),
+            fd_store: store.under_systemd(),
+        })
+    }
+
     fn create_console(&self, p: api::CreateConsoleInput) -> Result<Work, WireError> {
         let name = log_name(&p.name)?;
         let max_size = p.max_size.map(|v| ranged("maxSize", v)).transpose()?;
@@ -364,6 +389,7 @@ impl Manager {
                     viewers,
                     queue: limits.client_queue,
                     max_clients: limits.max_clients,
+                    registry: registry.clone(),
                 })
                 .map_err(|e| match e {
                     ConsoleError::Exists(name) => ManagerError::ConsoleExists {

@@ -151,7 +151,8 @@ async fn introspection_is_the_interface_file() {
             "AppendLog",
             "CreateConsole",
             "RemoveConsole",
-            "Follow"
+            "Follow",
+            "GetStatus"
         ]
     );
 

@@ -4,9 +4,9 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 use guestlogd::{
-    activation::Activation,
+    activation::{Activation, reexec},
     config::Config,
-    daemon::{self, Options},
+    daemon::{self, Exit, Options},
     registry::error_chain,
 };
 use tracing::error;
@@ -52,8 +52,13 @@ fn main() -> ExitCode {
         log_dir: args.log_dir,
         config,
     };
-    match daemon::run(opts, activation.varlink) {
-        Ok(()) => ExitCode::SUCCESS,
+    match daemon::run(opts, activation) {
+        Ok(Exit::Stopped) => ExitCode::SUCCESS,
+        Ok(Exit::Reexec(fds)) => {
+            let e = reexec(fds);
+            error!(error = %e, "cannot re-execute guestlogd");
+            ExitCode::FAILURE
+        }
         Err(e) => {
             error!(error = %error_chain(&e), "guestlogd failed");
             ExitCode::FAILURE

@@ -1,0 +1,310 @@
+//! Taking over from a previous guestlogd, and leaving for the next one.
+//!
+//! `adopt` runs at start on the descriptors that systemd's FD store or a
+//! re-exec passed: it reads the newest saved `State`, reopens each log with
+//! its policy and counters, restarts each pipe and console on its stored
+//! descriptors, and closes whatever the state does not describe. `save`
+//! writes the state after every change and at a planned stop. Both work
+//! the same with systemd and with SIGUSR1.
+
+use std::{collections::BTreeSet, os::fd::OwnedFd, sync::Arc};
+
+use base64::Engine as _;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{info, warn};
+
+use crate::{
+    config::Limits,
+    console::{Adopted, AdoptedClient, Consoles, Handover, Owner, Settings},
+    name::LogName,
+    pipe,
+    registry::{Registry, error_chain},
+    relay::Listeners,
+    state::{self, ConsoleState, LogState, State},
+};
+
+/// Takes over what `stored` holds; returns how many takeovers came before.
+pub fn adopt(
+    stored: Vec<(String, OwnedFd)>,
+    registry: &Arc<Registry>,
+    consoles: &Consoles,
+    limits: &Limits,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) -> u64 {
+    let store = registry.store();
+    let newest = stored.iter().filter_map(|(n, _)| state::seq(n)).max();
+    let mut saved = State::default();
+    for (name, fd) in stored {
+        match state::seq(&name) {
+            Some(seq) => {
+                if Some(seq) == newest {
+                    match fd
+                        .try_clone()
+                        .map_err(state::StateError::Read)
+                        .and_then(State::read)
+                    {
+                        Ok(s) => saved = s,
+                        Err(e) => warn!(name, error = %error_chain(&e), "ignoring a saved state"),
+                    }
+                }
+                // Replaced by the next save either way.
+                store.adopt(name.clone(), fd);
+                store.remove(&name);
+            }
+            None => store.adopt(name, fd),
+        }
+    }
+    if newest.is_none() && store.is_empty() {
+        return 0;
+    }
+
+    // Whatever the state does not describe is closed: a stray descriptor
+    // must never keep a connection open forever.
+    let described: BTreeSet<&String> = saved.fds.iter().collect();
+    for name in store.names() {
+        if !described.contains(&name) {
+            warn!(
+                name,
+                "closing a stored descriptor the saved state does not describe"
+            );
+            store.remove(&name);
+        }
+    }
+    for name in &saved.fds {
+        if store.get(name).is_none() {
+            warn!(
+                name,
+                "a descriptor the saved state describes was not passed"
+            );
+        }
+    }
+
+    for log in &saved.logs {
+        if let Err(e) = registry.restore(log) {
+            warn!(log = log.name, error = %error_chain(&e), "cannot reopen a log");
+        }
+    }
+    for name in store.names() {
+        if let Some(log) = name.strip_prefix("pipe/").and_then(|r| r.split('/').next()) {
+            adopt_pipe(&name, log, registry, tracker, shutdown);
+        }
+    }
+    for console in &saved.consoles {
+        if let Err(e) = adopt_console(console, registry, consoles, limits) {
+            warn!(console = console.name, error = %e, "cannot take over a console");
+        }
+    }
+    info!(
+        adoptions = saved.adoptions + 1,
+        descriptors = store.len(),
+        "took over from the previous guestlogd"
+    );
+    saved.adoptions + 1
+}
+
+fn adopt_pipe(
+    name: &str,
+    log: &str,
+    registry: &Arc<Registry>,
+    tracker: &TaskTracker,
+    shutdown: &CancellationToken,
+) {
+    let store = registry.store();
+    let found = LogName::try_from(log).ok().and_then(|l| registry.get(&l));
+    let (Some(log), Some(fd), Some(slot)) = (found, store.get(name), registry.reserve_pipe())
+    else {
+        warn!(name, "cannot take over a pipe");
+        store.remove(name);
+        return;
+    };
+    if let Err(e) = pipe::adopt(
+        name.to_owned(),
+        fd,
+        slot.bind(log),
+        tracker,
+        shutdown.clone(),
+    ) {
+        warn!(name, error = %e, "cannot take over a pipe");
+        store.remove(name);
+    }
+}
+
+fn adopt_console(
+    saved: &ConsoleState,
+    registry: &Arc<Registry>,
+    consoles: &Consoles,
+    limits: &Limits,
+) -> Result<(), String> {
+    let name = LogName::try_from(saved.name.as_str()).map_err(|e| e.to_string())?;
+    let store = registry.store();
+    let prefix = format!("console/{name}");
+    let listener = |kind: &str| -> Option<tokio::net::UnixListener> {
+        let std = std::os::unix::net::UnixListener::from(store.get(&format!("{prefix}/{kind}"))?);
+        std.set_nonblocking(true).ok()?;
+        tokio::net::UnixListener::from_std(std).ok()
+    };
+    let stream = |fd: OwnedFd| -> Option<tokio::net::UnixStream> {
+        let std = std::os::unix::net::UnixStream::from(fd);
+        std.set_nonblocking(true).ok()?;
+        tokio::net::UnixStream::from_std(std).ok()
+    };
+    let listeners = Listeners {
+        guest: listener("guest-listen").ok_or("its guest socket was not passed")?,
+        client: listener("client-listen").ok_or("its client socket was not passed")?,
+        view: if saved.viewers {
+            listener("view-listen")
+        } else {
+            None
+        },
+    };
+    let mut adopted = Adopted {
+        guest: store.get(&format!("{prefix}/guest")).and_then(stream),
+        clients: Vec::new(),
+    };
+    for fd_name in store.names() {
+        let viewer = match fd_name
+            .strip_prefix(&prefix)
+            .and_then(|r| r.split('/').nth(1))
+        {
+            Some("client") => false,
+            Some("viewer") => true,
+            _ => continue,
+        };
+        let Some(s) = store.get(&fd_name).and_then(stream) else {
+            continue;
+        };
+        let pending = saved
+            .pending
+            .get(&fd_name)
+            .and_then(|p| {
+                base64::engine::general_purpose::STANDARD
+                    .decode(&p.data)
+                    .ok()
+            })
+            .unwrap_or_default();
+        adopted.clients.push(AdoptedClient {
+            fd_name,
+            stream: s,
+            viewer,
+            pending,
+        });
+    }
+    let log = if saved.log {
+        Some(registry.get(&name).ok_or("its log was not restored")?)
+    } else {
+        None
+    };
+    let settings = Settings {
+        name,
+        log,
+        replay: saved.replay,
+        slow: saved.slow,
+        owner: Owner {
+            uid: saved.uid,
+            gid: saved.gid,
+            mode: saved.mode,
+        },
+        viewers: saved.viewers,
+        queue: limits.client_queue,
+        max_clients: limits.max_clients,
+        registry: registry.clone(),
+    };
+    let console = consoles
+        .adopt(settings, listeners, adopted)
+        .map_err(|e| error_chain(&e))?;
+    use std::sync::atomic::Ordering::Relaxed;
+    let s = &console.stats;
+    s.bytes_from_guest.store(saved.bytes_from_guest, Relaxed);
+    s.bytes_to_guest.store(saved.bytes_to_guest, Relaxed);
+    s.bytes_dropped_for_clients
+        .store(saved.bytes_dropped_for_clients, Relaxed);
+    Ok(())
+}
+
+/// Saves the state: a new memfd first, then the previous one forgotten.
+#[derive(Debug)]
+pub struct Saver {
+    last: Option<String>,
+    adoptions: u64,
+}
+
+impl Saver {
+    pub fn new(adoptions: u64) -> Self {
+        Self {
+            last: None,
+            adoptions,
+        }
+    }
+
+    /// `handovers` holds the clients' unsent output at a planned stop.
+    pub fn save(
+        &mut self,
+        registry: &Registry,
+        consoles: &Consoles,
+        handovers: &std::collections::BTreeMap<LogName, Handover>,
+    ) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let store = registry.store();
+        let logs = registry
+            .logs()
+            .iter()
+            .map(|l| {
+                let s = l.snapshot();
+                LogState {
+                    name: s.name.to_string(),
+                    policy: s.policy,
+                    bytes_written: s.bytes_written,
+                    bytes_dropped: s.bytes_dropped,
+                    rotations: s.rotations,
+                    followers_dropped: l.followers_dropped(),
+                }
+            })
+            .collect();
+        let consoles = consoles
+            .all()
+            .iter()
+            .map(|c| {
+                let st = &c.settings;
+                ConsoleState {
+                    name: c.name.to_string(),
+                    log: st.log.is_some(),
+                    replay: st.replay,
+                    slow: st.slow,
+                    uid: st.owner.uid,
+                    gid: st.owner.gid,
+                    mode: st.owner.mode,
+                    viewers: st.viewers,
+                    bytes_from_guest: c.stats.bytes_from_guest.load(Relaxed),
+                    bytes_to_guest: c.stats.bytes_to_guest.load(Relaxed),
+                    bytes_dropped_for_clients: c.stats.bytes_dropped_for_clients.load(Relaxed),
+                    pending: handovers.get(&c.name).cloned().unwrap_or_default(),
+                }
+            })
+            .collect();
+        let fds = store
+            .names()
+            .into_iter()
+            .filter(|n| state::seq(n).is_none())
+            .collect();
+        let state = State {
+            version: state::VERSION,
+            adoptions: self.adoptions,
+            logs,
+            consoles,
+            fds,
+        };
+        let fd = match state.to_memfd() {
+            Ok(fd) => fd,
+            Err(e) => {
+                warn!(error = %error_chain(&e), "cannot save the state");
+                return;
+            }
+        };
+        let name = state::fd_name(store.id());
+        store.add(name.clone(), std::os::fd::AsFd::as_fd(&fd), true);
+        if let Some(old) = self.last.replace(name) {
+            store.remove(&old);
+        }
+    }
+}
