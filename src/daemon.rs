@@ -209,17 +209,21 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
     tracker.wait().await;
     let handovers = consoles.stop_all().await;
     lock(&saver).save(&registry, &consoles, &handovers);
-    let logs = registry.logs();
-    let synced = tokio::task::spawn_blocking(move || {
-        for log in logs {
-            if let Err(e) = log.with_file(|f| f.sync()) {
-                warn!(log = %log.name(), error = %error_chain(&e), "cannot sync log");
+    // A successor runs on the same kernel and its page cache: only a final
+    // stop flushes the logs to disk.
+    if !handing_over {
+        let logs = registry.logs();
+        let synced = tokio::task::spawn_blocking(move || {
+            for log in logs {
+                if let Err(e) = log.with_file(|f| f.sync()) {
+                    warn!(log = %log.name(), error = %error_chain(&e), "cannot sync log");
+                }
             }
+        })
+        .await;
+        if let Err(e) = synced {
+            warn!(error = %e, "sync task failed");
         }
-    })
-    .await;
-    if let Err(e) = synced {
-        warn!(error = %e, "sync task failed");
     }
     result?;
     if reexec {

@@ -90,8 +90,20 @@ pub fn adopt(
             adopt_pipe(&name, log, registry, tracker, shutdown);
         }
     }
+    // Client connections by console, in one pass over the names.
+    let mut clients: std::collections::BTreeMap<String, Vec<(String, bool)>> = Default::default();
+    for name in store.names() {
+        let mut parts = name.split('/');
+        if let (Some("console"), Some(console), Some(kind @ ("client" | "viewer"))) =
+            (parts.next(), parts.next(), parts.next())
+        {
+            let (console, viewer) = (console.to_owned(), kind == "viewer");
+            clients.entry(console).or_default().push((name, viewer));
+        }
+    }
     for console in &saved.consoles {
-        if let Err(e) = adopt_console(console, registry, consoles, limits) {
+        let attached = clients.remove(&console.name).unwrap_or_default();
+        if let Err(e) = adopt_console(console, attached, registry, consoles, limits) {
             warn!(console = console.name, error = %e, "cannot take over a console");
         }
     }
@@ -132,6 +144,7 @@ fn adopt_pipe(
 
 fn adopt_console(
     saved: &ConsoleState,
+    attached: Vec<(String, bool)>,
     registry: &Arc<Registry>,
     consoles: &Consoles,
     limits: &Limits,
@@ -162,15 +175,7 @@ fn adopt_console(
         guest: store.get(&format!("{prefix}/guest")).and_then(stream),
         clients: Vec::new(),
     };
-    for fd_name in store.names() {
-        let viewer = match fd_name
-            .strip_prefix(&prefix)
-            .and_then(|r| r.split('/').nth(1))
-        {
-            Some("client") => false,
-            Some("viewer") => true,
-            _ => continue,
-        };
+    for (fd_name, viewer) in attached {
         let Some(s) = store.get(&fd_name).and_then(stream) else {
             continue;
         };
