@@ -48,23 +48,13 @@ pub fn open(
     let name = format!("pipe/{}/{}", guard.log().name(), store.id());
     // No polling: a pipe whose writers are gone may still hold data.
     store.add(name.clone(), read.as_fd(), false);
-    start(name, read, guard, tracker, shutdown)?;
+    adopt(name, read, guard, tracker, shutdown)?;
     Ok(write)
 }
 
-/// Feeds `guard`'s log from the read end of a pipe a previous guestlogd
-/// created, stored as `name`.
+/// Feeds `guard`'s log from the read end of a pipe stored as `name` (by
+/// `open`, or by a previous guestlogd) until every writer has closed it.
 pub fn adopt(
-    name: String,
-    read: OwnedFd,
-    guard: PipeGuard,
-    tracker: &TaskTracker,
-    shutdown: CancellationToken,
-) -> io::Result<()> {
-    start(name, read, guard, tracker, shutdown)
-}
-
-fn start(
     name: String,
     read: OwnedFd,
     guard: PipeGuard,

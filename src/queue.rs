@@ -228,10 +228,6 @@ impl OutputQueue {
         self.ready.notify_one();
     }
 
-    pub fn is_closed(&self) -> bool {
-        self.lock().closed
-    }
-
     /// Nothing queued and nothing being sent.
     pub fn is_idle(&self) -> bool {
         let s = self.lock();

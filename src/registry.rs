@@ -173,15 +173,6 @@ impl Log {
         self.followers_dropped.load(Relaxed)
     }
 
-    /// Counts bytes lost before they reached the file.
-    pub fn count_dropped(&self, n: u64, why: &RotatorError) {
-        let _ = self.with_file(|f| {
-            f.count_dropped(n);
-            Ok(())
-        });
-        self.warn_dropped(why);
-    }
-
     fn warn_dropped(&self, e: &RotatorError) {
         let mut last = lock(&self.last_warning);
         if last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
@@ -322,10 +313,6 @@ impl Registry {
         log.followers_dropped
             .store(saved.followers_dropped, Relaxed);
         Ok(log)
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
     }
 
     pub fn get(&self, name: &LogName) -> Option<Arc<Log>> {

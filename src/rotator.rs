@@ -370,17 +370,12 @@ impl RotatingFile {
     pub fn bytes_dropped(&self) -> u64 {
         self.bytes_dropped
     }
+
     /// Carries a previous guestlogd's counters over.
     pub fn restore_counters(&mut self, written: u64, dropped: u64, rotations: u64) {
         self.bytes_written = written;
         self.bytes_dropped = dropped;
         self.rotations = rotations;
-    }
-
-    /// Counts bytes that never reached `write`, e.g. lost by a failed read,
-    /// so `bytes_dropped` says all the log lacks.
-    pub fn count_dropped(&mut self, n: u64) {
-        self.bytes_dropped += n;
     }
 }
 
