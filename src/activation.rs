@@ -57,11 +57,23 @@ impl Activation {
     }
 }
 
-/// Replaces this process with a new guestlogd (the binary now at
-/// `/proc/self/exe`, which after an upgrade is the new one), handing it
-/// `fds` the way systemd would: from fd 3 up, named in `LISTEN_FDNAMES`.
-/// Returns only on failure.
-pub fn reexec(fds: Vec<(String, OwnedFd)>) -> std::io::Error {
+/// The path this guestlogd was started from, read before anything can
+/// replace it: after an upgrade renames a new binary over it, the path
+/// names the new one while `/proc/self/exe` still names the old.
+pub fn own_path() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap_or_else(|_| "/proc/self/exe".into());
+    let shown = exe.to_string_lossy();
+    // Started from a binary that had already been replaced.
+    match shown.strip_suffix(" (deleted)") {
+        Some(path) => path.into(),
+        None => exe,
+    }
+}
+
+/// Replaces this process with the guestlogd at `exe` (the new binary,
+/// after an upgrade), handing it `fds` the way systemd would: from fd 3
+/// up, named in `LISTEN_FDNAMES`. Returns only on failure.
+pub fn reexec(exe: &std::path::Path, fds: Vec<(String, OwnedFd)>) -> std::io::Error {
     use std::os::unix::process::CommandExt;
     let count = fds.len();
     let names: Vec<String> = fds.iter().map(|(n, _)| n.clone()).collect();
@@ -83,7 +95,7 @@ pub fn reexec(fds: Vec<(String, OwnedFd)>) -> std::io::Error {
             return std::io::Error::last_os_error();
         }
     }
-    std::process::Command::new("/proc/self/exe")
+    std::process::Command::new(exe)
         .args(std::env::args_os().skip(1))
         .env("LISTEN_FDS", count.to_string())
         .env("LISTEN_PID", std::process::id().to_string())

@@ -27,7 +27,6 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, warn};
 use zlink::{
     Call, Connection, Reply,
-    connection::Credentials,
     service::{HandleResult, MethodReply, ReplyStreamItem, Service},
     varlink_service,
 };
@@ -153,14 +152,38 @@ impl AccessPolicy {
         }
     }
 
-    fn allows(&self, c: &Credentials) -> bool {
-        let uid = c.unix_user_id().as_raw();
-        uid == 0
-            || uid == self.own_uid
-            || self.extra.uids.contains(&uid)
-            || std::iter::once(c.unix_primary_group_id())
-                .chain(c.unix_supplementary_group_ids().iter().copied())
-                .any(|g| self.extra.gids.contains(&g.as_raw()))
+    fn allows(&self, c: &Caller) -> bool {
+        c.uid == 0
+            || c.uid == self.own_uid
+            || self.extra.uids.contains(&c.uid)
+            || c.gids.iter().any(|g| self.extra.gids.contains(g))
+    }
+}
+
+/// Who is calling, from the socket.
+#[derive(Debug)]
+struct Caller {
+    uid: u32,
+    /// Primary group first, then supplementary groups where known.
+    gids: Vec<u32>,
+}
+
+impl Caller {
+    /// The uid and gid come from SO_PEERCRED directly. zlink's credentials
+    /// add the supplementary groups, but only for a caller in our PID
+    /// namespace: for one outside it the kernel reports pid 0, which zlink
+    /// refuses, and such a caller is judged by its uid and primary gid.
+    async fn of(conn: &mut Connection<transport::Stream>) -> std::io::Result<Self> {
+        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+        let cred = getsockopt(conn.read().read_half(), PeerCredentials)?;
+        let mut gids = vec![cred.gid()];
+        if let Ok(c) = conn.peer_credentials().await {
+            gids.extend(c.unix_supplementary_group_ids().iter().map(|g| g.as_raw()));
+        }
+        Ok(Self {
+            uid: cred.uid(),
+            gids,
+        })
     }
 }
 
@@ -216,14 +239,16 @@ impl Manager {
             ));
         }
 
-        let creds = conn.peer_credentials().await.map_err(|e| {
+        let caller = Caller::of(conn).await.map_err(|e| {
             warn!(error = %e, "cannot read the caller's credentials");
             ManagerError::PermissionDenied { uid: -1 }
         })?;
-        if !self.access.allows(creds) {
-            let uid = creds.unix_user_id().as_raw();
-            debug!(uid, method, "call refused");
-            return Err(ManagerError::PermissionDenied { uid: uid.into() }.into());
+        if !self.access.allows(&caller) {
+            debug!(uid = caller.uid, method, "call refused");
+            return Err(ManagerError::PermissionDenied {
+                uid: caller.uid.into(),
+            }
+            .into());
         }
 
         let job = match member {

@@ -4,7 +4,7 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 use guestlogd::{
-    activation::{Activation, reexec},
+    activation::{Activation, own_path, reexec},
     config::Config,
     daemon::{self, Exit, Options},
     registry::error_chain,
@@ -30,6 +30,7 @@ struct Args {
 fn main() -> ExitCode {
     // SAFETY: no thread has been started yet.
     let activation = unsafe { Activation::take() };
+    let exe = own_path();
     let args = Args::parse();
     init_tracing();
     let activation = match activation {
@@ -55,7 +56,7 @@ fn main() -> ExitCode {
     match daemon::run(opts, activation) {
         Ok(Exit::Stopped) => ExitCode::SUCCESS,
         Ok(Exit::Reexec(fds)) => {
-            let e = reexec(fds);
+            let e = reexec(&exe, fds);
             error!(error = %e, "cannot re-execute guestlogd");
             ExitCode::FAILURE
         }
