@@ -22,12 +22,11 @@ use std::{
 };
 
 use base64::Engine as _;
-use common::{Daemon, raw_call, tool};
+use common::{Daemon, call, raw_call, tool};
 use guestlogd::api::{ConsoleInfo, Manager as _, ManagerError, SocketOwner};
 use qemu::{Boot, Qemu};
-use serde::Serialize;
 use serde_json::{Value, json};
-use zlink::{Call, tokio::unix::Connection};
+use zlink::tokio::unix::Connection;
 
 type Conn = Connection;
 
@@ -42,25 +41,6 @@ const QUEUE: usize = 256 * 1024;
 
 async fn connect(d: &Daemon) -> Conn {
     zlink::tokio::unix::connect(d.socket()).await.unwrap()
-}
-
-#[derive(Debug, Serialize)]
-struct Raw {
-    method: String,
-    parameters: Value,
-}
-
-/// Calls any method with raw JSON parameters; the error is `Err`.
-async fn call(conn: &mut Conn, method: &str, parameters: Value) -> Result<Value, ManagerError> {
-    let call = Call::new(Raw {
-        method: format!("io.guestlogd.Manager.{method}"),
-        parameters,
-    });
-    let (reply, _) = conn
-        .call_method::<_, Value, ManagerError>(&call, vec![])
-        .await
-        .unwrap();
-    reply.map(|r| r.into_parameters().unwrap_or(Value::Null))
 }
 
 async fn create(conn: &mut Conn, parameters: Value) -> Value {

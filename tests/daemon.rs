@@ -13,11 +13,10 @@ use std::{
 };
 
 use base64::Engine as _;
-use common::{Daemon, raw_call};
+use common::{Daemon, call, call_with_fds, raw_call};
 use guestlogd::api::{LogInfo, Manager as _, ManagerError, Position};
-use serde::Serialize;
 use serde_json::{Value, json};
-use zlink::{Call, tokio::unix::Connection};
+use zlink::tokio::unix::Connection;
 
 type Conn = Connection;
 
@@ -25,39 +24,13 @@ async fn connect(d: &Daemon) -> Conn {
     zlink::tokio::unix::connect(d.socket()).await.unwrap()
 }
 
-#[derive(Debug, Serialize)]
-struct Raw {
-    method: String,
-    parameters: Value,
-}
-
 /// Calls OpenPipe and returns the reply and the write end it passed.
 async fn open_pipe(conn: &mut Conn, params: Value) -> (Value, OwnedFd) {
-    let call = Call::new(Raw {
-        method: "io.guestlogd.Manager.OpenPipe".into(),
-        parameters: params,
-    });
-    let (reply, mut fds) = conn
-        .call_method::<_, Value, ManagerError>(&call, vec![])
-        .await
-        .unwrap();
-    let reply = reply.unwrap().into_parameters().unwrap();
+    let (reply, mut fds) = call_with_fds(conn, "OpenPipe", params).await;
+    let reply = reply.unwrap();
     assert_eq!(reply["fileDescriptor"], 0);
     assert_eq!(fds.len(), 1, "OpenPipe passes exactly one FD");
     (reply, fds.remove(0))
-}
-
-/// Calls any method with raw JSON parameters; the error is `Err`.
-async fn call(conn: &mut Conn, method: &str, parameters: Value) -> Result<Value, ManagerError> {
-    let call = Call::new(Raw {
-        method: format!("io.guestlogd.Manager.{method}"),
-        parameters,
-    });
-    let (reply, _) = conn
-        .call_method::<_, Value, ManagerError>(&call, vec![])
-        .await
-        .unwrap();
-    reply.map(|r| r.into_parameters().unwrap_or(Value::Null))
 }
 
 async fn info(conn: &mut Conn, name: &str) -> LogInfo {

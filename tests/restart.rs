@@ -15,10 +15,9 @@ use std::{
 };
 
 use common::Daemon;
-use guestlogd::api::{Manager as _, ManagerError};
+use guestlogd::api::Manager as _;
 use qemu::{Boot, Qemu};
-use serde_json::{Value, json};
-use zlink::Call;
+use serde_json::json;
 
 /// A console client that records everything it receives.
 struct Client {
@@ -64,12 +63,6 @@ fn seqs(text: &str) -> Vec<u32> {
         .collect()
 }
 
-#[derive(Debug, serde::Serialize)]
-struct Raw {
-    method: &'static str,
-    parameters: Value,
-}
-
 #[tokio::test]
 async fn sigusr1_reexec_twenty_times_loses_nothing() {
     if let Some(why) = qemu::unavailable(Boot::Guest) {
@@ -92,14 +85,8 @@ async fn sigusr1_reexec_twenty_times_loses_nothing() {
     client.wait_for("GUEST READY", Duration::from_secs(120));
 
     // A writer streams numbered lines into a pipe the whole time.
-    let call = Call::new(Raw {
-        method: "io.guestlogd.Manager.OpenPipe",
-        parameters: json!({"name": "qemu-stdout"}),
-    });
-    let (reply, mut fds) = conn
-        .call_method::<_, Value, ManagerError>(&call, vec![])
-        .await
-        .unwrap();
+    let (reply, mut fds) =
+        common::call_with_fds(&mut conn, "OpenPipe", json!({"name": "qemu-stdout"})).await;
     reply.unwrap();
     let mut pipe = std::fs::File::from(fds.remove(0));
     let writer = thread::spawn(move || {

@@ -9,6 +9,7 @@
 //! Nothing is lost, repeated or disconnected; only a kill -9 may lose what
 //! the dead daemon had read and not yet written, at most one read buffer.
 
+mod common;
 #[path = "common/qemu.rs"]
 mod qemu;
 
@@ -26,10 +27,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guestlogd::api::{Manager as _, ManagerError};
+use guestlogd::api::Manager as _;
 use qemu::{Boot, Qemu};
-use serde_json::{Value, json};
-use zlink::Call;
+use serde_json::json;
 
 const CACHE: &str = "/var/cache/guestlogd-test";
 const HARNESS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/systemd");
@@ -654,12 +654,6 @@ fn print_stalls(what: &str, mut stalls: Vec<Duration>) {
     }
 }
 
-#[derive(Debug, serde::Serialize)]
-struct Raw {
-    method: &'static str,
-    parameters: Value,
-}
-
 #[tokio::test]
 async fn systemd_restarts_reloads_upgrade_kills_and_stop_start_lose_nothing() {
     let begin = Instant::now();
@@ -727,14 +721,12 @@ async fn systemd_restarts_reloads_upgrade_kills_and_stop_start_lose_nothing() {
     client.wait_for("GUEST READY", Duration::from_secs(120));
     println!("guest ready after {:?}", begin.elapsed());
 
-    let call = Call::new(Raw {
-        method: "io.guestlogd.Manager.OpenPipe",
-        parameters: json!({"name": "qemu-stdout", "maxSize": MAX_SIZE}),
-    });
-    let (reply, mut fds) = conn
-        .call_method::<_, Value, ManagerError>(&call, vec![])
-        .await
-        .unwrap();
+    let (reply, mut fds) = common::call_with_fds(
+        &mut conn,
+        "OpenPipe",
+        json!({"name": "qemu-stdout", "maxSize": MAX_SIZE}),
+    )
+    .await;
     reply.unwrap();
     drop(conn);
     let stop = Arc::new(AtomicBool::new(false));

@@ -10,7 +10,7 @@ use std::{
 use base64::Engine as _;
 use clap::{Parser, Subcommand};
 use guestlogd::{
-    api::{FollowOutput, Manager as _, ManagerError, Position},
+    api::{FollowOutput, ListLogsOutput, Manager as _, ManagerError, Position},
     daemon::SOCKET,
     registry::error_chain,
 };
@@ -109,11 +109,7 @@ async fn run(args: Args) -> Result<(), CtlError> {
         .map_err(CtlError::Connect)?;
     match args.command {
         Command::List => {
-            let out = conn
-                .list_logs()
-                .await
-                .map_err(CtlError::Call)?
-                .map_err(CtlError::Refused)?;
+            let out = list(&mut conn).await?;
             println!(
                 "{:<32} {:>10} {:>10} {:>7} {:>5} {:>12} {:>8} {:>9}",
                 "NAME", "SIZE", "MAX", "BACKUPS", "PIPES", "WRITTEN", "DROPPED", "ROTATIONS"
@@ -134,11 +130,7 @@ async fn run(args: Args) -> Result<(), CtlError> {
             }
         }
         Command::Consoles => {
-            let out = conn
-                .list_logs()
-                .await
-                .map_err(CtlError::Call)?
-                .map_err(CtlError::Refused)?;
+            let out = list(&mut conn).await?;
             println!(
                 "{:<32} {:>5} {:>7} {:>7} {:>12} {:>10} {:>9}  LOG",
                 "NAME", "GUEST", "CLIENTS", "VIEWERS", "FROM-GUEST", "TO-GUEST", "DROPPED"
@@ -199,6 +191,13 @@ async fn run(args: Args) -> Result<(), CtlError> {
         Command::Attach { .. } => unreachable!("handled above"),
     }
     Ok(())
+}
+
+async fn list(conn: &mut Connection) -> Result<ListLogsOutput, CtlError> {
+    conn.list_logs()
+        .await
+        .map_err(CtlError::Call)?
+        .map_err(CtlError::Refused)
 }
 
 /// Reads a whole log, oldest byte first, handing each chunk to `out`.

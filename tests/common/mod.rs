@@ -169,3 +169,40 @@ pub fn tool(name: &str) -> Result<PathBuf, String> {
         ))
     }
 }
+
+#[derive(Debug, serde::Serialize)]
+struct RawCall<'a> {
+    method: String,
+    parameters: &'a serde_json::Value,
+}
+
+/// Calls an `io.guestlogd.Manager` method with raw JSON parameters and
+/// returns the reply (an error reply is `Err`) with the FDs it passed.
+pub async fn call_with_fds(
+    conn: &mut zlink::tokio::unix::Connection,
+    method: &str,
+    parameters: serde_json::Value,
+) -> (
+    Result<serde_json::Value, guestlogd::api::ManagerError>,
+    Vec<std::os::fd::OwnedFd>,
+) {
+    let call = zlink::Call::new(RawCall {
+        method: format!("io.guestlogd.Manager.{method}"),
+        parameters: &parameters,
+    });
+    let (reply, fds) = conn
+        .call_method::<_, serde_json::Value, guestlogd::api::ManagerError>(&call, vec![])
+        .await
+        .unwrap();
+    let reply = reply.map(|r| r.into_parameters().unwrap_or(serde_json::Value::Null));
+    (reply, fds)
+}
+
+/// `call_with_fds` for methods that pass no FDs.
+pub async fn call(
+    conn: &mut zlink::tokio::unix::Connection,
+    method: &str,
+    parameters: serde_json::Value,
+) -> Result<serde_json::Value, guestlogd::api::ManagerError> {
+    call_with_fds(conn, method, parameters).await.0
+}
