@@ -64,6 +64,17 @@ pub struct Limits {
     /// Output queued for one console client or follower before the
     /// slow-client policy applies, in bytes.
     pub client_queue: usize,
+    /// Varlink connections one uid may hold at once; root is exempt, so
+    /// one local user cannot take every slot.
+    pub max_connections_per_uid: usize,
+    /// Seconds a varlink connection may sit with no call in progress
+    /// before it is closed; 0 never closes an idle connection.
+    pub idle_timeout: u64,
+    /// Seconds a message may take to arrive, from its first byte.
+    pub message_timeout: u64,
+    /// Seconds a reply may wait for the caller to read any of it; past
+    /// that the caller is taken to be stuck and its connection is closed.
+    pub write_timeout: u64,
 }
 
 impl Default for Limits {
@@ -75,6 +86,10 @@ impl Default for Limits {
             max_consoles: 4096,
             max_clients: 16,
             client_queue: 256 * 1024,
+            max_connections_per_uid: 64,
+            idle_timeout: 600,
+            message_timeout: 5,
+            write_timeout: 30,
         }
     }
 }
@@ -151,10 +166,24 @@ impl Config {
         check_policy_backups(p.max_backups.into())
             .map_err(|why| format!("log.max-backups {why}"))?;
         let l = &self.limits;
-        if l.max_pipes == 0 || l.max_connections == 0 || l.max_consoles == 0 || l.max_clients == 0 {
+        if [
+            l.max_pipes,
+            l.max_connections,
+            l.max_consoles,
+            l.max_clients,
+            l.max_connections_per_uid,
+        ]
+        .contains(&0)
+        {
             return Err(
-                "limits: max-pipes, max-connections, max-consoles and max-clients must be at least 1"
+                "limits: max-pipes, max-connections, max-connections-per-uid, \
+                 max-consoles and max-clients must be at least 1"
                     .into(),
+            );
+        }
+        if !(1..=3600).contains(&l.message_timeout) || !(1..=3600).contains(&l.write_timeout) {
+            return Err(
+                "limits: message-timeout and write-timeout must be from 1 to 3600 seconds".into(),
             );
         }
         if !(4096..=64 << 20).contains(&l.client_queue) {

@@ -9,7 +9,7 @@ use std::{
         unix::{fs::PermissionsExt, net::UnixStream},
     },
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard, PoisonError, atomic::Ordering::Relaxed},
+    sync::{Arc, Mutex, MutexGuard, PoisonError},
 };
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -23,8 +23,9 @@ use crate::{
     fdstore::FdStore,
     registry::{Registry, error_chain},
     restart::{self, Saver},
+    server::{self, ConnLimits, Counters},
     service::{AccessPolicy, Manager},
-    transport::Listener,
+    varlink::Varlink,
 };
 
 /// The socket's file name in the runtime directory.
@@ -61,8 +62,6 @@ pub enum DaemonError {
     Runtime(#[source] std::io::Error),
     #[error("cannot set up signal handling")]
     Signals(#[source] std::io::Error),
-    #[error("the varlink server failed")]
-    Serve(#[source] zlink::Error),
 }
 
 /// How the daemon ended.
@@ -108,8 +107,17 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
             source,
         })?;
     let limits = &config.limits;
-    let listener = Listener::new(listener, limits.max_connections, limits.max_message_size);
-    let live = listener.live();
+    let secs = std::time::Duration::from_secs;
+    let conn_limits = Arc::new(ConnLimits {
+        max_connections: limits.max_connections,
+        max_per_uid: limits.max_connections_per_uid,
+        max_message: limits.max_message_size,
+        message_timeout: secs(limits.message_timeout),
+        idle_timeout: (limits.idle_timeout > 0).then(|| secs(limits.idle_timeout)),
+        write_timeout: secs(limits.write_timeout),
+    });
+    let counters = Arc::new(Counters::default());
+    let connections = TaskTracker::new();
 
     // systemd keeps copies only when it has an FD store for us.
     let systemd = std::env::var_os("FDSTORE").is_some_and(|v| v != "0")
@@ -142,16 +150,28 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
         started: std::time::SystemTime::now(),
         adoptions,
     });
-    let manager = Manager::new(
-        registry.clone(),
-        consoles.clone(),
-        AccessPolicy::new(config.access.clone()),
-        limits.clone(),
-        tracker.clone(),
-        shutdown.clone(),
+    let manager = Manager {
+        registry: registry.clone(),
+        consoles: consoles.clone(),
+        access: AccessPolicy::new(config.access.clone()),
+        limits: limits.clone(),
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
         status,
+        counters: counters.clone(),
+        connections: connections.clone(),
+    };
+    // Connections end with the accept loop; pipes and consoles have their
+    // own ending below.
+    let stop_serving = CancellationToken::new();
+    let server = server::accept_loop(
+        listener,
+        Arc::new(Varlink { manager }),
+        conn_limits,
+        counters,
+        stop_serving.clone(),
+        connections.clone(),
     );
-    let server = zlink::Server::new(listener, manager);
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
@@ -174,12 +194,13 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
         })
     };
 
-    let (result, reexec) = tokio::select! {
-        r = server.run() => (r.map_err(DaemonError::Serve), false),
-        _ = sigterm.recv() => (Ok(()), false),
-        _ = sigint.recv() => (Ok(()), false),
-        _ = sigusr1.recv() => (Ok(()), true),
+    let reexec = tokio::select! {
+        () = server => false,
+        _ = sigterm.recv() => false,
+        _ = sigint.recv() => false,
+        _ = sigusr1.recv() => true,
     };
+    stop_serving.cancel();
 
     // Under systemd's FD store, and for a re-exec, everything open is
     // handed over; otherwise pipes are drained and consoles closed.
@@ -200,7 +221,7 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
         }),
     ]);
     info!(
-        connections = live.load(Relaxed),
+        connections = connections.len(),
         reexec, handing_over, "stopping"
     );
     saving.abort();
@@ -225,7 +246,6 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
             warn!(error = %e, "sync task failed");
         }
     }
-    result?;
     if reexec {
         let mut fds = store.take_all();
         fds.push((activation::VARLINK.to_owned(), varlink_fd));

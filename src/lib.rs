@@ -1,8 +1,9 @@
 //! guestlogd: owns the logs and consoles of virtual machines.
 //!
 //! `rotator` writes capped files; `registry` holds the logs; `pipe` feeds
-//! them from OpenPipe's pipes; `service` answers varlink calls; `transport`
-//! guards the varlink socket; `daemon` ties them together.
+//! them from OpenPipe's pipes; `server` accepts connections and gives each
+//! a task; `varlink` speaks the protocol on them and `service` answers its
+//! calls; `daemon` ties them together.
 
 #![deny(unsafe_code)]
 
@@ -17,11 +18,12 @@ pub mod name;
 #[allow(unsafe_code)]
 pub mod pipe;
 pub mod queue;
+pub mod ratelimit;
 pub mod registry;
 pub mod relay;
 pub mod restart;
 pub mod rotator;
+pub mod server;
 pub mod service;
 pub mod state;
-#[allow(unsafe_code)]
-pub mod transport;
+pub mod varlink;

@@ -1,15 +1,14 @@
-//! `Manager`: the varlink switchboard for `io.guestlogd.Manager` and
-//! `org.varlink.service`.
+//! `Manager`: the calls of `io.guestlogd.Manager` and `org.varlink.service`.
 //!
-//! zlink runs one handler at a time for every connection, so a handler here
-//! only validates, checks access and either answers from memory or hands
-//! the work to a blocking task. Such a reply comes back as a one-item reply
-//! stream, which zlink sends when the task ends while it goes on serving
-//! other calls.
+//! `dispatch` validates a call, checks the caller's access and answers
+//! from memory (`Answer::Now`), or returns the work that may touch the disk
+//! as a job (`Answer::Later`, run on a blocking thread) or a stream of
+//! replies (`Answer::Stream`). It never waits itself: the varlink front
+//! (`varlink`) awaits the job on the caller's own connection task.
 //!
-//! Calls are decoded here rather than by zlink's macro, so that every bad
-//! call gets an error reply: a wrong type, a missing or unknown parameter
-//! and an unknown method each get one, and the connection stays usable.
+//! Every bad call gets an error reply: a wrong type, a missing or unknown
+//! parameter and an unknown method each get one, and the connection stays
+//! usable.
 
 use std::{
     collections::VecDeque,
@@ -24,24 +23,22 @@ use futures_util::{Stream, StreamExt, stream};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::{debug, warn};
-use zlink::{
-    Call, Connection, Reply,
-    service::{HandleResult, MethodReply, ReplyStreamItem, Service},
-    varlink_service,
-};
+use tracing::warn;
+use zlink::varlink_service;
 
 use crate::{
     api::{self, ManagerError},
     config::{self, Access, Limits},
     console::{ConsoleError, Consoles, Owner, Settings},
     daemon::Status,
+    limited,
     name::{self, LogName},
     pipe,
     queue::{OutputQueue, SlowPolicy},
     registry::{Registry, error_chain},
     rotator::{Pos, RotatorError},
-    transport,
+    server::{Counters, Peer},
+    varlink::RawCall,
 };
 
 /// The most bytes one ReadLog returns. zlink grows a reply buffer in small
@@ -93,14 +90,6 @@ error PermissionDenied ()
 error ExpectedMore ()
 ";
 
-/// A call as it comes off the wire, before its parameters are checked.
-#[derive(Debug, Deserialize)]
-pub struct RawCall {
-    method: String,
-    #[serde(default)]
-    parameters: Option<Value>,
-}
-
 /// Every error a call can end with.
 #[derive(Debug)]
 pub enum WireError {
@@ -125,7 +114,7 @@ impl From<ManagerError> for WireError {
 
 impl From<RotatorError> for WireError {
     fn from(e: RotatorError) -> Self {
-        warn!(error = %error_chain(&e), "call failed");
+        limited!(warn, error = %error_chain(&e), "call failed");
         ManagerError::IoError {
             message: error_chain(&e),
         }
@@ -133,9 +122,25 @@ impl From<RotatorError> for WireError {
     }
 }
 
-type Reply0 = Result<(Value, Vec<OwnedFd>), WireError>;
-type Deferred = Pin<Box<dyn Stream<Item = ReplyStreamItem<Value, WireError>> + Send>>;
-type Handled = MethodReply<Value, Deferred, WireError>;
+/// A reply's parameters and the FDs that go with it.
+pub type Reply0 = Result<(Value, Vec<OwnedFd>), WireError>;
+/// A call's work, run off the connection's task.
+pub type Job = Pin<Box<dyn Future<Output = Reply0> + Send>>;
+/// Replies that go on: each with whether more follow.
+pub type Replies = Pin<Box<dyn Stream<Item = (Result<Value, WireError>, bool)> + Send>>;
+
+/// How a call is answered.
+pub enum Answer {
+    /// A reply ready now.
+    Now(Value),
+    /// Work that may touch the disk; its result is the reply.
+    Later(Job),
+    /// A stream of replies (`more`).
+    Stream(Replies),
+}
+
+/// Entries in one streamed ListLogs reply.
+const LIST_PAGE: usize = 256;
 
 /// Who may call, from the config plus uid 0 and the daemon's own uid.
 #[derive(Debug, Clone)]
@@ -152,7 +157,9 @@ impl AccessPolicy {
         }
     }
 
-    fn allows(&self, c: &Caller) -> bool {
+    /// Judged by SO_PEERCRED's uid and gid and SO_PEERGROUPS, which hold
+    /// for callers outside our PID namespace too.
+    fn allows(&self, c: &Peer) -> bool {
         c.uid == 0
             || c.uid == self.own_uid
             || self.extra.uids.contains(&c.uid)
@@ -160,76 +167,32 @@ impl AccessPolicy {
     }
 }
 
-/// Who is calling, from the socket.
-#[derive(Debug)]
-struct Caller {
-    uid: u32,
-    /// Primary group first, then supplementary groups where known.
-    gids: Vec<u32>,
-}
-
-impl Caller {
-    /// The uid and gid come from SO_PEERCRED directly. zlink's credentials
-    /// add the supplementary groups, but only for a caller in our PID
-    /// namespace: for one outside it the kernel reports pid 0, which zlink
-    /// refuses, and such a caller is judged by its uid and primary gid.
-    async fn of(conn: &mut Connection<transport::Stream>) -> std::io::Result<Self> {
-        use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
-        let cred = getsockopt(conn.read().read_half(), PeerCredentials)?;
-        let mut gids = vec![cred.gid()];
-        if let Ok(c) = conn.peer_credentials().await {
-            gids.extend(c.unix_supplementary_group_ids().iter().map(|g| g.as_raw()));
-        }
-        Ok(Self {
-            uid: cred.uid(),
-            gids,
-        })
-    }
-}
-
 /// The service. Cheap to hold: all state lives in the registry.
 #[derive(Debug)]
 pub struct Manager {
-    registry: Arc<Registry>,
-    consoles: Arc<Consoles>,
-    access: AccessPolicy,
-    limits: Limits,
+    pub registry: Arc<Registry>,
+    pub consoles: Arc<Consoles>,
+    pub access: AccessPolicy,
+    pub limits: Limits,
     /// Pipe tasks, so shutdown can wait for them to drain.
-    tracker: TaskTracker,
-    shutdown: CancellationToken,
-    status: Arc<Status>,
+    pub tracker: TaskTracker,
+    pub shutdown: CancellationToken,
+    pub status: Arc<Status>,
+    /// What happened to connections.
+    pub counters: Arc<Counters>,
+    /// Connection tasks, to count the connections open now.
+    pub connections: TaskTracker,
 }
 
 impl Manager {
-    pub fn new(
-        registry: Arc<Registry>,
-        consoles: Arc<Consoles>,
-        access: AccessPolicy,
-        limits: Limits,
-        tracker: TaskTracker,
-        shutdown: CancellationToken,
-        status: Arc<Status>,
-    ) -> Self {
-        Self {
-            registry,
-            consoles,
-            access,
-            limits,
-            tracker,
-            shutdown,
-            status,
-        }
-    }
-
-    async fn dispatch(
-        &self,
-        call: &Call<RawCall>,
-        conn: &mut Connection<transport::Stream>,
-    ) -> Result<Handled, WireError> {
-        let RawCall { method, parameters } = call.method();
+    /// Answers one call from `caller`.
+    pub fn dispatch(&self, call: &RawCall, caller: &Peer) -> Result<Answer, WireError> {
+        let RawCall {
+            method, parameters, ..
+        } = call;
         let (interface, member) = method.rsplit_once('.').unwrap_or(("", method));
         if interface == "org.varlink.service" {
-            return varlink_call(member, parameters).map(|v| MethodReply::Single(Some(v)));
+            return varlink_call(member, parameters).map(Answer::Now);
         }
         if interface != api::INTERFACE {
             return Err(WireError::Varlink(
@@ -239,12 +202,8 @@ impl Manager {
             ));
         }
 
-        let caller = Caller::of(conn).await.map_err(|e| {
-            warn!(error = %e, "cannot read the caller's credentials");
-            ManagerError::PermissionDenied { uid: -1 }
-        })?;
-        if !self.access.allows(&caller) {
-            debug!(uid = caller.uid, method, "call refused");
+        if !self.access.allows(caller) {
+            limited!(debug, uid = caller.uid, method, "call refused");
             return Err(ManagerError::PermissionDenied {
                 uid: caller.uid.into(),
             }
@@ -254,23 +213,17 @@ impl Manager {
         let job = match member {
             "ListLogs" => {
                 let _: Empty = parse(parameters)?;
-                return Ok(MethodReply::Single(Some(self.list_logs())));
+                return self.list_logs(call.more);
             }
             "GetStatus" => {
                 let _: Empty = parse(parameters)?;
-                return Ok(MethodReply::Single(Some(self.status())));
+                return Ok(Answer::Now(self.status()));
             }
             "Follow" => {
-                if !call.more() {
+                if !call.more {
                     return Err(WireError::Varlink(varlink_service::Error::ExpectedMore));
                 }
-                let socket = transport::Room::new(conn.read().read_half()).map_err(|e| {
-                    warn!(error = %e, "cannot watch a follower's socket");
-                    internal()
-                })?;
-                return self
-                    .follow(parse(parameters)?, socket)
-                    .map(MethodReply::Multi);
+                return self.follow(parse(parameters)?).map(Answer::Stream);
             }
             "OpenPipe" => blocking(self.open_pipe(parse(parameters)?)?),
             "Rotate" => blocking(self.rotate(parse(parameters)?)?),
@@ -284,15 +237,45 @@ impl Manager {
                 }));
             }
         };
-        if call.oneway() {
-            // No reply is wanted, so none is waited for.
-            tokio::spawn(job);
-            return Ok(MethodReply::Single(None));
-        }
-        Ok(deferred(job))
+        Ok(Answer::Later(job))
     }
 
-    fn list_logs(&self) -> Value {
+    /// The whole list in one reply if it fits the message-size limit, or
+    /// in pages with `more`. Either way it costs time linear in its size.
+    fn list_logs(&self, more: bool) -> Result<Answer, WireError> {
+        let (logs, consoles) = self.list();
+        if more {
+            let mut pages: Vec<(Result<Value, WireError>, bool)> = logs
+                .chunks(LIST_PAGE)
+                .map(|page| {
+                    to_value(api::ListLogsOutput {
+                        logs: page.to_vec(),
+                        consoles: vec![],
+                    })
+                })
+                .chain(consoles.chunks(LIST_PAGE).map(|page| {
+                    to_value(api::ListLogsOutput {
+                        logs: vec![],
+                        consoles: page.to_vec(),
+                    })
+                }))
+                .map(|v| (Ok(v), true))
+                .collect();
+            match pages.last_mut() {
+                Some(last) => last.1 = false,
+                None => pages.push((Ok(to_value(api::ListLogsOutput { logs, consoles })), false)),
+            }
+            return Ok(Answer::Stream(Box::pin(stream::iter(pages))));
+        }
+        let reply = to_value(api::ListLogsOutput { logs, consoles });
+        let max = self.limits.max_message_size;
+        if encoded_len(&reply) > max {
+            return Err(limit("replySize", max));
+        }
+        Ok(Answer::Now(reply))
+    }
+
+    fn list(&self) -> (Vec<api::LogInfo>, Vec<api::ConsoleInfo>) {
         let logs = self
             .registry
             .logs()
@@ -336,7 +319,7 @@ impl Manager {
                 }
             })
             .collect();
-        to_value(api::ListLogsOutput { logs, consoles })
+        (logs, consoles)
     }
 
     fn status(&self) -> Value {
@@ -353,7 +336,27 @@ impl Manager {
             adoptions: int(self.status.adoptions),
             stored_fds: int(store.len() as u64),
             fd_store: store.under_systemd(),
+            connections: self.connection_stats(),
         })
+    }
+
+    fn connection_stats(&self) -> api::ConnectionStats {
+        let c = &self.counters;
+        let n = |a: &std::sync::atomic::AtomicU64| int(a.load(Relaxed));
+        api::ConnectionStats {
+            open: int(self.connections.len() as u64),
+            accepted: n(&c.accepted),
+            refused_connections: n(&c.refused_connections),
+            refused_per_uid: n(&c.refused_per_uid),
+            closed_idle: n(&c.closed_idle),
+            closed_message_timeout: n(&c.closed_message_timeout),
+            closed_message_size: n(&c.closed_message_size),
+            closed_write_timeout: n(&c.closed_write_timeout),
+            closed_fds: n(&c.closed_fds),
+            fds_dropped: n(&c.fds_dropped),
+            closed_oneway: n(&c.closed_oneway),
+            closed_bad_message: n(&c.closed_bad_message),
+        }
     }
 
     fn create_console(&self, p: api::CreateConsoleInput) -> Result<Work, WireError> {
@@ -455,20 +458,17 @@ impl Manager {
         }))
     }
 
-    fn follow(&self, p: api::FollowInput, socket: transport::Room) -> Result<Deferred, WireError> {
+    fn follow(&self, p: api::FollowInput) -> Result<Replies, WireError> {
         let name = log_name(&p.name)?;
         let replay = replay_bytes(p.replay_bytes)?;
         let log = self.registry.get(&name).ok_or_else(|| no_such_log(&name))?;
         let cap = self.limits.client_queue;
         let text = p.text == Some(true);
         let start = tokio::task::spawn_blocking(move || log.follow(replay, cap));
-        // Called once: `stream::once` yields one item.
-        let mut socket = Some(socket);
-        let stream = stream::once(start).flat_map(move |started| match (started, socket.take()) {
-            (_, None) => stream::empty().boxed(),
-            (Ok(Ok(queue)), Some(socket)) => follow_stream(Following(queue), socket, text).boxed(),
-            (Ok(Err(e)), _) => stream::iter([(Err(WireError::from(e)), vec![])]).boxed(),
-            (Err(_), _) => stream::iter([(Err(internal()), vec![])]).boxed(),
+        let stream = stream::once(start).flat_map(move |started| match started {
+            Ok(Ok(queue)) => follow_stream(Following(queue), text).boxed(),
+            Ok(Err(e)) => stream::iter([(Err(WireError::from(e)), false)]).boxed(),
+            Err(_) => stream::iter([(Err(internal()), false)]).boxed(),
         });
         Ok(Box::pin(stream))
     }
@@ -573,29 +573,6 @@ impl Manager {
     }
 }
 
-impl Service<transport::Stream> for Manager {
-    type MethodCall<'de> = RawCall;
-    type ReplyParams<'ser> = Value;
-    type ReplyStreamParams = Value;
-    type ReplyStreamError = WireError;
-    type ReplyStream = Deferred;
-    type ReplyError<'ser> = WireError;
-    type Upgrade = ();
-
-    async fn handle<'ser>(
-        &'ser mut self,
-        call: &'ser Call<Self::MethodCall<'_>>,
-        conn: &mut Connection<transport::Stream>,
-        _fds: Vec<OwnedFd>,
-    ) -> HandleResult<Value, Deferred, WireError> {
-        let reply = match self.dispatch(call, conn).await {
-            Ok(reply) => reply,
-            Err(e) => MethodReply::Error(e),
-        };
-        (reply, vec![])
-    }
-}
-
 /// Answers `org.varlink.service`, whose replies are the interface file.
 fn varlink_call(member: &str, parameters: &Option<Value>) -> Result<Value, WireError> {
     match member {
@@ -668,31 +645,14 @@ fn parse<T: DeserializeOwned>(parameters: &Option<Value>) -> Result<T, WireError
 
 /// Work that may touch the disk, for a blocking thread.
 type Work = Box<dyn FnOnce() -> Reply0 + Send>;
-/// A call's work, run off the varlink loop.
-type Job = Pin<Box<dyn Future<Output = Reply0> + Send>>;
 
 fn blocking(work: Work) -> Job {
     Box::pin(async move {
         tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
-            warn!(error = %e, "call task failed");
+            limited!(warn, error = %e, "call task failed");
             Err(internal())
         })
     })
-}
-
-/// Runs `job` beside the varlink loop; its result becomes the call's reply.
-fn deferred(job: Job) -> Handled {
-    MethodReply::Multi(Box::pin(stream::once(async move {
-        match job.await {
-            // An empty reply carries no parameters, as zlink's own clients
-            // expect for methods that return `()`.
-            Ok((params, fds)) => {
-                let params = (params != empty()).then_some(params);
-                (Ok(Reply::new(params)), fds)
-            }
-            Err(e) => (Err(e), vec![]),
-        }
-    })))
 }
 
 /// A follower's queue, closed when its stream ends, so the log stops
@@ -705,18 +665,17 @@ impl Drop for Following {
     }
 }
 
-/// The most log bytes in one Follow reply. zlink writes a reply inside its
-/// one server loop, and a reply's cost grows with the square of its size,
-/// so replies stay small.
+/// The most log bytes in one Follow reply: a reply is written whole before
+/// the next batch is taken, so a small one lets a slow follower's queue,
+/// not the reply, absorb what it cannot take yet.
 const FOLLOW_CHUNK: usize = 16 * 1024;
 
 fn follow_stream(
     following: Following,
-    socket: transport::Room,
     text: bool,
-) -> impl Stream<Item = ReplyStreamItem<Value, WireError>> + Send {
-    let state = (following, socket, VecDeque::<(Bytes, u64)>::new());
-    stream::unfold(state, move |(following, socket, mut ready)| async move {
+) -> impl Stream<Item = (Result<Value, WireError>, bool)> + Send {
+    let state = (following, VecDeque::<(Bytes, u64)>::new());
+    stream::unfold(state, move |(following, mut ready)| async move {
         if ready.is_empty() {
             let batch = following.0.pop().await?;
             // Taken from the queue now; the next batch may queue behind it.
@@ -729,21 +688,14 @@ fn follow_stream(
             }
         }
         let (data, dropped) = ready.pop_front()?;
-        // zlink would wait for a follower that does not read, and every
-        // other caller with it: a reply goes out only once it fits. Until
-        // then output waits in the follower's queue, which drops its oldest.
         let encoded = base64::engine::general_purpose::STANDARD.encode(&data);
-        if socket.wait_for(encoded.len() + 256).await.is_err() {
-            return None;
-        }
         let text = text.then(|| String::from_utf8_lossy(&data));
         let reply = api::FollowOutput {
             data: &encoded,
             text: text.as_deref(),
             dropped: int(dropped),
         };
-        let reply = Reply::new(Some(to_value(reply))).set_continues(Some(true));
-        Some(((Ok(reply), vec![]), (following, socket, ready)))
+        Some(((Ok(to_value(reply)), true), (following, ready)))
     })
 }
 
@@ -834,6 +786,23 @@ fn int(v: u64) -> i64 {
 
 fn empty() -> Value {
     Value::Object(Default::default())
+}
+
+/// The bytes `v` takes as JSON, counted without keeping them.
+fn encoded_len(v: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut c = Count(0);
+    let _ = serde_json::to_writer(&mut c, v);
+    c.0
 }
 
 fn to_value(v: impl Serialize) -> Value {
