@@ -193,11 +193,40 @@ async fn run(args: Args) -> Result<(), CtlError> {
     Ok(())
 }
 
+#[derive(Debug, Serialize)]
+struct ListCall {
+    method: &'static str,
+}
+
+/// Every log and console, streamed with `more` so that a list of any size
+/// arrives in pieces the daemon and we can handle.
 async fn list(conn: &mut Connection) -> Result<ListLogsOutput, CtlError> {
-    conn.list_logs()
+    let call = Call::new(ListCall {
+        method: "io.guestlogd.Manager.ListLogs",
+    })
+    .set_more(true);
+    conn.send_call(&call, vec![])
         .await
-        .map_err(CtlError::Call)?
-        .map_err(CtlError::Refused)
+        .map_err(CtlError::Call)?;
+    let mut all = ListLogsOutput {
+        logs: vec![],
+        consoles: vec![],
+    };
+    loop {
+        let (reply, _) = conn
+            .receive_reply::<ListLogsOutput, ManagerError>()
+            .await
+            .map_err(CtlError::Call)?;
+        let reply = reply.map_err(CtlError::Refused)?;
+        let continues = reply.continues() == Some(true);
+        if let Some(page) = reply.into_parameters() {
+            all.logs.extend(page.logs);
+            all.consoles.extend(page.consoles);
+        }
+        if !continues {
+            return Ok(all);
+        }
+    }
 }
 
 /// Reads a whole log, oldest byte first, handing each chunk to `out`.

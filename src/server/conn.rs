@@ -302,11 +302,17 @@ impl Conn {
 /// One `recvmsg`: the bytes read and how many FDs came with them (closed
 /// here, at once).
 fn receive(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, u64)> {
-    let mut space = nix::cmsg_space!([RawFd; 16]);
+    // Room for SCM_MAX_FD (253), the most one sendmsg can pass: FDs that
+    // did not fit would be installed in our table, but nix (rightly) will
+    // not walk a truncated control buffer, so we could not close them.
+    let mut space = nix::cmsg_space!([RawFd; 253]);
     let mut iov = [IoSliceMut::new(buf)];
     let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC;
     let msg = recvmsg::<()>(fd, &mut iov, Some(&mut space), flags)?;
     let mut fds = 0u64;
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        return Ok((msg.bytes, 1));
+    }
     for cmsg in msg.cmsgs().map_err(io::Error::from)? {
         if let ControlMessageOwned::ScmRights(received) = cmsg {
             for raw in received {
@@ -316,10 +322,6 @@ fn receive(fd: RawFd, buf: &mut [u8]) -> io::Result<(usize, u64)> {
                 fds += 1;
             }
         }
-    }
-    // The kernel closes what did not fit, and says so.
-    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-        fds = fds.max(1);
     }
     Ok((msg.bytes, fds))
 }
