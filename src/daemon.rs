@@ -2,14 +2,13 @@
 //! SIGTERM drain every pipe into its log before exiting.
 
 use std::{
-    collections::BTreeMap,
     fs,
     os::{
         fd::{AsFd, OwnedFd},
         unix::{fs::PermissionsExt, net::UnixStream},
     },
     path::{Path, PathBuf},
-    sync::{Arc, Mutex, MutexGuard, PoisonError},
+    sync::Arc,
 };
 
 use tokio::signal::unix::{SignalKind, signal};
@@ -144,8 +143,8 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
         &tracker,
         &shutdown,
     );
-    let saver = Arc::new(Mutex::new(Saver::new(adoptions)));
-    lock(&saver).save(&registry, &consoles, &BTreeMap::new());
+    let saver = Arc::new(Saver::new(registry.clone(), consoles.clone(), adoptions));
+    saver.save_now();
     let status = Arc::new(Status {
         started: std::time::SystemTime::now(),
         adoptions,
@@ -160,6 +159,7 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
         status,
         counters: counters.clone(),
         connections: connections.clone(),
+        saver: saver.clone(),
     };
     // Connections end with the accept loop; pipes and consoles have their
     // own ending below.
@@ -176,6 +176,15 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
     let mut sigusr1 = signal(SignalKind::user_defined1()).map_err(DaemonError::Signals)?;
+    // SIGHUP's default would kill us, and with us every pipe and console
+    // when there is no FD store. There is nothing to reload that a re-exec
+    // (SIGUSR1) does not do better, so it is ignored, with a word.
+    let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    tokio::spawn(async move {
+        while sighup.recv().await.is_some() {
+            crate::limited!(warn, "SIGHUP ignored: SIGUSR1 re-executes, SIGTERM stops");
+        }
+    });
     info!(socket = %socket_path.display(), logs = %opts.log_dir.display(), adoptions, "ready");
     notify(&[
         sd_notify::NotifyState::Ready,
@@ -185,11 +194,11 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
     // The state is saved again after every change, by one task, so saves
     // never interleave.
     let saving = {
-        let (registry, consoles, saver) = (registry.clone(), consoles.clone(), saver.clone());
+        let (registry, saver) = (registry.clone(), saver.clone());
         tokio::spawn(async move {
             loop {
                 registry.changed().await;
-                lock(&saver).save(&registry, &consoles, &BTreeMap::new());
+                saver.save_now();
             }
         })
     };
@@ -229,7 +238,7 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
     tracker.close();
     tracker.wait().await;
     let handovers = consoles.stop_all().await;
-    lock(&saver).save(&registry, &consoles, &handovers);
+    saver.save(&handovers);
     // A successor runs on the same kernel and its page cache: only a final
     // stop flushes the logs to disk.
     if !handing_over {
@@ -332,8 +341,4 @@ fn notify(state: &[sd_notify::NotifyState<'_>]) {
     {
         warn!(error = %e, "cannot notify the service manager");
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }

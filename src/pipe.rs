@@ -113,9 +113,26 @@ async fn pump(name: String, read: AsyncFd<OwnedFd>, guard: PipeGuard, shutdown: 
     debug!("pipe closed");
 }
 
-/// Reads until the pipe is empty, at shutdown.
+/// How long a final stop may spend draining pipes, over all of them: a
+/// writer that keeps writing must not hold the stop for ever.
+pub const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// When the drain of a final stop ends, set by the first pipe to drain.
+static DRAIN_DEADLINE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+
+/// Reads until the pipe is empty, at a final stop, within `DRAIN_FOR`; what
+/// is still in the pipe then is lost with it, and logged with its size.
 fn drain(read: &AsyncFd<OwnedFd>, guard: &PipeGuard) {
+    let deadline = *DRAIN_DEADLINE.get_or_init(|| std::time::Instant::now() + DRAIN_FOR);
     loop {
+        if std::time::Instant::now() >= deadline {
+            let left = unread(read.get_ref());
+            warn!(
+                left,
+                "stopping with bytes still in a pipe: its writer kept writing"
+            );
+            return;
+        }
         match transfer(read.get_ref(), guard) {
             Ok(0) => return,
             Ok(_) => {}
@@ -125,6 +142,18 @@ fn drain(read: &AsyncFd<OwnedFd>, guard: &PipeGuard) {
                 return;
             }
         }
+    }
+}
+
+nix::ioctl_read_bad!(fionread, nix::libc::FIONREAD, nix::libc::c_int);
+
+/// Bytes waiting in a pipe.
+fn unread(fd: &OwnedFd) -> usize {
+    let mut n: nix::libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int, the bytes readable now.
+    match unsafe { fionread(fd.as_raw_fd(), &mut n) } {
+        Ok(_) => n.max(0) as usize,
+        Err(_) => 0,
     }
 }
 

@@ -6,6 +6,18 @@
 //! descriptors, and closes whatever the state does not describe. `save`
 //! writes the state after every change and at a planned stop. Both work
 //! the same with systemd and with SIGUSR1.
+//!
+//! A `kill -9` may come at any instant, so no stored descriptor may depend
+//! on a save that has not happened yet:
+//! - a call that stores something new (OpenPipe, CreateConsole) saves the
+//!   state before it replies, so whatever a caller was told exists is
+//!   described;
+//! - descriptors that arrive with no call — a guest connecting, a client
+//!   attaching, a pipe into a log that is already described — carry all
+//!   their successor needs in their names (`pipe/NAME/ID`,
+//!   `console/NAME/guest`, `console/NAME/client/ID`,
+//!   `console/NAME/viewer/ID`), and are adopted by name when the state
+//!   does not list them yet.
 
 use std::{collections::BTreeSet, os::fd::OwnedFd, sync::Arc};
 
@@ -59,11 +71,11 @@ pub fn adopt(
         return 0;
     }
 
-    // Whatever the state does not describe is closed: a stray descriptor
-    // must never keep a connection open forever.
+    // Whatever the state does not describe, by list or by name, is closed:
+    // a stray descriptor must never keep a connection open forever.
     let described: BTreeSet<&String> = saved.fds.iter().collect();
     for name in store.names() {
-        if !described.contains(&name) {
+        if !described.contains(&name) && !self_described(&name, &saved) {
             warn!(
                 name,
                 "closing a stored descriptor the saved state does not describe"
@@ -113,6 +125,21 @@ pub fn adopt(
         "took over from the previous guestlogd"
     );
     saved.adoptions + 1
+}
+
+/// Whether `name` says all that is needed to adopt it: a pipe into a
+/// described log, or a connection of a described console.
+fn self_described(name: &str, saved: &State) -> bool {
+    let parts: Vec<&str> = name.split('/').collect();
+    let id = |s: &str| s.parse::<u64>().is_ok();
+    match parts[..] {
+        ["pipe", log, n] if id(n) => saved.logs.iter().any(|l| l.name == log),
+        ["console", console, "guest"] => saved.consoles.iter().any(|c| c.name == console),
+        ["console", console, "client" | "viewer", n] if id(n) => {
+            saved.consoles.iter().any(|c| c.name == console)
+        }
+        _ => false,
+    }
 }
 
 fn adopt_pipe(
@@ -228,28 +255,41 @@ fn adopt_console(
 }
 
 /// Saves the state: a new memfd first, then the previous one forgotten.
+/// One at a time, whoever asks: the state task after each change, a call
+/// before it replies, and the daemon at a stop.
 #[derive(Debug)]
 pub struct Saver {
-    last: Option<String>,
+    registry: Arc<Registry>,
+    consoles: Arc<Consoles>,
+    /// The name of the newest saved state, and how many takeovers came
+    /// before this process.
+    last: std::sync::Mutex<Option<String>>,
     adoptions: u64,
 }
 
 impl Saver {
-    pub fn new(adoptions: u64) -> Self {
+    pub fn new(registry: Arc<Registry>, consoles: Arc<Consoles>, adoptions: u64) -> Self {
         Self {
-            last: None,
+            registry,
+            consoles,
+            last: std::sync::Mutex::new(None),
             adoptions,
         }
     }
 
+    /// Saves what is true now.
+    pub fn save_now(&self) {
+        self.save(&Default::default());
+    }
+
     /// `handovers` holds the clients' unsent output at a planned stop.
-    pub fn save(
-        &mut self,
-        registry: &Registry,
-        consoles: &Consoles,
-        handovers: &std::collections::BTreeMap<LogName, Handover>,
-    ) {
+    pub fn save(&self, handovers: &std::collections::BTreeMap<LogName, Handover>) {
         use std::sync::atomic::Ordering::Relaxed;
+        let mut last = self
+            .last
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (registry, consoles) = (&self.registry, &self.consoles);
         let store = registry.store();
         let logs = registry
             .logs()
@@ -308,7 +348,7 @@ impl Saver {
         };
         let name = state::fd_name(store.id());
         store.add(name.clone(), std::os::fd::AsFd::as_fd(&fd), true);
-        if let Some(old) = self.last.replace(name) {
+        if let Some(old) = last.replace(name) {
             store.remove(&old);
         }
     }

@@ -182,6 +182,9 @@ pub struct Manager {
     pub counters: Arc<Counters>,
     /// Connection tasks, to count the connections open now.
     pub connections: TaskTracker,
+    /// Saves the state before a call that stored something replies, so a
+    /// crash right after the reply keeps it.
+    pub saver: Arc<crate::restart::Saver>,
 }
 
 impl Manager {
@@ -401,6 +404,7 @@ impl Manager {
         let registry = self.registry.clone();
         let consoles = self.consoles.clone();
         let limits = self.limits.clone();
+        let saver = self.saver.clone();
         let viewers = p.viewers == Some(true);
         let logged = p.log != Some(false);
         Ok(Box::new(move || {
@@ -432,6 +436,7 @@ impl Manager {
                         })
                     }
                 })?;
+            saver.save_now();
             let path = |p: &std::path::Path| p.display().to_string();
             let reply = serde_json::json!({
                 "guestSocket": path(&console.guest_socket),
@@ -480,6 +485,7 @@ impl Manager {
         let registry = self.registry.clone();
         let tracker = self.tracker.clone();
         let shutdown = self.shutdown.clone();
+        let saver = self.saver.clone();
         Ok(Box::new(move || {
             let slot = registry
                 .reserve_pipe()
@@ -497,6 +503,7 @@ impl Manager {
                     message: format!("cannot create a pipe: {e}"),
                 }
             })?;
+            saver.save_now();
             let reply = api::OpenPipeOutput {
                 file_descriptor: 0,
                 path: &path,
