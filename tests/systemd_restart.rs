@@ -12,13 +12,14 @@
 mod common;
 #[path = "common/qemu.rs"]
 mod qemu;
+#[path = "common/systemd.rs"]
+mod systemd;
 
 use std::{
     fmt::Write as _,
     io::{Read, Write},
     os::unix::{fs::MetadataExt, net::UnixStream},
     path::{Path, PathBuf},
-    process::Command,
     sync::{
         Arc, Mutex,
         atomic::{AtomicBool, Ordering::Relaxed},
@@ -30,23 +31,7 @@ use std::{
 use guestlogd::api::Manager as _;
 use qemu::{Boot, Qemu};
 use serde_json::json;
-
-const CACHE: &str = "/var/cache/guestlogd-test";
-const HARNESS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/systemd");
-const UNITS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/systemd");
-const SERVICE: &str = "guestlogd.service";
-
-/// The test's paths: the binary and the logs live in HOSTDIR, at /host.
-const DROP_IN: &str = "\
-[Unit]
-StartLimitIntervalSec=0
-
-[Service]
-ExecStart=
-ExecStart=/host/guestlogd --runtime-dir /run/guestlogd --log-dir /host/log
-ReadWritePaths=/host/log
-RestartSec=100ms
-";
+use systemd::{CACHE, SERVICE, Status, Systemd, try_status, wait_status};
 
 /// Each round of the guest: `count ROUND DELAY_MS`.
 const ROUND: u32 = 400;
@@ -62,93 +47,6 @@ const PIPE_READ: usize = 256 * 1024;
 const CONSOLE_READ: usize = 64 * 1024;
 /// Logs big enough never to rotate during the test.
 const MAX_SIZE: i64 = 1 << 30;
-
-/// A systemd booted by tests/systemd/boot.sh, stopped (with its journal
-/// saved to HOSTDIR/systemd-journal.log) when dropped. HOSTDIR is kept if
-/// the test panicked.
-struct Systemd {
-    pid1: u32,
-    dir: Option<tempfile::TempDir>,
-}
-
-impl Systemd {
-    fn boot(dir: tempfile::TempDir) -> Self {
-        let out = Command::new(format!("{HARNESS}/boot.sh"))
-            .arg(dir.path())
-            .env("SD_OWNER_PID", std::process::id().to_string())
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "boot.sh: {}\n{stderr}", out.status);
-        eprint!("{stderr}");
-        let pid1 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
-        Self {
-            pid1,
-            dir: Some(dir),
-        }
-    }
-
-    fn host(&self) -> &Path {
-        self.dir.as_ref().unwrap().path()
-    }
-
-    /// A path inside the container, as the host reaches it.
-    fn inside(&self, path: &str) -> PathBuf {
-        PathBuf::from(format!("/proc/{}/root", self.pid1)).join(path.trim_start_matches('/'))
-    }
-
-    fn script(&self, script: &str, args: &[&str]) -> String {
-        let out = Command::new(format!("{HARNESS}/{script}"))
-            .arg(self.pid1.to_string())
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{script} {args:?}: {}\n{}{}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    /// systemctl inside; panics unless it succeeds.
-    fn ctl(&self, args: &[&str]) -> String {
-        self.script("ctl.sh", args)
-    }
-
-    /// A command inside the container's namespaces.
-    fn run(&self, args: &[&str]) -> String {
-        self.script("run.sh", args)
-    }
-
-    fn prop(&self, unit: &str, name: &str) -> String {
-        self.ctl(&["show", "-p", name, "--value", unit])
-            .trim()
-            .to_owned()
-    }
-}
-
-impl Drop for Systemd {
-    fn drop(&mut self) {
-        let _ = Command::new(format!("{HARNESS}/stop.sh"))
-            .arg(self.pid1.to_string())
-            .status();
-        if let Some(dir) = self.dir.take()
-            && thread::panicking()
-        {
-            let kept = dir.keep();
-            for big in ["guestlogd", "guestlogd.new"] {
-                let _ = std::fs::remove_file(kept.join(big));
-            }
-            eprintln!(
-                "kept {} (logs in log/, the journal in systemd-journal.log)",
-                kept.display()
-            );
-        }
-    }
-}
 
 /// What a console client received, and when.
 #[derive(Default)]
@@ -294,53 +192,6 @@ struct Event {
     t1: Instant,
     before: Marks,
     after: Marks,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Status {
-    pid: i64,
-    adoptions: i64,
-    stored_fds: i64,
-    fd_store: bool,
-}
-
-async fn try_status(socket: &Path) -> Result<Status, String> {
-    let call = async {
-        let mut conn = zlink::tokio::unix::connect(socket)
-            .await
-            .map_err(|e| format!("connect: {e}"))?;
-        let s = conn
-            .get_status()
-            .await
-            .map_err(|e| format!("call: {e}"))?
-            .map_err(|e| format!("error: {e:?}"))?;
-        Ok(Status {
-            pid: s.pid,
-            adoptions: s.adoptions,
-            stored_fds: s.stored_fds,
-            fd_store: s.fd_store,
-        })
-    };
-    tokio::time::timeout(Duration::from_secs(5), call)
-        .await
-        .map_err(|_| "no answer within 5 s".to_owned())?
-}
-
-/// Polls GetStatus until `ok` holds, for at most 30 s.
-async fn wait_status(socket: &Path, what: &str, ok: impl Fn(&Status) -> bool) -> Status {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let last = match try_status(socket).await {
-            Ok(s) if ok(&s) => return s,
-            Ok(s) => format!("{s:?}"),
-            Err(e) => e,
-        };
-        assert!(
-            Instant::now() < deadline,
-            "{what}: no new instance answered within 30 s; last GetStatus: {last}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 struct Scenario {
@@ -670,25 +521,7 @@ async fn systemd_restarts_reloads_upgrade_kills_and_stop_start_lose_nothing() {
         return;
     }
 
-    // HOSTDIR: the binary and the logs, at /host inside.
-    let dir = tempfile::Builder::new().prefix("gld-sd").tempdir().unwrap();
-    std::fs::copy(
-        env!("CARGO_BIN_EXE_guestlogd"),
-        dir.path().join("guestlogd"),
-    )
-    .unwrap();
-    std::fs::create_dir(dir.path().join("log")).unwrap();
-    let sd = Systemd::boot(dir);
-    let etc = sd.inside("/etc/systemd/system");
-    for unit in ["guestlogd.socket", "guestlogd.service"] {
-        std::fs::copy(Path::new(UNITS).join(unit), etc.join(unit)).unwrap();
-    }
-    std::fs::create_dir(etc.join("guestlogd.service.d")).unwrap();
-    std::fs::write(etc.join("guestlogd.service.d/test.conf"), DROP_IN).unwrap();
-    sd.ctl(&["daemon-reload"]);
-    sd.ctl(&["start", "guestlogd.socket"]);
-    assert_eq!(sd.prop(SERVICE, "ActiveState"), "inactive");
-    let socket = sd.inside("/run/guestlogd/io.guestlogd.Manager");
+    let (sd, socket) = Systemd::with_guestlogd(env!("CARGO_BIN_EXE_guestlogd"));
     println!("systemd up after {:?}", begin.elapsed());
 
     // The first call activates the daemon.
