@@ -20,6 +20,7 @@ use crate::{
     config::Config,
     console::Consoles,
     fdstore::FdStore,
+    ops::Ops,
     registry::{Registry, error_chain},
     restart::{self, Saver},
     server::{self, ConnLimits, Counters},
@@ -150,16 +151,18 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
         adoptions,
     });
     let manager = Manager {
-        registry: registry.clone(),
-        consoles: consoles.clone(),
+        ops: Ops {
+            registry: registry.clone(),
+            consoles: consoles.clone(),
+            limits: limits.clone(),
+            tracker: tracker.clone(),
+            shutdown: shutdown.clone(),
+            saver: saver.clone(),
+        },
         access: AccessPolicy::new(config.access.clone()),
-        limits: limits.clone(),
-        tracker: tracker.clone(),
-        shutdown: shutdown.clone(),
         status,
         counters: counters.clone(),
         connections: connections.clone(),
-        saver: saver.clone(),
     };
     // Connections end with the accept loop; pipes and consoles have their
     // own ending below.

@@ -15,6 +15,7 @@ pub mod console;
 pub mod daemon;
 pub mod fdstore;
 pub mod name;
+pub mod ops;
 #[allow(unsafe_code)]
 pub mod pipe;
 pub mod queue;

@@ -22,21 +22,20 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt, stream};
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 use serde_json::Value;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
-use tracing::warn;
+use tokio_util::task::TaskTracker;
 use zlink::varlink_service;
 
 use crate::{
     api::{self, ManagerError},
-    config::{self, Access, Limits},
-    console::{ConsoleError, Consoles, Owner, Settings},
+    config::{self, Access},
+    console::Owner,
     daemon::Status,
     limited,
     name::{self, LogName},
-    pipe,
+    ops::{ConsoleRequest, OpError, Ops, PolicyChange},
     queue::{OutputQueue, SlowPolicy},
-    registry::{Registry, error_chain},
-    rotator::{Pos, RotatorError},
+    registry::error_chain,
+    rotator::Pos,
     server::{Counters, Peer},
     varlink::RawCall,
 };
@@ -112,14 +111,31 @@ impl From<ManagerError> for WireError {
     }
 }
 
-impl From<RotatorError> for WireError {
-    fn from(e: RotatorError) -> Self {
-        limited!(warn, error = %error_chain(&e), "call failed");
-        ManagerError::IoError {
-            message: error_chain(&e),
+impl From<OpError> for WireError {
+    fn from(e: OpError) -> Self {
+        let name = |n: LogName| n.to_string();
+        match e {
+            OpError::NoSuchLog(n) => ManagerError::NoSuchLog { name: name(n) },
+            OpError::NoSuchConsole(n) => ManagerError::NoSuchConsole { name: name(n) },
+            OpError::ConsoleExists(n) => ManagerError::ConsoleExists { name: name(n) },
+            OpError::Limit { what, max } => return limit(what, max),
+            e @ (OpError::File(_) | OpError::Pipe(_) | OpError::Console { .. }) => {
+                limited!(warn, error = %error_chain(&e), "call failed");
+                ManagerError::IoError {
+                    message: error_chain(&e),
+                }
+            }
         }
         .into()
     }
+}
+
+/// Policy parameters as a call gives them.
+fn policy(max_size: Option<i64>, max_backups: Option<i64>) -> Result<PolicyChange, WireError> {
+    Ok(PolicyChange {
+        max_size: max_size.map(|v| ranged("maxSize", v)).transpose()?,
+        max_backups: max_backups.map(|v| ranged("maxBackups", v)).transpose()?,
+    })
 }
 
 /// A reply's parameters and the FDs that go with it.
@@ -170,21 +186,13 @@ impl AccessPolicy {
 /// The service. Cheap to hold: all state lives in the registry.
 #[derive(Debug)]
 pub struct Manager {
-    pub registry: Arc<Registry>,
-    pub consoles: Arc<Consoles>,
+    pub ops: Ops,
     pub access: AccessPolicy,
-    pub limits: Limits,
-    /// Pipe tasks, so shutdown can wait for them to drain.
-    pub tracker: TaskTracker,
-    pub shutdown: CancellationToken,
     pub status: Arc<Status>,
     /// What happened to connections.
     pub counters: Arc<Counters>,
     /// Connection tasks, to count the connections open now.
     pub connections: TaskTracker,
-    /// Saves the state before a call that stored something replies, so a
-    /// crash right after the reply keeps it.
-    pub saver: Arc<crate::restart::Saver>,
 }
 
 impl Manager {
@@ -271,7 +279,7 @@ impl Manager {
             return Ok(Answer::Stream(Box::pin(stream::iter(pages))));
         }
         let reply = to_value(api::ListLogsOutput { logs, consoles });
-        let max = self.limits.max_message_size;
+        let max = self.ops.limits.max_message_size;
         if encoded_len(&reply) > max {
             return Err(limit("replySize", max));
         }
@@ -280,6 +288,7 @@ impl Manager {
 
     fn list(&self) -> (Vec<api::LogInfo>, Vec<api::ConsoleInfo>) {
         let logs = self
+            .ops
             .registry
             .logs()
             .iter()
@@ -300,6 +309,7 @@ impl Manager {
             })
             .collect();
         let consoles = self
+            .ops
             .consoles
             .all()
             .iter()
@@ -331,7 +341,7 @@ impl Manager {
             .started
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_micros() as u64);
-        let store = self.registry.store();
+        let store = self.ops.registry.store();
         to_value(api::GetStatusOutput {
             version: env!("CARGO_PKG_VERSION"),
             pid: std::process::id().into(),
@@ -364,8 +374,7 @@ impl Manager {
 
     fn create_console(&self, p: api::CreateConsoleInput) -> Result<Work, WireError> {
         let name = log_name(&p.name)?;
-        let max_size = p.max_size.map(|v| ranged("maxSize", v)).transpose()?;
-        let max_backups = p.max_backups.map(|v| ranged("maxBackups", v)).transpose()?;
+        let policy = policy(p.max_size, p.max_backups)?;
         let replay = replay_bytes(p.replay_bytes)?;
         let slow = match p.slow_client.as_deref() {
             None | Some("drop") => SlowPolicy::Drop,
@@ -391,52 +400,20 @@ impl Manager {
                 },
             },
         };
-        // Refused before anything is created, so a refused call changes nothing.
-        if self.consoles.get(&name).is_some() {
-            return Err(ManagerError::ConsoleExists {
-                name: name.to_string(),
-            }
-            .into());
-        }
-        if self.consoles.all().len() >= self.consoles.max() {
-            return Err(limit("consoles", self.consoles.max()));
-        }
-        let registry = self.registry.clone();
-        let consoles = self.consoles.clone();
-        let limits = self.limits.clone();
-        let saver = self.saver.clone();
-        let viewers = p.viewers == Some(true);
-        let logged = p.log != Some(false);
+        // Refused before any work is queued, so a refused call changes nothing.
+        self.ops.check_console(&name)?;
+        let request = ConsoleRequest {
+            name,
+            log: p.log != Some(false),
+            policy,
+            replay,
+            slow,
+            owner,
+            viewers: p.viewers == Some(true),
+        };
+        let ops = self.ops.clone();
         Ok(Box::new(move || {
-            let log = logged
-                .then(|| registry.open(&name, max_size, max_backups))
-                .transpose()?;
-            let console = consoles
-                .create(Settings {
-                    name,
-                    log,
-                    replay,
-                    slow,
-                    owner,
-                    viewers,
-                    queue: limits.client_queue,
-                    max_clients: limits.max_clients,
-                    registry: registry.clone(),
-                })
-                .map_err(|e| match e {
-                    ConsoleError::Exists(name) => ManagerError::ConsoleExists {
-                        name: name.to_string(),
-                    }
-                    .into(),
-                    ConsoleError::Limit(max) => limit("consoles", max),
-                    e @ ConsoleError::Socket { .. } => {
-                        warn!(error = %error_chain(&e), "cannot create a console");
-                        WireError::from(ManagerError::IoError {
-                            message: error_chain(&e),
-                        })
-                    }
-                })?;
-            saver.save_now();
+            let console = ops.create_console(request)?;
             let path = |p: &std::path::Path| p.display().to_string();
             let reply = serde_json::json!({
                 "guestSocket": path(&console.guest_socket),
@@ -450,26 +427,23 @@ impl Manager {
 
     fn remove_console(&self, p: api::RemoveConsoleInput) -> Result<Job, WireError> {
         let name = log_name(&p.name)?;
-        let consoles = self.consoles.clone();
+        let ops = self.ops.clone();
         Ok(Box::pin(async move {
-            if consoles.remove(&name).await {
-                Ok((empty(), vec![]))
-            } else {
-                Err(ManagerError::NoSuchConsole {
-                    name: name.to_string(),
-                }
-                .into())
-            }
+            ops.remove_console(&name).await?;
+            Ok((empty(), vec![]))
         }))
     }
 
     fn follow(&self, p: api::FollowInput) -> Result<Replies, WireError> {
         let name = log_name(&p.name)?;
         let replay = replay_bytes(p.replay_bytes)?;
-        let log = self.registry.get(&name).ok_or_else(|| no_such_log(&name))?;
-        let cap = self.limits.client_queue;
+        // Known now, so an unknown log is refused before the stream starts.
+        if self.ops.registry.get(&name).is_none() {
+            return Err(OpError::NoSuchLog(name).into());
+        }
         let text = p.text == Some(true);
-        let start = tokio::task::spawn_blocking(move || log.follow(replay, cap));
+        let ops = self.ops.clone();
+        let start = tokio::task::spawn_blocking(move || ops.follow(&name, replay));
         let stream = stream::once(start).flat_map(move |started| match started {
             Ok(Ok(queue)) => follow_stream(Following(queue), text).boxed(),
             Ok(Err(e)) => stream::iter([(Err(WireError::from(e)), false)]).boxed(),
@@ -480,45 +454,26 @@ impl Manager {
 
     fn open_pipe(&self, p: api::OpenPipeInput) -> Result<Work, WireError> {
         let name = log_name(&p.name)?;
-        let max_size = p.max_size.map(|v| ranged("maxSize", v)).transpose()?;
-        let max_backups = p.max_backups.map(|v| ranged("maxBackups", v)).transpose()?;
-        let registry = self.registry.clone();
-        let tracker = self.tracker.clone();
-        let shutdown = self.shutdown.clone();
-        let saver = self.saver.clone();
+        let policy = policy(p.max_size, p.max_backups)?;
+        let truncate = p.truncate == Some(true);
+        let ops = self.ops.clone();
         Ok(Box::new(move || {
-            let slot = registry
-                .reserve_pipe()
-                .ok_or_else(|| limit("pipes", registry.max_pipes()))?;
-            let log = registry.open(&name, max_size, max_backups)?;
-            let position = log.with_file(|f| {
-                if p.truncate == Some(true) {
-                    f.truncate()?;
-                }
-                f.end()
-            })?;
-            let path = log.snapshot().path.display().to_string();
-            let fd = pipe::open(slot.bind(log), &tracker, shutdown).map_err(|e| {
-                ManagerError::IoError {
-                    message: format!("cannot create a pipe: {e}"),
-                }
-            })?;
-            saver.save_now();
+            let opened = ops.open_pipe(&name, policy, truncate)?;
+            let path = opened.path.display().to_string();
             let reply = api::OpenPipeOutput {
                 file_descriptor: 0,
                 path: &path,
-                position: wire_pos(position),
+                position: wire_pos(opened.position),
             };
-            Ok((to_value(reply), vec![fd]))
+            Ok((to_value(reply), vec![opened.fd]))
         }))
     }
 
     fn rotate(&self, p: api::RotateInput) -> Result<Work, WireError> {
         let name = log_name(&p.name)?;
-        let registry = self.registry.clone();
+        let ops = self.ops.clone();
         Ok(Box::new(move || {
-            let log = registry.get(&name).ok_or_else(|| no_such_log(&name))?;
-            log.with_file(|f| f.rotate())?;
+            ops.rotate(&name)?;
             Ok((empty(), vec![]))
         }))
     }
@@ -541,10 +496,9 @@ impl Manager {
                 return Err(invalid("maxBytes", format!("must be from 1 to {MAX_READ}")));
             }
         };
-        let registry = self.registry.clone();
+        let ops = self.ops.clone();
         Ok(Box::new(move || {
-            let log = registry.get(&name).ok_or_else(|| no_such_log(&name))?;
-            let chunk = log.with_file(|f| f.read(from, max))?;
+            let chunk = ops.read(&name, from, max)?;
             let data = base64::engine::general_purpose::STANDARD.encode(&chunk.data);
             let text = (p.text == Some(true)).then(|| String::from_utf8_lossy(&chunk.data));
             let reply = api::ReadLogOutput {
@@ -570,11 +524,9 @@ impl Manager {
         if !message.ends_with('\n') {
             message.push('\n');
         }
-        let registry = self.registry.clone();
+        let ops = self.ops.clone();
         Ok(Box::new(move || {
-            registry
-                .open(&name, None, None)?
-                .write(message.as_bytes())?;
+            ops.append(&name, message.as_bytes())?;
             Ok((empty(), vec![]))
         }))
     }
@@ -768,13 +720,6 @@ fn invalid(parameter: &str, reason: String) -> WireError {
     ManagerError::InvalidParameter {
         parameter: parameter.to_owned(),
         reason,
-    }
-    .into()
-}
-
-fn no_such_log(name: &LogName) -> WireError {
-    ManagerError::NoSuchLog {
-        name: name.to_string(),
     }
     .into()
 }

@@ -1,0 +1,209 @@
+//! `Ops`: what guestlogd does, whichever front asked — open a pipe into a
+//! log, append, read from a position, rotate, make and remove consoles,
+//! follow a log.
+//!
+//! A front (`service` for varlink, `virtlogd` for libvirt's protocol) only
+//! decodes, checks access, calls one of these and encodes the result, so
+//! the same operation behaves the same from either: the same caps and
+//! rotation, counters, FD store and saved state. Everything here may touch
+//! the disk and blocks: fronts run it on a blocking thread. A change that
+//! stores a descriptor saves the state before returning, so a crash right
+//! after the caller hears of it keeps it (`restart`).
+
+use std::{os::fd::OwnedFd, path::PathBuf, sync::Arc};
+
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use crate::{
+    config::Limits,
+    console::{Console, ConsoleError, Consoles, Owner, Settings},
+    name::LogName,
+    pipe,
+    queue::{OutputQueue, SlowPolicy},
+    registry::Registry,
+    restart::Saver,
+    rotator::{Chunk, Pos, RotatorError},
+};
+
+/// Why an operation failed; each front maps it to its own wire error.
+#[derive(Debug, thiserror::Error)]
+pub enum OpError {
+    #[error("no log {0}")]
+    NoSuchLog(LogName),
+    #[error("no console {0}")]
+    NoSuchConsole(LogName),
+    #[error("a console {0} exists already")]
+    ConsoleExists(LogName),
+    #[error("the limit of {max} {what} is reached")]
+    Limit { what: &'static str, max: usize },
+    #[error(transparent)]
+    File(#[from] RotatorError),
+    #[error("cannot create a pipe")]
+    Pipe(#[source] std::io::Error),
+    #[error("cannot create console {name}")]
+    Console {
+        name: LogName,
+        #[source]
+        source: ConsoleError,
+    },
+}
+
+/// A new pipe: its write end, and where its bytes begin in the log.
+#[derive(Debug)]
+pub struct Opened {
+    pub fd: OwnedFd,
+    pub path: PathBuf,
+    /// The end of the log when the pipe was opened.
+    pub position: Pos,
+}
+
+/// A policy change asked for with a call; `None` keeps what the log has.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PolicyChange {
+    pub max_size: Option<u64>,
+    pub max_backups: Option<u32>,
+}
+
+/// What CreateConsole asks for, validated.
+#[derive(Debug, Clone)]
+pub struct ConsoleRequest {
+    pub name: LogName,
+    pub log: bool,
+    pub policy: PolicyChange,
+    pub replay: usize,
+    pub slow: SlowPolicy,
+    pub owner: Owner,
+    pub viewers: bool,
+}
+
+/// The operations, over the daemon's shared state. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Ops {
+    pub registry: Arc<Registry>,
+    pub consoles: Arc<Consoles>,
+    pub limits: Limits,
+    /// Pipe tasks, so shutdown can wait for them to drain.
+    pub tracker: TaskTracker,
+    pub shutdown: CancellationToken,
+    pub saver: Arc<Saver>,
+}
+
+impl Ops {
+    /// Creates a pipe into `name`'s log (created if new, with `policy` over
+    /// the defaults); `truncate` empties the log first.
+    pub fn open_pipe(
+        &self,
+        name: &LogName,
+        policy: PolicyChange,
+        truncate: bool,
+    ) -> Result<Opened, OpError> {
+        let registry = &self.registry;
+        let slot = registry.reserve_pipe().ok_or(OpError::Limit {
+            what: "pipes",
+            max: registry.max_pipes(),
+        })?;
+        let log = registry.open(name, policy.max_size, policy.max_backups)?;
+        let position = log.with_file(|f| {
+            if truncate {
+                f.truncate()?;
+            }
+            f.end()
+        })?;
+        let path = log.path().to_owned();
+        let fd = pipe::open(slot.bind(log), &self.tracker, self.shutdown.clone())
+            .map_err(OpError::Pipe)?;
+        self.saver.save_now();
+        Ok(Opened { fd, path, position })
+    }
+
+    /// Appends `message` to `name`'s log, created if new.
+    pub fn append(&self, name: &LogName, message: &[u8]) -> Result<(), OpError> {
+        self.registry.open(name, None, None)?.write(message)?;
+        Ok(())
+    }
+
+    /// Reads up to `max` bytes of `name`'s log from `from` (its oldest byte
+    /// if `None`).
+    pub fn read(&self, name: &LogName, from: Option<Pos>, max: usize) -> Result<Chunk, OpError> {
+        let log = self.existing(name)?;
+        Ok(log.with_file(|f| f.read(from, max))?)
+    }
+
+    pub fn rotate(&self, name: &LogName) -> Result<(), OpError> {
+        self.existing(name)?.with_file(|f| f.rotate())?;
+        Ok(())
+    }
+
+    /// Starts following `name`'s log: a queue that begins with its last
+    /// `replay` bytes and then gets every write.
+    pub fn follow(&self, name: &LogName, replay: usize) -> Result<Arc<OutputQueue>, OpError> {
+        let log = self.existing(name)?;
+        Ok(log.follow(replay, self.limits.client_queue)?)
+    }
+
+    /// Refuses a console that cannot be made, before anything is created.
+    pub fn check_console(&self, name: &LogName) -> Result<(), OpError> {
+        if self.consoles.get(name).is_some() {
+            return Err(OpError::ConsoleExists(name.clone()));
+        }
+        if self.consoles.all().len() >= self.consoles.max() {
+            return Err(OpError::Limit {
+                what: "consoles",
+                max: self.consoles.max(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Makes a console and its log. Must run inside the runtime.
+    pub fn create_console(&self, r: ConsoleRequest) -> Result<Arc<Console>, OpError> {
+        self.check_console(&r.name)?;
+        let log = r
+            .log
+            .then(|| {
+                self.registry
+                    .open(&r.name, r.policy.max_size, r.policy.max_backups)
+            })
+            .transpose()?;
+        let name = r.name.clone();
+        let console = self
+            .consoles
+            .create(Settings {
+                name: r.name,
+                log,
+                replay: r.replay,
+                slow: r.slow,
+                owner: r.owner,
+                viewers: r.viewers,
+                queue: self.limits.client_queue,
+                max_clients: self.limits.max_clients,
+                registry: self.registry.clone(),
+            })
+            .map_err(|source| match source {
+                ConsoleError::Exists(name) => OpError::ConsoleExists(name),
+                ConsoleError::Limit(max) => OpError::Limit {
+                    what: "consoles",
+                    max,
+                },
+                source => OpError::Console { name, source },
+            })?;
+        self.saver.save_now();
+        Ok(console)
+    }
+
+    /// Closes a console's connections and removes its sockets; its log
+    /// stays.
+    pub async fn remove_console(&self, name: &LogName) -> Result<(), OpError> {
+        if self.consoles.remove(name).await {
+            Ok(())
+        } else {
+            Err(OpError::NoSuchConsole(name.clone()))
+        }
+    }
+
+    fn existing(&self, name: &LogName) -> Result<Arc<crate::registry::Log>, OpError> {
+        self.registry
+            .get(name)
+            .ok_or_else(|| OpError::NoSuchLog(name.clone()))
+    }
+}
