@@ -14,6 +14,8 @@ pub const CACHE: &str = "/var/cache/guestlogd-test";
 pub const HARNESS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/libvirt");
 /// Where libvirt's QEMU driver keeps the domains' logs.
 pub const QEMU_LOGS: &str = "/var/log/libvirt/qemu";
+/// The most any one command inside may take (generous: a busy machine).
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(180);
 
 /// Why the libvirt tests cannot run here, if they cannot.
 pub fn unavailable() -> Option<String> {
@@ -71,8 +73,12 @@ impl Libvirt {
     }
 
     /// A command inside (tests/libvirt/ctl.sh); whatever its outcome.
+    /// Killed after `COMMAND_LIMIT`: libvirt waits forever on a log daemon
+    /// that accepts and never answers.
     pub fn try_run(&self, args: &[&str]) -> Output {
-        Command::new(format!("{HARNESS}/ctl.sh"))
+        Command::new("timeout")
+            .args(["-k", "5", &COMMAND_LIMIT.as_secs().to_string()])
+            .arg(format!("{HARNESS}/ctl.sh"))
             .arg(self.pid1.to_string())
             .args(args)
             .output()
