@@ -112,6 +112,27 @@ impl Libvirt {
             .to_owned()
     }
 
+    /// Puts another daemon in virtlogd's place: a drop-in for
+    /// virtlogd.service replaces ExecStart (and empties ExecReload), adds
+    /// `extra` to [Service] (e.g. to relax virtlogd's sandbox, which the
+    /// replacement inherits), then daemon-reload and a restart of the service
+    /// alone: virtlogd.socket and virtlogd-admin.socket stay up, and so does
+    /// libvirtd (Requires=virtlogd.socket). The daemon is started with the
+    /// two listening FDs named virtlogd.socket and virtlogd-admin.socket (look
+    /// them up by name) and must send READY=1 (Type=notify). Do it before
+    /// starting domains: a stopped virtlogd takes their pipes with it.
+    pub fn replace_virtlogd(&self, exec_start: &str, extra: &str) {
+        let dir = self.inside("/etc/systemd/system/virtlogd.service.d");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("replace.conf"),
+            format!("[Service]\nExecStart=\nExecStart={exec_start}\nExecReload=\n{extra}\n"),
+        )
+        .unwrap();
+        self.systemctl(&["daemon-reload"]);
+        self.systemctl(&["restart", "virtlogd.service"]);
+    }
+
     /// The text of a file inside ("" while it does not exist).
     pub fn read(&self, path: &str) -> String {
         String::from_utf8_lossy(&std::fs::read(self.inside(path)).unwrap_or_default()).into_owned()
