@@ -5,6 +5,7 @@
 #   /var/cache/guestlogd-test/bin/varlinkctl    (or varlinkctl.unavailable)
 #   socat, setpriv (util-linux), tmux
 #   qemu-system-x86_64 + /var/cache/guestlogd-test/guest/ (or *.unavailable)
+#   /var/cache/guestlogd-test/trixie/, libvirt-root/ (or systemd/libvirt.unavailable)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -52,5 +53,6 @@ bash "$HERE/varlinkctl.sh"
 # --- QEMU + console-test guest (kernel, initramfs); never fails setup ---
 bash "$HERE/guest.sh"
 bash "$HERE/systemd.sh"  # trixie root for tests/systemd/ (systemd 257 as PID 1); never fails setup
+bash "$HERE/libvirt.sh"  # libvirt + QEMU root for tests/libvirt/ (copy of the trixie root); never fails setup
 
 echo "setup: ok ($("$VENV/bin/python" -c 'import importlib.metadata as m; print("asyncvarlink", m.version("asyncvarlink"), "varlink", m.version("varlink"))'); varlinkctl: $([ -f $W/varlinkctl.unavailable ] && echo unavailable || echo ok))"

@@ -14,6 +14,7 @@
 # a pid that is already gone stops the instance at once).
 # Stop with tests/systemd/stop.sh PID1. On failure it cleans up and exits
 # non-zero (2: the cached root is missing; see systemd.unavailable).
+# SD_ROOT, SD_STATE, SD_NAME, SD_PIVOT: see common.sh.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/common.sh"
@@ -23,7 +24,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 HOSTDIR=$(realpath "$1")
 [ "$(id -u)" = 0 ] || { sd_log "must run as root"; exit 2; }
 if [ ! -f "$SD_STAMP" ]; then
-    sd_log "no cached trixie root at $SD_ROOT: run tests/env/systemd.sh ($(cat "$SD_CACHE/systemd.unavailable" 2>/dev/null || echo 'not provisioned'))"
+    sd_log "no cached root at $SD_ROOT: run tests/env/$SD_SETUP.sh ($(cat "$SD_CACHE/$SD_SETUP.unavailable" 2>/dev/null || echo 'not provisioned'))"
     exit 2
 fi
 if [ -d /sys/fs/cgroup/unified ]; then CGBASE=/sys/fs/cgroup/unified
@@ -39,8 +40,8 @@ trap 'rc=$?; if [ $rc -ne 0 ]; then sd_log "boot failed (see $CONSOLE)"; sd_clea
 echo "$HOSTDIR" >"$INST/hostdir"
 mkdir "$INST/upper" "$INST/work" "$INST/root"
 mount -t overlay -o "lowerdir=$SD_ROOT,upperdir=$INST/upper,workdir=$INST/work" \
-    "guestlogd-systemd-$ID" "$INST/root"
-CG=$CGBASE/guestlogd-systemd-$ID
+    "$SD_NAME-$ID" "$INST/root"
+CG=$CGBASE/$SD_NAME-$ID
 echo "$CG" >"$INST/cgroup"
 mkdir "$CG"
 

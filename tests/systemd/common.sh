@@ -2,10 +2,19 @@
 #   root/  overlay (lowerdir = cached trixie root, never modified)
 #   upper/ work/  overlay upper and work dirs
 #   hostdir  cgroup  unshare  pid1  owner  watchdog  ("PID STARTTIME" for pids)
+# Another harness (tests/libvirt/) reuses these scripts on another root by
+# exporting, before calling them:
+#   SD_ROOT   the cached root to overlay            (default: $SD_CACHE/trixie)
+#   SD_SETUP  tests/env/<SD_SETUP>.sh provisions it (default: systemd)
+#   SD_STATE  where its instances' state lives      (default: /run/guestlogd-systemd)
+#   SD_NAME   overlay and cgroup name prefix        (default: guestlogd-systemd)
+#   SD_PIVOT  non-empty: ns-init.sh enters the root with pivot_root, not chroot
 SD_CACHE=/var/cache/guestlogd-test
-SD_ROOT=$SD_CACHE/trixie
+SD_ROOT=${SD_ROOT:-$SD_CACHE/trixie}
+SD_SETUP=${SD_SETUP:-systemd}
 SD_STAMP=$SD_ROOT/.guestlogd-complete
-SD_STATE=/run/guestlogd-systemd
+SD_STATE=${SD_STATE:-/run/guestlogd-systemd}
+SD_NAME=${SD_NAME:-guestlogd-systemd}
 SD_PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 
 sd_log() { echo "${0##*/}: $*" >&2; }

@@ -2,6 +2,9 @@
 # Runs as PID 1 of the new pid/mount/cgroup/uts/ipc namespaces (started by
 # boot.sh through unshare): sets up the API file systems under ROOT, binds
 # HOSTDIR at /host and execs systemd. Usage: ns-init.sh ROOT HOSTDIR
+# With SD_PIVOT set it enters ROOT with pivot_root (and detaches the old root)
+# instead of chroot: libvirt needs that, as its helpers setns() into QEMU's
+# mount namespace, and after a chroot that lands in the host's /.
 set -euo pipefail
 R=$1 H=$2
 mount --bind "$R" "$R"
@@ -27,4 +30,12 @@ mount -t tmpfs -o mode=755,nosuid,nodev tmpfs "$R/run"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/tmp"
 mkdir -p "$R/host"
 mount --bind "$H" "$R/host"
-exec chroot "$R" /usr/bin/env -i container=unshare /usr/lib/systemd/systemd
+if [ -z "${SD_PIVOT:-}" ]; then
+    exec chroot "$R" /usr/bin/env -i container=unshare /usr/lib/systemd/systemd
+fi
+mkdir -p "$R/.oldroot"
+cd "$R"
+pivot_root . .oldroot
+umount -l /.oldroot
+rmdir /.oldroot
+exec /usr/bin/env -i container=unshare /usr/lib/systemd/systemd

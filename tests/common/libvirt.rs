@@ -1,0 +1,209 @@
+//! A real libvirt 11.3 (monolithic libvirtd, virtlogd, QEMU) under systemd
+//! 257, booted by tests/libvirt/boot.sh on a fresh overlay of the cached root
+//! (tests/env/libvirt.sh). Use it with `#[path = "common/libvirt.rs"] mod libvirt;`.
+#![allow(dead_code)]
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Output},
+    thread::{self, sleep},
+    time::{Duration, Instant},
+};
+
+pub const CACHE: &str = "/var/cache/guestlogd-test";
+pub const HARNESS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/libvirt");
+/// Where libvirt's QEMU driver keeps the domains' logs.
+pub const QEMU_LOGS: &str = "/var/log/libvirt/qemu";
+/// The most any one command inside may take (generous: a busy machine).
+pub const COMMAND_LIMIT: Duration = Duration::from_secs(180);
+
+/// Why the libvirt tests cannot run here, if they cannot.
+pub fn unavailable() -> Option<String> {
+    let cache = Path::new(CACHE);
+    if let Ok(why) = std::fs::read_to_string(cache.join("libvirt.unavailable")) {
+        return Some(format!("libvirt unavailable: {}", why.trim()));
+    }
+    if !cache.join("libvirt-root/.guestlogd-complete").exists() {
+        return Some("libvirt unavailable: run tests/env/libvirt.sh".into());
+    }
+    None
+}
+
+/// A booted instance, stopped (its journal saved to HOSTDIR/systemd-journal.log)
+/// when dropped. HOSTDIR is bind-mounted at /host inside; it is kept if the
+/// test panicked.
+pub struct Libvirt {
+    pub pid1: u32,
+    dir: Option<tempfile::TempDir>,
+}
+
+impl Libvirt {
+    /// Boots with a new HOSTDIR; returns once systemd says running/degraded
+    /// (libvirtd and virtlogd are enabled, so they are up by then).
+    pub fn boot() -> Self {
+        let dir = tempfile::Builder::new().prefix("gld-lv").tempdir().unwrap();
+        Self::boot_in(dir)
+    }
+
+    /// Boots with HOSTDIR `dir` (prepared by the caller: binaries, units…).
+    pub fn boot_in(dir: tempfile::TempDir) -> Self {
+        let out = Command::new(format!("{HARNESS}/boot.sh"))
+            .arg(dir.path())
+            .env("SD_OWNER_PID", std::process::id().to_string())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "boot.sh: {}\n{stderr}", out.status);
+        eprint!("{stderr}");
+        let pid1 = String::from_utf8_lossy(&out.stdout).trim().parse().unwrap();
+        Self {
+            pid1,
+            dir: Some(dir),
+        }
+    }
+
+    /// HOSTDIR on the host (/host inside).
+    pub fn host(&self) -> &Path {
+        self.dir.as_ref().unwrap().path()
+    }
+
+    /// A path inside, as the host reaches it.
+    pub fn inside(&self, path: &str) -> PathBuf {
+        PathBuf::from(format!("/proc/{}/root", self.pid1)).join(path.trim_start_matches('/'))
+    }
+
+    /// A command inside (tests/libvirt/ctl.sh); whatever its outcome.
+    /// Killed after `COMMAND_LIMIT`: libvirt waits forever on a log daemon
+    /// that accepts and never answers.
+    pub fn try_run(&self, args: &[&str]) -> Output {
+        Command::new("timeout")
+            .args(["-k", "5", &COMMAND_LIMIT.as_secs().to_string()])
+            .arg(format!("{HARNESS}/ctl.sh"))
+            .arg(self.pid1.to_string())
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// A command inside; panics unless it succeeds; its stdout.
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = self.try_run(args);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn virsh(&self, args: &[&str]) -> String {
+        self.run(&[&["virsh", "-q"], args].concat())
+    }
+
+    pub fn systemctl(&self, args: &[&str]) -> String {
+        self.run(&[&["systemctl"], args].concat())
+    }
+
+    pub fn prop(&self, unit: &str, name: &str) -> String {
+        self.systemctl(&["show", "-p", name, "--value", unit])
+            .trim()
+            .to_owned()
+    }
+
+    /// Puts another daemon in virtlogd's place: a drop-in for
+    /// virtlogd.service replaces ExecStart (and empties ExecReload), adds
+    /// `extra` to [Service] (e.g. to relax virtlogd's sandbox, which the
+    /// replacement inherits), then daemon-reload and a restart of the service
+    /// alone: virtlogd.socket and virtlogd-admin.socket stay up, and so does
+    /// libvirtd (Requires=virtlogd.socket). The daemon is started with the
+    /// two listening FDs named virtlogd.socket and virtlogd-admin.socket (look
+    /// them up by name) and must send READY=1 (Type=notify). Do it before
+    /// starting domains: a stopped virtlogd takes their pipes with it.
+    pub fn replace_virtlogd(&self, exec_start: &str, extra: &str) {
+        let dir = self.inside("/etc/systemd/system/virtlogd.service.d");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join("replace.conf"),
+            format!("[Service]\nExecStart=\nExecStart={exec_start}\nExecReload=\n{extra}\n"),
+        )
+        .unwrap();
+        self.systemctl(&["daemon-reload"]);
+        self.systemctl(&["restart", "virtlogd.service"]);
+    }
+
+    /// The text of a file inside ("" while it does not exist).
+    pub fn read(&self, path: &str) -> String {
+        String::from_utf8_lossy(&std::fs::read(self.inside(path)).unwrap_or_default()).into_owned()
+    }
+
+    /// Polls (every 50 ms, up to `limit`) until the file inside contains
+    /// `what`; returns how long that took. Panics with the file's tail if
+    /// it never does.
+    pub fn wait_for(&self, path: &str, what: &str, limit: Duration) -> Duration {
+        let begin = Instant::now();
+        loop {
+            let text = self.read(path);
+            if text.contains(what) {
+                return begin.elapsed();
+            }
+            if begin.elapsed() > limit {
+                let tail = &text[text.floor_char_boundary(text.len().saturating_sub(2000))..];
+                panic!("{path}: no {what:?} after {limit:?}; it ends with:\n{tail}");
+            }
+            sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Libvirt {
+    fn drop(&mut self) {
+        let _ = Command::new(format!("{HARNESS}/stop.sh"))
+            .arg(self.pid1.to_string())
+            .status();
+        if let Some(dir) = self.dir.take()
+            && thread::panicking()
+        {
+            let kept = dir.keep();
+            eprintln!(
+                "kept {} (the journal in systemd-journal.log)",
+                kept.display()
+            );
+        }
+    }
+}
+
+/// A transient TCG domain XML: 256 MiB, 1 vCPU, direct kernel boot of the
+/// test guest (copied to /var/lib/libvirt/boot/ by tests/env/libvirt.sh),
+/// no disk, no network, no balloon, `serial` as its first serial port, plus
+/// a `<console type='pty'>`.
+pub fn domain_xml(name: &str, cmdline: &str, serial: &str) -> String {
+    format!(
+        "<domain type='qemu'>
+  <name>{name}</name>
+  <memory unit='MiB'>256</memory>
+  <vcpu>1</vcpu>
+  <os>
+    <type arch='x86_64' machine='pc'>hvm</type>
+    <kernel>/var/lib/libvirt/boot/vmlinuz</kernel>
+    <initrd>/var/lib/libvirt/boot/initrd.gz</initrd>
+    <cmdline>{cmdline}</cmdline>
+  </os>
+  <on_poweroff>destroy</on_poweroff>
+  <on_reboot>destroy</on_reboot>
+  <on_crash>destroy</on_crash>
+  <devices>
+    {serial}
+    <console type='pty'/>
+    <memballoon model='none'/>
+  </devices>
+</domain>
+"
+    )
+}
+
+/// A pty serial port logged by the log daemon into `NAME-serial0.log`.
+pub fn pty_serial(name: &str) -> String {
+    format!("<serial type='pty'><log file='{QEMU_LOGS}/{name}-serial0.log' append='off'/></serial>")
+}
