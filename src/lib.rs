@@ -25,3 +25,4 @@ pub mod service;
 pub mod state;
 #[allow(unsafe_code)]
 pub mod transport;
+pub mod virtlogd;
