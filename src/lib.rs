@@ -28,3 +28,4 @@ pub mod server;
 pub mod service;
 pub mod state;
 pub mod varlink;
+pub mod virtlogd;
