@@ -11,12 +11,22 @@ use tracing::warn;
 
 /// The name the socket unit gives the varlink socket.
 pub const VARLINK: &str = "varlink";
+/// The name libvirt's own unit gives its log manager socket, which we
+/// serve in virtlogd's place.
+pub const LIBVIRT: &str = "virtlogd.socket";
+/// libvirt's admin socket for virtlogd (virt-admin); no libvirt daemon
+/// uses it, and we do not serve it.
+pub const LIBVIRT_ADMIN: &str = "virtlogd-admin.socket";
 
 /// What the service manager passed.
 #[derive(Debug, Default)]
 pub struct Activation {
     /// The listening varlink socket, if one was passed.
     pub varlink: Option<OwnedFd>,
+    /// The listening socket of libvirt's log protocol, if one was passed.
+    pub libvirt: Option<OwnedFd>,
+    /// Passed sockets we do not serve, closed; logged once tracing is up.
+    pub unserved: Vec<String>,
     /// Every other passed descriptor, by name: what a previous guestlogd
     /// stored (see `fdstore`).
     pub stored: Vec<(String, OwnedFd)>,
@@ -42,6 +52,11 @@ impl Activation {
             // a lone socket is then taken as ours.
             if out.varlink.is_none() && (name == VARLINK || name == "unknown") {
                 out.varlink = Some(fd);
+            } else if out.libvirt.is_none() && name == LIBVIRT {
+                out.libvirt = Some(fd);
+            } else if name == LIBVIRT_ADMIN {
+                drop(fd);
+                out.unserved.push(name);
             } else {
                 out.stored.push((name, fd));
             }
@@ -53,6 +68,9 @@ impl Activation {
     pub fn report(&self) {
         for name in &self.missing {
             warn!(name, "a passed file descriptor was not open");
+        }
+        for name in &self.unserved {
+            tracing::info!(name, "closed a passed socket guestlogd does not serve");
         }
     }
 }

@@ -18,6 +18,43 @@ pub struct Config {
     pub limits: Limits,
     pub socket: SocketConfig,
     pub access: Access,
+    /// libvirt's log protocol, served in virtlogd's place.
+    pub libvirt: Libvirt,
+}
+
+/// The libvirt front: where it listens without socket activation, which
+/// directories its logs may live in, and their policy.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct Libvirt {
+    /// A socket path to bind when systemd passes none named
+    /// `virtlogd.socket`; none serves the front only under activation.
+    pub socket: Option<std::path::PathBuf>,
+    /// Absolute directories under which libvirt may name logs.
+    pub roots: Vec<std::path::PathBuf>,
+    /// The policy of a log this front creates: libvirt's own defaults.
+    pub max_size: u64,
+    pub max_backups: u32,
+}
+
+impl Default for Libvirt {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            roots: vec!["/var/log/libvirt".into(), "/run/libvirt".into()],
+            max_size: 2 * 1024 * 1024,
+            max_backups: 3,
+        }
+    }
+}
+
+impl Libvirt {
+    pub fn policy(&self) -> Policy {
+        Policy {
+            max_size: self.max_size,
+            max_backups: self.max_backups,
+        }
+    }
 }
 
 /// The default rotation policy.
@@ -193,6 +230,16 @@ impl Config {
             return Err(format!(
                 "limits.max-message-size must be from 4096 to {MAX_MESSAGE_SIZE}"
             ));
+        }
+        let v = &self.libvirt;
+        check_policy_size(i64::try_from(v.max_size).unwrap_or(i64::MAX))
+            .map_err(|why| format!("libvirt.max-size {why}"))?;
+        check_policy_backups(v.max_backups.into())
+            .map_err(|why| format!("libvirt.max-backups {why}"))?;
+        for root in &v.roots {
+            let shown = root.display().to_string();
+            crate::name::LogName::from_path(&shown)
+                .map_err(|why| format!("libvirt.roots: {shown:?}: {why}"))?;
         }
         self.socket_mode()?;
         Ok(())

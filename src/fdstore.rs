@@ -8,7 +8,8 @@
 //! otherwise the peer stays connected.
 //!
 //! Names say what a descriptor is, built from validated log names (which
-//! never hold `:` or `/`): `pipe/NAME/ID`, `console/NAME/guest-listen`,
+//! never hold `:`; a path-addressed log's `/` is spelt `%2F`, see
+//! `LogName::fd_part`): `pipe/NAME/ID`, `console/NAME/guest-listen`,
 //! `console/NAME/client-listen`, `console/NAME/view-listen`,
 //! `console/NAME/guest`, `console/NAME/client/ID`, `console/NAME/viewer/ID`,
 //! and `state/SEQ`.

@@ -10,6 +10,7 @@ use std::{
     cell::RefCell,
     io,
     os::fd::{AsFd, AsRawFd, OwnedFd},
+    time::{Duration, Instant},
 };
 
 use nix::{
@@ -21,6 +22,9 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info_span, warn};
 
 use crate::registry::PipeGuard;
+
+/// Requests to read the pipe dry, each answered once it is.
+type Requests = tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<()>>;
 
 /// The most read at once: at least the 64 KiB the issue asks for, and
 /// twice what `cat` uses.
@@ -45,7 +49,7 @@ pub fn open(
         debug!(error = %e, "pipe size stays at the kernel default");
     }
     let store = guard.registry().store();
-    let name = format!("pipe/{}/{}", guard.log().name(), store.id());
+    let name = format!("pipe/{}/{}", guard.log().name().fd_part(), store.id());
     // No polling: a pipe whose writers are gone may still hold data.
     store.add(name.clone(), read.as_fd(), false);
     adopt(name, read, guard, tracker, shutdown)?;
@@ -68,25 +72,48 @@ pub fn adopt(
     let read = unsafe { AsyncFd::register_with_interest(read, Interest::READABLE) }
         .map_err(io::Error::from)?;
     let span = info_span!("pipe", log = %guard.log().name(), fd = read.as_raw_fd());
-    tracker.spawn(pump(name, read, guard, shutdown).instrument(span));
+    // A few waiting requests are plenty: one dry read answers them all.
+    let (drains, requests) = tokio::sync::mpsc::channel(4);
+    guard.log().add_drain(drains);
+    tracker.spawn(pump(name, read, guard, requests, shutdown).instrument(span));
     Ok(())
 }
 
 /// Moves bytes from the pipe to the log until EOF, an error, or shutdown.
 /// A shutdown that hands over leaves unread bytes in the kernel for the
 /// next guestlogd; a final one first takes whatever the pipe holds.
-async fn pump(name: String, read: AsyncFd<OwnedFd>, guard: PipeGuard, shutdown: CancellationToken) {
+async fn pump(
+    name: String,
+    read: AsyncFd<OwnedFd>,
+    guard: PipeGuard,
+    mut drains: Requests,
+    shutdown: CancellationToken,
+) {
     debug!("pipe opened");
     loop {
         let ready = tokio::select! {
             biased;
             ready = read.readable() => ready,
+            Some(done) = drains.recv() => {
+                // Asked for the log's end: what the writer put in the pipe
+                // before asking must be in the log first.
+                let eof = read_dry(&read, &guard, Instant::now() + DRAIN_FOR).is_some_and(|eof| eof);
+                let _ = done.send(());
+                if eof {
+                    break;
+                }
+                continue;
+            }
             () = shutdown.cancelled() => {
                 if guard.registry().handing_over() {
                     debug!("pipe handed over");
                     return;
                 }
-                drain(&read, &guard);
+                let deadline = *DRAIN_DEADLINE.get_or_init(|| Instant::now() + DRAIN_FOR);
+                if read_dry(&read, &guard, deadline).is_none() {
+                    let left = unread(read.get_ref());
+                    warn!(left, "stopping with bytes still in a pipe: its writer kept writing");
+                }
                 break;
             }
         };
@@ -115,31 +142,25 @@ async fn pump(name: String, read: AsyncFd<OwnedFd>, guard: PipeGuard, shutdown: 
 
 /// How long a final stop may spend draining pipes, over all of them: a
 /// writer that keeps writing must not hold the stop for ever.
-pub const DRAIN_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+pub const DRAIN_FOR: Duration = Duration::from_secs(5);
 
 /// When the drain of a final stop ends, set by the first pipe to drain.
-static DRAIN_DEADLINE: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+static DRAIN_DEADLINE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
 
-/// Reads until the pipe is empty, at a final stop, within `DRAIN_FOR`; what
-/// is still in the pipe then is lost with it, and logged with its size.
-fn drain(read: &AsyncFd<OwnedFd>, guard: &PipeGuard) {
-    let deadline = *DRAIN_DEADLINE.get_or_init(|| std::time::Instant::now() + DRAIN_FOR);
+/// Reads until the pipe is empty or at EOF (`Some(true)`), before
+/// `deadline`: `None` if the writer kept it full until then.
+fn read_dry(read: &AsyncFd<OwnedFd>, guard: &PipeGuard, deadline: Instant) -> Option<bool> {
     loop {
-        if std::time::Instant::now() >= deadline {
-            let left = unread(read.get_ref());
-            warn!(
-                left,
-                "stopping with bytes still in a pipe: its writer kept writing"
-            );
-            return;
+        if Instant::now() >= deadline {
+            return None;
         }
         match transfer(read.get_ref(), guard) {
-            Ok(0) => return,
+            Ok(0) => return Some(true),
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(false),
             Err(e) => {
-                warn!(error = %e, "pipe read failed while draining");
-                return;
+                crate::limited!(warn, error = %e, "pipe read failed while reading it dry");
+                return Some(false);
             }
         }
     }

@@ -45,7 +45,13 @@ pub struct Log {
     followers: Mutex<Vec<Arc<OutputQueue>>>,
     /// Bytes the followers did not get because they fell behind.
     followers_dropped: AtomicU64,
+    /// One per pipe task feeding this log: asks it to read its pipe dry.
+    drains: Mutex<Vec<DrainRequests>>,
 }
+
+/// Where a pipe task takes requests to read its pipe dry; each request is
+/// answered when it has.
+pub type DrainRequests = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>;
 
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -87,6 +93,7 @@ impl Log {
             last_warning: Mutex::new(None),
             followers: Mutex::default(),
             followers_dropped: AtomicU64::new(0),
+            drains: Mutex::default(),
         };
         log.with_file(|_| Ok(()))?;
         Ok(log)
@@ -157,6 +164,29 @@ impl Log {
             Ok(())
         })?;
         Ok(queue)
+    }
+
+    /// Lets a pipe task be asked to read its pipe dry (`drain_pipes`).
+    pub fn add_drain(&self, requests: DrainRequests) {
+        let mut drains = lock(&self.drains);
+        drains.retain(|d| !d.is_closed());
+        drains.push(requests);
+    }
+
+    /// Waits, for at most `limit`, until every pipe into this log has been
+    /// read dry and what was in it written: what a writer put in the pipe
+    /// before this call is then in the log. libvirt writes its header into
+    /// QEMU's pipe and then asks for the log's end, which must come after it.
+    pub async fn drain_pipes(&self, limit: Duration) {
+        let waits: Vec<_> = lock(&self.drains)
+            .iter()
+            .filter_map(|d| {
+                let (done, wait) = tokio::sync::oneshot::channel();
+                d.try_send(done).ok().map(|()| wait)
+            })
+            .collect();
+        let all = futures_util::future::join_all(waits);
+        let _ = tokio::time::timeout(limit, all).await;
     }
 
     /// The last `n` bytes of the log.
@@ -297,7 +327,7 @@ impl Registry {
 
     /// Reopens a log a previous guestlogd had, with its policy and counters.
     pub fn restore(&self, saved: &LogState) -> Result<Arc<Log>, RotatorError> {
-        let name = LogName::try_from(saved.name.as_str()).map_err(|e| RotatorError::Open {
+        let name = LogName::parse(&saved.name).map_err(|e| RotatorError::Open {
             path: self.dir.join(&saved.name),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
         })?;

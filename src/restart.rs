@@ -133,7 +133,8 @@ fn self_described(name: &str, saved: &State) -> bool {
     let parts: Vec<&str> = name.split('/').collect();
     let id = |s: &str| s.parse::<u64>().is_ok();
     match parts[..] {
-        ["pipe", log, n] if id(n) => saved.logs.iter().any(|l| l.name == log),
+        ["pipe", log, n] if id(n) => LogName::from_fd_part(log)
+            .is_ok_and(|log| saved.logs.iter().any(|l| l.name == log.as_str())),
         ["console", console, "guest"] => saved.consoles.iter().any(|c| c.name == console),
         ["console", console, "client" | "viewer", n] if id(n) => {
             saved.consoles.iter().any(|c| c.name == console)
@@ -150,7 +151,9 @@ fn adopt_pipe(
     shutdown: &CancellationToken,
 ) {
     let store = registry.store();
-    let found = LogName::try_from(log).ok().and_then(|l| registry.get(&l));
+    let found = LogName::from_fd_part(log)
+        .ok()
+        .and_then(|l| registry.get(&l));
     let (Some(log), Some(fd), Some(slot)) = (found, store.get(name), registry.reserve_pipe())
     else {
         warn!(name, "cannot take over a pipe");

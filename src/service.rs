@@ -435,7 +435,7 @@ impl Manager {
     }
 
     fn follow(&self, p: api::FollowInput) -> Result<Replies, WireError> {
-        let name = log_name(&p.name)?;
+        let name = any_log(&p.name)?;
         let replay = replay_bytes(p.replay_bytes)?;
         // Known now, so an unknown log is refused before the stream starts.
         if self.ops.registry.get(&name).is_none() {
@@ -470,7 +470,7 @@ impl Manager {
     }
 
     fn rotate(&self, p: api::RotateInput) -> Result<Work, WireError> {
-        let name = log_name(&p.name)?;
+        let name = any_log(&p.name)?;
         let ops = self.ops.clone();
         Ok(Box::new(move || {
             ops.rotate(&name)?;
@@ -479,7 +479,7 @@ impl Manager {
     }
 
     fn read_log(&self, p: api::ReadLogInput) -> Result<Work, WireError> {
-        let name = log_name(&p.name)?;
+        let name = any_log(&p.name)?;
         let from = p
             .position
             .map(|pos| {
@@ -689,18 +689,27 @@ fn id(parameter: &str, v: i64) -> Result<u32, WireError> {
     u32::try_from(v).map_err(|_| invalid(parameter, "must be from 0 to 4294967295".into()))
 }
 
+/// A plain name: what calls that create a log or console take.
 fn log_name(name: &str) -> Result<LogName, WireError> {
-    LogName::try_from(name).map_err(|e| {
-        let mut end = name.len().min(name::MAX_LEN);
-        while !name.is_char_boundary(end) {
-            end -= 1;
-        }
-        ManagerError::InvalidName {
-            name: name[..end].to_owned(),
-            reason: e.to_string(),
-        }
-        .into()
-    })
+    LogName::try_from(name).map_err(|e| bad_name(name, e))
+}
+
+/// A plain name or a path-addressed log's path: what calls that look up
+/// an existing log take.
+fn any_log(name: &str) -> Result<LogName, WireError> {
+    LogName::parse(name).map_err(|e| bad_name(name, e))
+}
+
+fn bad_name(name: &str, e: name::NameError) -> WireError {
+    let mut end = name.len().min(name::MAX_PATH_LEN);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    ManagerError::InvalidName {
+        name: name[..end].to_owned(),
+        reason: e.to_string(),
+    }
+    .into()
 }
 
 /// A non-negative wire integer in the range its parameter allows.
