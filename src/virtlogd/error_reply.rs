@@ -44,19 +44,41 @@ pub struct ErrorReply {
 }
 
 impl ErrorReply {
-    /// An error with libvirt's usual extras: level error, no strings, and
-    /// int1 and int2 at -1, as `virReportError` leaves them.
+    /// An error with the extras `virReportError` gives it, as a real
+    /// virtlogd 11.3 sends them: level error, str1 the format "%s", str2 the
+    /// message again, int1 and int2 -1. `message` is the whole text the user
+    /// sees; libvirt's own messages for some codes carry a prefix (INTERNAL
+    /// ERROR: "internal error: ..."), which is the caller's to write.
+    ///
+    /// virtlogd 11.3's other replies, seen on the wire: non-zero flags give
+    /// INVALID_ARG/LOGGING "unsupported flags (0x1) in function
+    /// virLogHandlerDomainGetLogFilePosition" with str1 the function, str2
+    /// "flags", ints 0 (build that one as a struct literal); a position
+    /// asked of a file with no open pipe gives "internal error: No open log
+    /// file <path>".
     pub fn new(code: i32, domain: i32, message: impl Into<String>) -> Self {
+        let message = message.into();
         Self {
             code,
             domain,
-            message: Some(message.into()),
+            str2: Some(message.clone()),
+            message: Some(message),
             level: errors::LEVEL_ERROR,
-            str1: None,
-            str2: None,
+            str1: Some("%s".to_owned()),
             str3: None,
             int1: -1,
             int2: -1,
+        }
+    }
+
+    /// A failed system call in the log manager, as `virReportSystemError`
+    /// sends it: code SYSTEM_ERROR, domain LOGGING, the errno in int1. For
+    /// EBUSY virtlogd says "Cannot open log file: '<path>': Device or
+    /// resource busy".
+    pub fn system_error(errno: i32, message: impl Into<String>) -> Self {
+        Self {
+            int1: errno,
+            ..Self::new(errors::SYSTEM_ERROR, errors::FROM_LOGGING, message)
         }
     }
 

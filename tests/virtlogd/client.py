@@ -187,14 +187,16 @@ def encode_append_log_file(serial, driver, uuid, name, path, message, flags=0):
 
 def encode_error_reply(proc, serial, code, domain, message, level=2, int1=-1,
                        int2=-1):
-    """An error reply as a server sends it (for fake servers in tests)."""
-    payload = (x_i32(code) + x_i32(domain)
-               + (x_u32(1) + x_string(message) if message is not None else x_u32(0))
-               + x_i32(level)
-               + x_u32(0)                        # dom: absent
-               + x_u32(0) + x_u32(0) + x_u32(0)  # str1..str3: absent
+    """An error reply as virtlogd sends it (for fake servers in tests): like
+    libvirt's virReportError, str1 is the format "%s" and str2 the message
+    again; int1 is the errno for system errors, else -1."""
+    def opt(s):
+        return x_u32(0) if s is None else x_u32(1) + x_string(s)
+    payload = (x_i32(code) + x_i32(domain) + opt(message) + x_i32(level)
+               + x_u32(0)                       # dom: absent
+               + opt("%s") + opt(message) + opt(None)
                + x_i32(int1) + x_i32(int2)
-               + x_u32(0))                       # net: absent
+               + x_u32(0))                      # net: absent
     return encode_frame(proc, REPLY, serial, ERROR, payload)
 
 
