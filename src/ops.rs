@@ -46,7 +46,26 @@ pub enum OpError {
         #[source]
         source: ConsoleError,
     },
+    #[error("a pipe into {0} is still open")]
+    Busy(LogName),
 }
+
+/// How a new pipe treats its log.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct PipeOptions {
+    pub policy: PolicyChange,
+    /// Empty the log first.
+    pub truncate: bool,
+    /// With `truncate`, remove the backups too (virtlogd does).
+    pub drop_backups: bool,
+    /// Refuse while another pipe feeds the log (virtlogd's EBUSY: an old
+    /// QEMU that has not exited yet).
+    pub exclusive: bool,
+}
+
+/// How long GetLogFilePosition waits for the pipes to be read dry; a
+/// writer that keeps its pipe full must not hold the call for ever.
+const DRAIN_LIMIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// A new pipe: its write end, and where its bytes begin in the log.
 #[derive(Debug)]
@@ -89,23 +108,24 @@ pub struct Ops {
 }
 
 impl Ops {
-    /// Creates a pipe into `name`'s log (created if new, with `policy` over
-    /// the defaults); `truncate` empties the log first.
-    pub fn open_pipe(
-        &self,
-        name: &LogName,
-        policy: PolicyChange,
-        truncate: bool,
-    ) -> Result<Opened, OpError> {
+    /// Creates a pipe into `name`'s log (created if new, with the given
+    /// policy over the defaults).
+    pub fn open_pipe(&self, name: &LogName, o: PipeOptions) -> Result<Opened, OpError> {
         let registry = &self.registry;
+        if o.exclusive && registry.get(name).is_some_and(|l| l.snapshot().pipes > 0) {
+            return Err(OpError::Busy(name.clone()));
+        }
         let slot = registry.reserve_pipe().ok_or(OpError::Limit {
             what: "pipes",
             max: registry.max_pipes(),
         })?;
-        let log = registry.open(name, policy.max_size, policy.max_backups)?;
+        let log = registry.open(name, o.policy.max_size, o.policy.max_backups)?;
         let position = log.with_file(|f| {
-            if truncate {
+            if o.truncate {
                 f.truncate()?;
+                if o.drop_backups {
+                    f.remove_backups()?;
+                }
             }
             f.end()
         })?;
@@ -120,6 +140,16 @@ impl Ops {
     pub fn append(&self, name: &LogName, message: &[u8]) -> Result<(), OpError> {
         self.registry.open(name, None, None)?.write(message)?;
         Ok(())
+    }
+
+    /// Where `name`'s log ends once every pipe into it has been read dry.
+    pub async fn position(&self, name: &LogName) -> Result<Pos, OpError> {
+        let log = self.existing(name)?;
+        log.drain_pipes(DRAIN_LIMIT).await;
+        let pos = tokio::task::spawn_blocking(move || log.with_file(|f| f.end()))
+            .await
+            .map_err(|e| OpError::Pipe(std::io::Error::other(e)))??;
+        Ok(pos)
     }
 
     /// Reads up to `max` bytes of `name`'s log from `from` (its oldest byte

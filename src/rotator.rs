@@ -264,6 +264,23 @@ impl RotatingFile {
         Ok(())
     }
 
+    /// Removes every backup, as virtlogd does when libvirt truncates a log.
+    pub fn remove_backups(&mut self) -> Result<(), RotatorError> {
+        for k in 0..self.policy.max_backups.max(self.backups) {
+            match std::fs::remove_file(self.backup_path(k)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(RotatorError::Rotate {
+                        path: self.backup_path(k),
+                        source: e,
+                    });
+                }
+                _ => {}
+            }
+        }
+        self.backups = 0;
+        Ok(())
+    }
+
     /// Flushes the file's data to disk.
     pub fn sync(&self) -> Result<(), RotatorError> {
         self.file.sync_data().map_err(|source| RotatorError::Write {

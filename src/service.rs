@@ -32,7 +32,7 @@ use crate::{
     daemon::Status,
     limited,
     name::{self, LogName},
-    ops::{ConsoleRequest, OpError, Ops, PolicyChange},
+    ops::{ConsoleRequest, OpError, Ops, PipeOptions, PolicyChange},
     queue::{OutputQueue, SlowPolicy},
     registry::error_chain,
     rotator::Pos,
@@ -119,7 +119,10 @@ impl From<OpError> for WireError {
             OpError::NoSuchConsole(n) => ManagerError::NoSuchConsole { name: name(n) },
             OpError::ConsoleExists(n) => ManagerError::ConsoleExists { name: name(n) },
             OpError::Limit { what, max } => return limit(what, max),
-            e @ (OpError::File(_) | OpError::Pipe(_) | OpError::Console { .. }) => {
+            e @ (OpError::File(_)
+            | OpError::Pipe(_)
+            | OpError::Console { .. }
+            | OpError::Busy(_)) => {
                 limited!(warn, error = %error_chain(&e), "call failed");
                 ManagerError::IoError {
                     message: error_chain(&e),
@@ -454,11 +457,14 @@ impl Manager {
 
     fn open_pipe(&self, p: api::OpenPipeInput) -> Result<Work, WireError> {
         let name = log_name(&p.name)?;
-        let policy = policy(p.max_size, p.max_backups)?;
-        let truncate = p.truncate == Some(true);
+        let options = PipeOptions {
+            policy: policy(p.max_size, p.max_backups)?,
+            truncate: p.truncate == Some(true),
+            ..PipeOptions::default()
+        };
         let ops = self.ops.clone();
         Ok(Box::new(move || {
-            let opened = ops.open_pipe(&name, policy, truncate)?;
+            let opened = ops.open_pipe(&name, options)?;
             let path = opened.path.display().to_string();
             let reply = api::OpenPipeOutput {
                 file_descriptor: 0,

@@ -51,6 +51,8 @@ pub enum ConnError {
     BadMessage(String),
     #[error("the daemon is stopping")]
     Shutdown,
+    #[error("the peer may not use this front")]
+    Refused,
 }
 
 /// Where the first message in a buffer ends.

@@ -170,7 +170,9 @@ pub async fn accept_loop<F: Front>(
                 let why = front.clone().serve(conn, shutdown).await;
                 counters.closed(&why);
                 match &why {
-                    super::ConnError::Closed | super::ConnError::Shutdown => {}
+                    super::ConnError::Closed
+                    | super::ConnError::Shutdown
+                    | super::ConnError::Refused => {}
                     super::ConnError::Io(e) => {
                         limited!(debug, front = front.name(), error = %e, "connection failed");
                     }

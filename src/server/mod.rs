@@ -65,6 +65,8 @@ pub struct Counters {
     pub fds_dropped: AtomicU64,
     pub closed_oneway: AtomicU64,
     pub closed_bad_message: AtomicU64,
+    /// Peers a front does not serve at all (the libvirt front's non-root).
+    pub refused_peers: AtomicU64,
 }
 
 impl Counters {
@@ -78,6 +80,7 @@ impl Counters {
             ConnError::FdsPassed => &self.closed_fds,
             ConnError::Oneway => &self.closed_oneway,
             ConnError::BadMessage(_) => &self.closed_bad_message,
+            ConnError::Refused => &self.refused_peers,
             ConnError::Closed | ConnError::Io(_) | ConnError::Shutdown => return,
         };
         counter.fetch_add(1, Relaxed);

@@ -1,7 +1,7 @@
 //! The codec of libvirt's log manager protocol, what libvirt speaks to
 //! virtlogd: framing, XDR and the four procedures of program 0x87539319
-//! version 1, as pure synchronous functions with no I/O. The connection task
-//! and the operations behind it live elsewhere.
+//! version 1, as pure synchronous functions with no I/O; and `front`, the
+//! connection task that serves it over the operations of `ops`.
 //!
 //! Wire facts are those of `/shared/notes/virtlogd-protocol.md`, checked
 //! against libvirt's `virnetprotocol.x`, `virnetmessage.c`,
@@ -30,6 +30,7 @@
 //! fuzzing someone else's code anyway.
 
 mod codec;
+pub mod front;
 mod error_reply;
 mod frame;
 mod xdr;
