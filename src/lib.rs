@@ -1,6 +1,7 @@
 //! guestlogd: owns the logs and consoles of virtual machines.
 //!
-//! `rotator` writes capped files; `registry` holds the logs; `pipe` feeds
+//! `logdir` opens files inside a log directory without following what was
+//! planted there; `rotator` writes capped files; `registry` holds the logs; `pipe` feeds
 //! them from OpenPipe's pipes; `service` answers varlink calls; `transport`
 //! guards the varlink socket; `daemon` ties them together.
 
@@ -13,6 +14,7 @@ pub mod config;
 pub mod console;
 pub mod daemon;
 pub mod fdstore;
+pub mod logdir;
 pub mod name;
 #[allow(unsafe_code)]
 pub mod pipe;

@@ -23,9 +23,10 @@ use tracing::warn;
 
 use crate::{
     fdstore::FdStore,
+    logdir::{BaseName, LogDir},
     name::LogName,
     queue::{Output, OutputQueue, Pushed, SlowPolicy, no_direct},
-    rotator::{Policy, RotatingFile, RotatorError},
+    rotator::{Policy, RotatingFile, RotatorError, Skipped},
     state::LogState,
 };
 
@@ -41,6 +42,9 @@ pub struct Log {
     /// When a failed write was last logged; failures a guest can cause are
     /// logged at most once per `WARN_EVERY`.
     last_warning: Mutex<Option<Instant>>,
+    /// When a planted backup was last logged; a local user decides how
+    /// often those appear, so at most once per `WARN_EVERY`.
+    last_skip_warning: Mutex<Option<Instant>>,
     /// Follow streams; each gets every write, without ever slowing it.
     followers: Mutex<Vec<Arc<OutputQueue>>>,
     /// Bytes the followers did not get because they fell behind.
@@ -76,8 +80,8 @@ pub struct LogSnapshot {
 }
 
 impl Log {
-    fn open(dir: &Path, name: &LogName, policy: Policy) -> Result<Self, RotatorError> {
-        let file = RotatingFile::open(dir, name, policy)?;
+    fn open(dir: Arc<LogDir>, name: &LogName, policy: Policy) -> Result<Self, RotatorError> {
+        let file = RotatingFile::open(dir, BaseName::for_log(name), policy)?;
         let log = Self {
             name: name.clone(),
             path: file.path(),
@@ -85,6 +89,7 @@ impl Log {
             file: Mutex::new(file),
             pipes: AtomicUsize::new(0),
             last_warning: Mutex::new(None),
+            last_skip_warning: Mutex::new(None),
             followers: Mutex::default(),
             followers_dropped: AtomicU64::new(0),
         };
@@ -104,6 +109,10 @@ impl Log {
     ) -> Result<T, RotatorError> {
         let mut file = lock(&self.file);
         let result = f(&mut file);
+        let skipped = file.take_skipped();
+        if !skipped.is_empty() {
+            self.warn_skipped(&skipped);
+        }
         let s = &self.stats;
         s.size.store(file.size(), Relaxed);
         s.backups.store(file.backups().into(), Relaxed);
@@ -174,11 +183,22 @@ impl Log {
     }
 
     fn warn_dropped(&self, e: &RotatorError) {
-        let mut last = lock(&self.last_warning);
-        if last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-            *last = Some(Instant::now());
+        if due(&self.last_warning) {
             let dropped = self.stats.bytes_dropped.load(Relaxed);
             warn!(log = %self.name, dropped, error = %error_chain(e), "log bytes dropped");
+        }
+    }
+
+    fn warn_skipped(&self, skipped: &[Skipped]) {
+        if due(&self.last_skip_warning) {
+            let first = &skipped[0];
+            warn!(
+                log = %self.name,
+                path = %first.path.display(),
+                found = %first.found,
+                more = skipped.len() - 1,
+                "skipped what is not a log file of ours at a backup's name"
+            );
         }
     }
 
@@ -205,6 +225,8 @@ impl Log {
 #[derive(Debug)]
 pub struct Registry {
     dir: PathBuf,
+    /// `dir`, held open once it could be: every log file is opened in it.
+    log_dir: Mutex<Option<Arc<LogDir>>>,
     defaults: Policy,
     logs: Mutex<BTreeMap<LogName, Arc<Log>>>,
     pipes: AtomicUsize,
@@ -262,6 +284,7 @@ impl Registry {
     pub fn new(dir: PathBuf, defaults: Policy, max_pipes: usize, store: Arc<FdStore>) -> Self {
         Self {
             dir,
+            log_dir: Mutex::new(None),
             defaults,
             logs: Mutex::new(BTreeMap::new()),
             pipes: AtomicUsize::new(0),
@@ -342,9 +365,21 @@ impl Registry {
             }
             return Ok(log);
         }
-        let log = Arc::new(Log::open(&self.dir, name, with(self.defaults))?);
+        let log = Arc::new(Log::open(self.log_dir()?, name, with(self.defaults))?);
         logs.insert(name.clone(), log.clone());
         Ok(log)
+    }
+
+    /// The log directory, opened on first use (and retried after a
+    /// failure), so that `new` cannot fail.
+    fn log_dir(&self) -> Result<Arc<LogDir>, RotatorError> {
+        let mut dir = lock(&self.log_dir);
+        if let Some(d) = &*dir {
+            return Ok(d.clone());
+        }
+        let opened = Arc::new(LogDir::open(&self.dir)?);
+        *dir = Some(opened.clone());
+        Ok(opened)
     }
 
     /// Takes a pipe slot, or `None` when `max_pipes` are open. Taken before
@@ -363,6 +398,16 @@ impl Registry {
     pub fn logs(&self) -> Vec<Arc<Log>> {
         lock(&self.logs).values().cloned().collect()
     }
+}
+
+/// True at most once per `WARN_EVERY` for each `last`.
+fn due(last: &Mutex<Option<Instant>>) -> bool {
+    let mut last = lock(last);
+    let due = last.is_none_or(|t| t.elapsed() >= WARN_EVERY);
+    if due {
+        *last = Some(Instant::now());
+    }
+    due
 }
 
 /// Locks a mutex, taking the data even if a thread panicked while holding
