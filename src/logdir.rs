@@ -89,6 +89,15 @@ impl fmt::Display for Found {
     }
 }
 
+/// What `LogDir::probe` saw at a name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Entry {
+    Absent,
+    /// Our own regular file.
+    Ours,
+    Planted(Found),
+}
+
 /// Why a checked open gave no file.
 #[derive(Debug)]
 pub enum OpenError {
@@ -172,12 +181,11 @@ impl LogDir {
         Ok(File::from(fd))
     }
 
-    /// What is at `name`, without following it: `None` when nothing is,
-    /// `Some(None)` when it is our regular file.
-    pub fn probe(&self, name: &str) -> io::Result<Option<Option<Found>>> {
+    /// What is at `name`, without following it.
+    pub fn probe(&self, name: &str) -> io::Result<Entry> {
         match fstatat(self.fd.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {
-            Ok(st) => Ok(Some(self.foreign(&st))),
-            Err(Errno::ENOENT) => Ok(None),
+            Ok(st) => Ok(self.foreign(&st).map_or(Entry::Ours, Entry::Planted)),
+            Err(Errno::ENOENT) => Ok(Entry::Absent),
             Err(e) => Err(e.into()),
         }
     }
@@ -192,7 +200,7 @@ impl LogDir {
             // move or replace.
             Err(e @ (Errno::EISDIR | Errno::ENOTDIR | Errno::ENOTEMPTY | Errno::EEXIST)) => {
                 let found = [to, from].into_iter().find_map(|n| match self.probe(n) {
-                    Ok(Some(Some(Found::Directory))) => Some(Found::Directory),
+                    Ok(Entry::Planted(Found::Directory)) => Some(Found::Directory),
                     _ => None,
                 });
                 Err(found.map_or(OpenError::Io(e.into()), OpenError::Found))
@@ -219,13 +227,17 @@ impl LogDir {
             // O_NOFOLLOW met a symlink.
             Errno::ELOOP => OpenError::Found(Found::Symlink),
             // A FIFO or socket without a reader, a directory opened for
-            // writing, an existing name for O_EXCL, or a directory unlinked.
-            Errno::ENXIO | Errno::EISDIR | Errno::EEXIST | Errno::EPERM | Errno::ENODEV => {
-                match self.probe(name) {
-                    Ok(Some(Some(found))) => OpenError::Found(found),
-                    _ => OpenError::Io(e.into()),
-                }
-            }
+            // writing, an existing name for O_EXCL, a directory unlinked,
+            // or another user's file in a sticky directory.
+            Errno::ENXIO
+            | Errno::EISDIR
+            | Errno::EEXIST
+            | Errno::EPERM
+            | Errno::EACCES
+            | Errno::ENODEV => match self.probe(name) {
+                Ok(Entry::Planted(found)) => OpenError::Found(found),
+                _ => OpenError::Io(e.into()),
+            },
             e => OpenError::Io(e.into()),
         }
     }

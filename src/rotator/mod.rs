@@ -35,7 +35,7 @@ use std::{
 
 pub use read::{Chunk, Pos};
 
-use crate::logdir::{Access, BaseName, Found, LogDir, LogDirError, OpenError};
+use crate::logdir::{Access, BaseName, Entry, Found, LogDir, LogDirError, OpenError};
 
 /// The most backups a log may keep. Old backups up to this number are
 /// removed when a policy shrinks, so it also bounds that clean-up.
@@ -177,7 +177,7 @@ impl RotatingFile {
             }
         }
         self.backups = (0..policy.max_backups)
-            .filter(|k| matches!(self.dir.probe(&self.base.backup(*k)), Ok(Some(None))))
+            .filter(|k| matches!(self.dir.probe(&self.base.backup(*k)), Ok(Entry::Ours)))
             .count() as u32;
         if self.size > policy.max_size {
             self.rotate()?;
@@ -262,7 +262,7 @@ impl RotatingFile {
     }
 
     /// Moves every file one name up and returns the new, empty current file.
-    fn shift(&mut self) -> Result<File, RotatorError> {
+    fn shift(&self) -> Result<File, RotatorError> {
         let dir = &*self.dir;
         let failed = |name: &str| {
             let path = dir.display(name);
@@ -275,7 +275,7 @@ impl RotatingFile {
         // it falls off the end.
         let names = (0..=oldest).map(|k| self.base.backup(k));
         for name in std::iter::once(self.base.to_string()).chain(names) {
-            if let Some(Some(Found::Directory)) = dir.probe(&name).map_err(failed(&name))? {
+            if let Entry::Planted(Found::Directory) = dir.probe(&name).map_err(failed(&name))? {
                 return Err(RotatorError::Planted {
                     path: dir.display(&name),
                     found: Found::Directory,
