@@ -26,6 +26,7 @@ use crate::{
     server::{self, ConnLimits, Counters},
     service::{AccessPolicy, Manager},
     varlink::Varlink,
+    virtlogd::front::Virtlogd,
 };
 
 /// The socket's file name in the runtime directory.
@@ -96,7 +97,12 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
             let std = std::os::unix::net::UnixListener::from(fd);
             (listen_on(std, &socket_path)?, false)
         }
-        None => (bind(&socket_path, config)?, true),
+        None => {
+            // The mode was validated when the config was loaded.
+            let mode = config.socket_mode().unwrap_or(0o600);
+            let group = config.socket.group.as_deref();
+            (bind(&socket_path, mode, group)?, true)
+        }
     };
     // Kept to hand the socket itself to a re-exec'd successor.
     let varlink_fd = listener
@@ -167,6 +173,7 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
     // Connections end with the accept loop; pipes and consoles have their
     // own ending below.
     let stop_serving = CancellationToken::new();
+    let libvirt = libvirt_front(activation.libvirt, config, &manager.ops, &stop_serving)?;
     let server = server::accept_loop(
         listener,
         Arc::new(Varlink { manager }),
@@ -261,14 +268,80 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
     if reexec {
         let mut fds = store.take_all();
         fds.push((activation::VARLINK.to_owned(), varlink_fd));
+        if let Some(l) = libvirt {
+            fds.push((activation::LIBVIRT.to_owned(), l.fd));
+        }
         info!(descriptors = fds.len(), "re-executing");
         return Ok(Exit::Reexec(fds));
     }
     if bound && !handing_over {
         let _ = fs::remove_file(&socket_path);
+        if let Some(path) = libvirt.as_ref().and_then(|l| l.bound.as_ref()) {
+            let _ = fs::remove_file(path);
+        }
     }
     info!("stopped");
     Ok(Exit::Stopped)
+}
+
+/// The libvirt front, while it serves.
+struct LibvirtFront {
+    /// Kept to hand the socket to a re-exec'd successor.
+    fd: OwnedFd,
+    /// The path we bound, to remove at a final stop; none under activation.
+    bound: Option<std::path::PathBuf>,
+}
+
+/// Serves libvirt's log protocol on the socket systemd passed as
+/// `virtlogd.socket`, or else on `libvirt.socket` of the config, if either.
+fn libvirt_front(
+    passed: Option<OwnedFd>,
+    config: &Config,
+    ops: &Ops,
+    stop: &CancellationToken,
+) -> Result<Option<LibvirtFront>, DaemonError> {
+    let shown = config
+        .libvirt
+        .socket
+        .clone()
+        .unwrap_or_else(|| activation::LIBVIRT.into());
+    let (listener, bound) = match (passed, &config.libvirt.socket) {
+        (Some(fd), _) => (listen_on(fd.into(), &shown)?, None),
+        (None, Some(path)) => (bind(path, 0o600, None)?, Some(path.clone())),
+        (None, None) => return Ok(None),
+    };
+    let fd = listener
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| DaemonError::Bind {
+            path: shown.clone(),
+            source,
+        })?;
+    let l = &config.limits;
+    let limits = Arc::new(ConnLimits {
+        max_connections: l.max_connections,
+        max_per_uid: l.max_connections_per_uid,
+        max_message: crate::virtlogd::front::MAX_CALL,
+        message_timeout: std::time::Duration::from_secs(l.message_timeout),
+        // libvirt keeps a connection idle through a whole migration.
+        idle_timeout: None,
+        write_timeout: std::time::Duration::from_secs(l.write_timeout),
+    });
+    let front = Arc::new(Virtlogd {
+        ops: ops.clone(),
+        roots: config.libvirt.roots.clone(),
+        policy: config.libvirt.policy(),
+    });
+    tokio::spawn(server::accept_loop(
+        listener,
+        front,
+        limits,
+        Arc::new(Counters::default()),
+        stop.clone(),
+        TaskTracker::new(),
+    ));
+    info!(socket = %shown.display(), "serving libvirt's log protocol");
+    Ok(Some(LibvirtFront { fd, bound }))
 }
 
 /// What GetStatus reports beyond the live figures.
@@ -293,7 +366,11 @@ fn create_dir(dir: &Path, mode: u32) -> Result<(), DaemonError> {
 
 /// Binds the socket, replacing a stale one but never a live daemon's, and
 /// applies the configured mode and group.
-fn bind(path: &Path, config: &Config) -> Result<tokio::net::UnixListener, DaemonError> {
+fn bind(
+    path: &Path,
+    mode: u32,
+    group: Option<&str>,
+) -> Result<tokio::net::UnixListener, DaemonError> {
     let failed = |source| DaemonError::Bind {
         path: path.to_owned(),
         source,
@@ -306,17 +383,15 @@ fn bind(path: &Path, config: &Config) -> Result<tokio::net::UnixListener, Daemon
         _ => {}
     }
     let std = std::os::unix::net::UnixListener::bind(path).map_err(failed)?;
-    // The mode was validated when the config was loaded.
-    let mode = config.socket_mode().unwrap_or(0o600);
     fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(failed)?;
-    if let Some(group) = &config.socket.group {
+    if let Some(group) = group {
         let gid = match group.parse::<u32>() {
             Ok(gid) => nix::unistd::Gid::from_raw(gid),
             Err(_) => {
                 nix::unistd::Group::from_name(group)
                     .ok()
                     .flatten()
-                    .ok_or_else(|| DaemonError::NoGroup(group.clone()))?
+                    .ok_or_else(|| DaemonError::NoGroup(group.to_owned()))?
                     .gid
             }
         };

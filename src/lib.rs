@@ -1,9 +1,11 @@
 //! guestlogd: owns the logs and consoles of virtual machines.
 //!
-//! `rotator` writes capped files; `registry` holds the logs; `pipe` feeds
-//! them from OpenPipe's pipes; `server` accepts connections and gives each
-//! a task; `varlink` speaks the protocol on them and `service` answers its
-//! calls; `daemon` ties them together.
+//! `logdir` opens files inside a log directory without following what was
+//! planted there; `rotator` writes capped files; `registry` holds the logs;
+//! `pipe` feeds them from OpenPipe's pipes; `ops` is what guestlogd does,
+//! whichever front asks; `server` accepts connections and gives each a
+//! task; `varlink` (with `service`) and `virtlogd` are the two fronts;
+//! `daemon` ties them together.
 
 #![deny(unsafe_code)]
 
@@ -14,6 +16,7 @@ pub mod config;
 pub mod console;
 pub mod daemon;
 pub mod fdstore;
+pub mod logdir;
 pub mod name;
 pub mod ops;
 #[allow(unsafe_code)]

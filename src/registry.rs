@@ -23,9 +23,10 @@ use tracing::warn;
 
 use crate::{
     fdstore::FdStore,
+    logdir::{BaseName, LogDir},
     name::LogName,
     queue::{Output, OutputQueue, Pushed, SlowPolicy, no_direct},
-    rotator::{Policy, RotatingFile, RotatorError},
+    rotator::{Policy, RotatingFile, RotatorError, Skipped},
     state::LogState,
 };
 
@@ -41,6 +42,9 @@ pub struct Log {
     /// When a failed write was last logged; failures a guest can cause are
     /// logged at most once per `WARN_EVERY`.
     last_warning: Mutex<Option<Instant>>,
+    /// When a planted backup was last logged; a local user decides how
+    /// often those appear, so at most once per `WARN_EVERY`.
+    last_skip_warning: Mutex<Option<Instant>>,
     /// Follow streams; each gets every write, without ever slowing it.
     followers: Mutex<Vec<Arc<OutputQueue>>>,
     /// Bytes the followers did not get because they fell behind.
@@ -82,8 +86,13 @@ pub struct LogSnapshot {
 }
 
 impl Log {
-    fn open(dir: &Path, name: &LogName, policy: Policy) -> Result<Self, RotatorError> {
-        let file = RotatingFile::open(dir, name, policy)?;
+    fn open(
+        dir: Arc<LogDir>,
+        base: BaseName,
+        name: &LogName,
+        policy: Policy,
+    ) -> Result<Self, RotatorError> {
+        let file = RotatingFile::open(dir, base, policy)?;
         let log = Self {
             name: name.clone(),
             path: file.path(),
@@ -91,6 +100,7 @@ impl Log {
             file: Mutex::new(file),
             pipes: AtomicUsize::new(0),
             last_warning: Mutex::new(None),
+            last_skip_warning: Mutex::new(None),
             followers: Mutex::default(),
             followers_dropped: AtomicU64::new(0),
             drains: Mutex::default(),
@@ -111,6 +121,10 @@ impl Log {
     ) -> Result<T, RotatorError> {
         let mut file = lock(&self.file);
         let result = f(&mut file);
+        let skipped = file.take_skipped();
+        if !skipped.is_empty() {
+            self.warn_skipped(&skipped);
+        }
         let s = &self.stats;
         s.size.store(file.size(), Relaxed);
         s.backups.store(file.backups().into(), Relaxed);
@@ -204,11 +218,22 @@ impl Log {
     }
 
     fn warn_dropped(&self, e: &RotatorError) {
-        let mut last = lock(&self.last_warning);
-        if last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
-            *last = Some(Instant::now());
+        if due(&self.last_warning) {
             let dropped = self.stats.bytes_dropped.load(Relaxed);
             warn!(log = %self.name, dropped, error = %error_chain(e), "log bytes dropped");
+        }
+    }
+
+    fn warn_skipped(&self, skipped: &[Skipped]) {
+        if due(&self.last_skip_warning) {
+            let first = &skipped[0];
+            warn!(
+                log = %self.name,
+                path = %first.path.display(),
+                found = %first.found,
+                more = skipped.len() - 1,
+                "skipped what is not a log file of ours at a backup's name"
+            );
         }
     }
 
@@ -235,6 +260,10 @@ impl Log {
 #[derive(Debug)]
 pub struct Registry {
     dir: PathBuf,
+    /// `dir`, held open once it could be: every log file is opened in it.
+    log_dir: Mutex<Option<Arc<LogDir>>>,
+    /// The directories of path-addressed logs, each opened once.
+    path_dirs: Mutex<BTreeMap<PathBuf, Arc<LogDir>>>,
     defaults: Policy,
     logs: Mutex<BTreeMap<LogName, Arc<Log>>>,
     pipes: AtomicUsize,
@@ -292,6 +321,8 @@ impl Registry {
     pub fn new(dir: PathBuf, defaults: Policy, max_pipes: usize, store: Arc<FdStore>) -> Self {
         Self {
             dir,
+            log_dir: Mutex::new(None),
+            path_dirs: Mutex::default(),
             defaults,
             logs: Mutex::new(BTreeMap::new()),
             pipes: AtomicUsize::new(0),
@@ -372,9 +403,41 @@ impl Registry {
             }
             return Ok(log);
         }
-        let log = Arc::new(Log::open(&self.dir, name, with(self.defaults))?);
+        let (dir, base) = self.place(name)?;
+        let log = Arc::new(Log::open(dir, base, name, with(self.defaults))?);
         logs.insert(name.clone(), log.clone());
         Ok(log)
+    }
+
+    /// The log directory, opened on first use (and retried after a
+    /// failure), so that `new` cannot fail.
+    /// Where a log's file lives: `LOGDIR/NAME.log` for a plain name, the
+    /// very file for a path-addressed one.
+    fn place(&self, name: &LogName) -> Result<(Arc<LogDir>, BaseName), RotatorError> {
+        let Some(path) = name.as_path() else {
+            return Ok((self.log_dir()?, BaseName::for_log(name)));
+        };
+        let (parent, base) = BaseName::split(path).map_err(|e| RotatorError::Open {
+            path: path.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        })?;
+        let mut dirs = lock(&self.path_dirs);
+        if let Some(d) = dirs.get(parent) {
+            return Ok((d.clone(), base));
+        }
+        let opened = Arc::new(LogDir::open(parent)?);
+        dirs.insert(parent.to_owned(), opened.clone());
+        Ok((opened, base))
+    }
+
+    fn log_dir(&self) -> Result<Arc<LogDir>, RotatorError> {
+        let mut dir = lock(&self.log_dir);
+        if let Some(d) = &*dir {
+            return Ok(d.clone());
+        }
+        let opened = Arc::new(LogDir::open(&self.dir)?);
+        *dir = Some(opened.clone());
+        Ok(opened)
     }
 
     /// Takes a pipe slot, or `None` when `max_pipes` are open. Taken before
@@ -393,6 +456,16 @@ impl Registry {
     pub fn logs(&self) -> Vec<Arc<Log>> {
         lock(&self.logs).values().cloned().collect()
     }
+}
+
+/// True at most once per `WARN_EVERY` for each `last`.
+fn due(last: &Mutex<Option<Instant>>) -> bool {
+    let mut last = lock(last);
+    let due = last.is_none_or(|t| t.elapsed() >= WARN_EVERY);
+    if due {
+        *last = Some(Instant::now());
+    }
+    due
 }
 
 /// Locks a mutex, taking the data even if a thread panicked while holding

@@ -59,7 +59,12 @@ type Answer = (Result<Reply, ErrorReply>, Option<std::os::fd::OwnedFd>);
 impl Front for Virtlogd {
     async fn serve(self: Arc<Self>, mut conn: Conn, shutdown: CancellationToken) -> ConnError {
         if conn.peer.uid != 0 {
-            limited!(warn, uid = conn.peer.uid, pid = conn.peer.pid, "libvirt protocol: only uid 0 may connect; dropped");
+            limited!(
+                warn,
+                uid = conn.peer.uid,
+                pid = conn.peer.pid,
+                "libvirt protocol: only uid 0 may connect; dropped"
+            );
             return ConnError::Refused;
         }
         loop {
@@ -85,8 +90,10 @@ impl Front for Virtlogd {
                 Ok(reply) => match reply.encode(header.serial) {
                     Ok(b) => b,
                     // Our own replies always fit; say so rather than hang.
-                    Err(e) => ErrorReply::new(errors::INTERNAL_ERROR, errors::FROM_LOGGING, e.to_string())
-                        .encode(&header),
+                    Err(e) => {
+                        ErrorReply::new(errors::INTERNAL_ERROR, errors::FROM_LOGGING, e.to_string())
+                            .encode(&header)
+                    }
                 },
                 Err(e) => e.encode(&header),
             };
@@ -137,6 +144,13 @@ impl Virtlogd {
         };
         let text = std::str::from_utf8(path).map_err(|_| invalid("is not UTF-8".into()))?;
         let name = LogName::from_path(text).map_err(|e| invalid(e.to_string()))?;
+        // A name that ends like a backup (`.0` …) could be another log's
+        // backup in the same directory.
+        let file = text.rsplit('/').next().unwrap_or_default();
+        let ext = file.rsplit_once('.').map(|(_, e)| e);
+        if ext.is_some_and(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(invalid("ends like a log backup (.N)".into()));
+        }
         let inside = self.roots.iter().any(|root| {
             name.as_path()
                 .and_then(|p| p.strip_prefix(root).ok())
@@ -155,7 +169,10 @@ impl Virtlogd {
         Ok(name)
     }
 
-    async fn open(&self, c: OpenLogFile) -> Result<(Reply, Option<std::os::fd::OwnedFd>), ErrorReply> {
+    async fn open(
+        &self,
+        c: OpenLogFile,
+    ) -> Result<(Reply, Option<std::os::fd::OwnedFd>), ErrorReply> {
         let name = self.log(&c.path)?;
         let truncate = c.flags & OPEN_TRUNCATE != 0;
         let options = PipeOptions {
@@ -176,7 +193,11 @@ impl Virtlogd {
     async fn position(&self, c: GetLogFilePosition) -> Result<Reply, ErrorReply> {
         no_flags(c.flags, "virLogHandlerDomainGetLogFilePosition")?;
         let name = self.log(&c.path)?;
-        let pos = self.ops.position(&name).await.map_err(|e| to_reply(&name, e))?;
+        let pos = self
+            .ops
+            .position(&name)
+            .await
+            .map_err(|e| to_reply(&name, e))?;
         Ok(Reply::Position(wire_pos(pos)))
     }
 
@@ -187,7 +208,10 @@ impl Virtlogd {
             return Err(ErrorReply::new(
                 errors::INTERNAL_ERROR,
                 errors::FROM_LOGGING,
-                format!("internal error: Requested data len {} is larger than maximum {STRING_MAX}", c.maxlen),
+                format!(
+                    "internal error: Requested data len {} is larger than maximum {STRING_MAX}",
+                    c.maxlen
+                ),
             ));
         }
         let ops = self.ops.clone();

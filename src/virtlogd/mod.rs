@@ -30,9 +30,9 @@
 //! fuzzing someone else's code anyway.
 
 mod codec;
-pub mod front;
 mod error_reply;
 mod frame;
+pub mod front;
 mod xdr;
 
 pub use codec::{
