@@ -707,7 +707,12 @@ fn any_log(name: &str) -> Result<LogName, WireError> {
 }
 
 fn bad_name(name: &str, e: name::NameError) -> WireError {
-    let mut end = name.len().min(name::MAX_PATH_LEN);
+    let max = if name.starts_with('/') {
+        name::MAX_PATH_LEN
+    } else {
+        name::MAX_LEN
+    };
+    let mut end = name.len().min(max);
     while !name.is_char_boundary(end) {
         end -= 1;
     }
