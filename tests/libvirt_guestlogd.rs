@@ -82,7 +82,10 @@ fn type_into(lv: &Libvirt, domain: &str, line: &str) {
     let pty = lv.virsh(&["ttyconsole", domain]);
     let pid = lv.read(&format!("/run/libvirt/qemu/{domain}.pid"));
     let tty = format!("/proc/{}/root{}", pid.trim(), pty.trim());
-    lv.run(&["sh", "-c", "printf '%s\\n' \"$1\" > \"$2\"", "sh", line, &tty]);
+    // QEMU looks for a reader on the pty once a second and drops what comes
+    // while it sees none: hold the pty open around the line.
+    let script = "exec 3>\"$2\"; sleep 1.5; printf '%s\\n' \"$1\" >&3; sleep 1.5";
+    lv.run(&["sh", "-c", script, "sh", line, &tty]);
 }
 
 /// Which of `SEQ 000001` … `SEQ n` are missing, and whether any came twice
