@@ -186,13 +186,20 @@ impl Config {
             path: shown.clone(),
             source,
         })?;
-        let config: Config = toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: shown.clone(),
+        Self::parse(&text, &shown)
+    }
+
+    /// Parses and validates a configuration's text; `shown` names it in
+    /// errors.
+    pub fn parse(text: &str, shown: &str) -> Result<Self, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: shown.to_owned(),
             source,
         })?;
-        config
-            .validate()
-            .map_err(|what| ConfigError::Invalid { path: shown, what })?;
+        config.validate().map_err(|what| ConfigError::Invalid {
+            path: shown.to_owned(),
+            what,
+        })?;
         Ok(config)
     }
 

@@ -583,7 +583,7 @@ struct DescriptionInput {
 }
 
 /// Decodes a call's parameters, naming the parameter at fault.
-fn parse<T: DeserializeOwned>(parameters: &Option<Value>) -> Result<T, WireError> {
+pub fn parse<T: DeserializeOwned>(parameters: &Option<Value>) -> Result<T, WireError> {
     let value = match parameters {
         None | Some(Value::Null) => Value::Object(Default::default()),
         Some(v) => v.clone(),

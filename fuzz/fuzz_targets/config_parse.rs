@@ -1,0 +1,11 @@
+//! Feeds arbitrary text to the configuration parser and its validation.
+
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        let _ = guestlogd::config::Config::parse(text, "fuzz");
+    }
+});
