@@ -18,8 +18,9 @@
 //! Invariants:
 //! - `held` (queued, tail and the batch in flight, by those charges) is at
 //!   most `cap`, except for the replay a new consumer starts with.
-//! - A batch costs at most half the cap (or one chunk), so the other half is
-//!   room for output that arrives while it is being sent.
+//! - No chunk costs more than half the cap (larger pieces are copied in
+//!   parts), and a batch takes at most half the cap, so the newest output
+//!   always finds room beside a batch in flight.
 //! - `close` frees everything queued at once; only the consumer's batch in
 //!   flight outlives it, as long as the consumer keeps it.
 //! - Bytes come out in the order they went in; `dropped` always counts bytes
@@ -205,12 +206,12 @@ impl State {
             return (Plan::NewTail(capacity), capacity + OVERHEAD);
         }
         // A slice keeps its whole buffer alive: share only a slice that is
-        // most of it, and a buffer the cap can hold.
+        // most of it, of a buffer that fits in one chunk.
         let whole = out.data.len();
-        if 2 * n >= whole && whole + OVERHEAD <= cap {
+        if 2 * n >= whole && whole + OVERHEAD <= cap / 2 {
             (Plan::Share, whole + OVERHEAD)
         } else {
-            (Plan::Copy, n + OVERHEAD)
+            (Plan::Copy, copy_cost(n, cap))
         }
     }
 
@@ -229,7 +230,7 @@ impl State {
     }
 
     /// Stores the last `n` bytes of `out` as `plan` says.
-    fn store(&mut self, out: &mut Output<'_>, n: usize, plan: Plan, cost: usize) {
+    fn store(&mut self, out: &mut Output<'_>, n: usize, plan: Plan, cost: usize, cap: usize) {
         self.held += cost;
         if plan != Plan::Append {
             self.seal_tail();
@@ -247,10 +248,17 @@ impl State {
                 let data = out.shared_tail(n);
                 self.chunks.push_back(Chunk { data, cost });
             }
-            Plan::Copy => {
-                let data = Bytes::copy_from_slice(out.tail(n));
-                self.chunks.push_back(Chunk { data, cost });
-            }
+            Plan::Copy => self.push_copies(out.tail(n), cap),
+        }
+    }
+
+    /// Queues a copy of `data`, in chunks of at most `part(cap)` bytes.
+    fn push_copies(&mut self, data: &[u8], cap: usize) {
+        for piece in data.chunks(part(cap)) {
+            self.chunks.push_back(Chunk {
+                data: Bytes::copy_from_slice(piece),
+                cost: piece.len() + OVERHEAD,
+            });
         }
     }
 
@@ -299,6 +307,22 @@ fn trim() {
     }
 }
 
+/// The most bytes in one chunk: with its overhead, half the cap.
+fn part(cap: usize) -> usize {
+    (cap / 2).saturating_sub(OVERHEAD).max(1)
+}
+
+/// What `n` bytes cost copied in parts.
+fn copy_cost(n: usize, cap: usize) -> usize {
+    n + n.div_ceil(part(cap)) * OVERHEAD
+}
+
+/// The most bytes that copied in parts cost at most `room`.
+fn copy_fits(room: usize, cap: usize) -> usize {
+    let whole = part(cap) + OVERHEAD;
+    room / whole * part(cap) + (room % whole).saturating_sub(OVERHEAD)
+}
+
 /// The largest tail for a queue of `cap`: small against the cap, so that a
 /// tail dropped whole loses little.
 fn tail_max(cap: usize) -> usize {
@@ -320,12 +344,8 @@ impl OutputQueue {
         if !replay.is_empty() {
             let mut s = self.lock();
             s.seal_tail();
-            let cost = replay.capacity() + OVERHEAD;
-            s.held += cost;
-            s.chunks.push_back(Chunk {
-                data: Bytes::from(replay),
-                cost,
-            });
+            s.held += copy_cost(replay.len(), self.cap);
+            s.push_copies(&replay, self.cap);
             drop(s);
             self.ready.notify_one();
         }
@@ -362,8 +382,8 @@ impl OutputQueue {
         }
         let cap = self.cap;
         let disconnect = self.policy == SlowPolicy::Disconnect;
-        // No piece can be stored whole past what one chunk may cost.
-        let most = cap.saturating_sub(OVERHEAD);
+        // Past this, not even an empty queue could hold the piece.
+        let most = copy_fits(cap, cap);
         let mut dropped = rest.saturating_sub(most);
         if dropped > 0 && disconnect {
             return self.close_locked(s);
@@ -381,14 +401,14 @@ impl OutputQueue {
             if s.held + cost > cap {
                 // Nothing queued is left: the batch in flight holds the
                 // room, and only the newest bytes that fit beside it stay.
-                let fits = cap.saturating_sub(s.held + OVERHEAD).min(rest);
+                let fits = copy_fits(cap.saturating_sub(s.held), cap).min(rest);
                 dropped += rest - fits;
                 rest = fits;
-                (plan, cost) = (Plan::Copy, rest + OVERHEAD);
+                (plan, cost) = (Plan::Copy, copy_cost(rest, cap));
             }
         }
         if rest > 0 {
-            s.store(out, rest, plan, cost);
+            s.store(out, rest, plan, cost, cap);
         }
         s.dropped += dropped as u64;
         drop(s);
@@ -651,6 +671,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_newest_output_always_fits_beside_a_batch() {
+        let q = OutputQueue::new(CAP, SlowPolicy::Drop);
+        // The largest piece an empty queue holds, then a consumer that
+        // takes a batch of it and stalls.
+        let first = numbered(copy_fits(CAP, CAP));
+        assert_eq!(pushed_dropped(push(&q, &first)), 0);
+        assert!(q.held() <= CAP);
+        let batch = q.pop().await.unwrap();
+        let in_flight: usize = batch.chunks.iter().map(Bytes::len).sum();
+        assert!(
+            in_flight + OVERHEAD <= CAP / 2,
+            "a batch of {in_flight} bytes"
+        );
+        let newest = numbered(CAP);
+        push(&q, &newest);
+        assert!(q.held() <= CAP, "{} held", q.held());
+        q.sent();
+        let (_, got) = drain(&q).await;
+        assert!(newest.ends_with(&got));
+        assert!(got.len() >= CAP / 2 - 2 * OVERHEAD, "{} kept", got.len());
+    }
+
+    #[tokio::test]
     async fn close_frees_what_was_queued() {
         let q = OutputQueue::new(CAP, SlowPolicy::Drop);
         let mut out = Output::new(&[7; 8192]);
@@ -785,7 +828,10 @@ mod tests {
         let replay = numbered(10_000);
         q.start_with(replay.clone());
         let batch = consumer.await.unwrap().unwrap();
-        assert_eq!(batch.chunks, [Bytes::from(replay)]);
+        q.sent();
+        let mut got = batch.chunks.concat();
+        got.extend(drain(&q).await.1);
+        assert_eq!(got, replay);
     }
 
     #[test]
