@@ -12,7 +12,7 @@ use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError,
+        Arc, Mutex, MutexGuard, PoisonError, Weak,
         atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
     },
     time::{Duration, Instant},
@@ -46,7 +46,9 @@ pub struct Log {
     /// often those appear, so at most once per `WARN_EVERY`.
     last_skip_warning: Mutex<Option<Instant>>,
     /// Follow streams; each gets every write, without ever slowing it.
-    followers: Mutex<Vec<Arc<OutputQueue>>>,
+    /// Weak: the stream owns its queue, so a follower that leaves frees it
+    /// at once, even if the log is never written again.
+    followers: Mutex<Vec<Weak<OutputQueue>>>,
     /// Bytes the followers did not get because they fell behind.
     followers_dropped: AtomicU64,
     /// One per pipe task feeding this log: asks it to read its pipe dry.
@@ -158,23 +160,32 @@ impl Log {
     fn fan_out(&self, data: &[u8]) {
         let mut followers = lock(&self.followers);
         let mut out = Output::new(data);
-        followers.retain(|q| match q.push(&mut out, no_direct) {
-            Pushed::Sent => true,
-            Pushed::Queued { dropped, .. } => {
-                self.followers_dropped.fetch_add(dropped as u64, Relaxed);
-                true
+        followers.retain(|q| {
+            let Some(q) = q.upgrade() else {
+                return false;
+            };
+            match q.push(&mut out, no_direct) {
+                Pushed::Sent => true,
+                Pushed::Queued { dropped, .. } => {
+                    self.followers_dropped.fetch_add(dropped as u64, Relaxed);
+                    true
+                }
+                Pushed::Closed => false,
             }
-            Pushed::Closed => false,
         });
     }
 
     /// A new follower: its queue starts with the log's last `replay` bytes
-    /// and then gets every write.
+    /// and then gets every write, for as long as the caller keeps it.
     pub fn follow(&self, replay: usize, cap: usize) -> Result<Arc<OutputQueue>, RotatorError> {
         let queue = Arc::new(OutputQueue::new(cap, SlowPolicy::Drop));
         self.with_file(|f| {
             queue.start_with(f.tail(replay)?);
-            lock(&self.followers).push(queue.clone());
+            let mut followers = lock(&self.followers);
+            // Followers that left are forgotten here too, so that a log no
+            // one writes does not collect them.
+            followers.retain(|q| q.strong_count() > 0);
+            followers.push(Arc::downgrade(&queue));
             Ok(())
         })?;
         Ok(queue)

@@ -25,7 +25,7 @@ use bytes::Bytes;
 use tokio::{
     io::Interest,
     net::{UnixListener, UnixStream},
-    sync::mpsc,
+    sync::{Notify, mpsc},
 };
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
@@ -81,6 +81,9 @@ struct Relay {
     /// Set when the console is handed over: clients that end then stay in
     /// the descriptor store for the next guestlogd.
     keep: Arc<AtomicBool>,
+    /// Told when a client ends, so that its queue and socket are freed now
+    /// rather than at the next output, which may never come.
+    left: Arc<Notify>,
 }
 
 /// Runs a console until `stop`. Then, when the console is removed or the
@@ -110,6 +113,7 @@ pub async fn run(
         ring: VecDeque::new(),
         guest_name,
         keep: Arc::new(AtomicBool::new(false)),
+        left: Arc::new(Notify::new()),
     };
     if let Some(guest) = adopted.guest {
         relay.guest = Some(guest);
@@ -119,6 +123,7 @@ pub async fn run(
         relay.attach(c.stream, c.viewer, Some((c.fd_name, c.pending)));
     }
     let l = listeners;
+    let left = relay.left.clone();
     loop {
         tokio::select! {
             biased;
@@ -155,6 +160,7 @@ pub async fn run(
                 Ok(()) => relay.write_guest(),
                 Err(_) => relay.guest_gone(),
             },
+            () = left.notified() => relay.clients.retain(|c| !c.stop.is_cancelled()),
         }
     }
     let registry = relay.settings.registry.clone();
@@ -399,6 +405,7 @@ impl Relay {
             fd_name: fd_name.clone(),
             registry: self.settings.registry.clone(),
             keep: self.keep.clone(),
+            left: self.left.clone(),
         });
         // Shared, not split: tokio's write half shuts the socket down when
         // dropped, which would end the client's session at a hand-over.
@@ -441,6 +448,7 @@ struct Attached {
     fd_name: String,
     registry: Arc<Registry>,
     keep: Arc<AtomicBool>,
+    left: Arc<Notify>,
 }
 
 impl Drop for Attached {
@@ -455,6 +463,7 @@ impl Drop for Attached {
             self.registry.store().remove(&self.fd_name);
             self.registry.touch();
         }
+        self.left.notify_one();
     }
 }
 
