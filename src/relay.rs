@@ -124,13 +124,24 @@ pub async fn run(
     }
     let l = listeners;
     let left = relay.left.clone();
+    // A listener whose accept fails (out of FDs) rests a while; the others,
+    // and above all the guest's output, go on meanwhile.
+    let (mut guest_rest, mut client_rest, mut view_rest) =
+        (Rest::default(), Rest::default(), Rest::default());
     loop {
+        let wake = [&guest_rest, &client_rest, &view_rest]
+            .iter()
+            .filter_map(|r| r.until)
+            .min();
         tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            r = l.guest.accept() => match r {
-                Ok((s, _)) => relay.connect_guest(s),
-                Err(e) => accept_failed(e).await,
+            r = l.guest.accept(), if guest_rest.until.is_none() => match r {
+                Ok((s, _)) => {
+                    guest_rest.clear();
+                    relay.connect_guest(s);
+                }
+                Err(e) => guest_rest.failed(e),
             },
             r = readable(&relay.guest) => match r {
                 Ok(()) => {
@@ -143,18 +154,36 @@ pub async fn run(
                 }
                 Err(_) => relay.guest_gone(),
             },
-            r = l.client.accept() => match r {
-                Ok((s, _)) => relay.attach(s, false, None),
-                Err(e) => accept_failed(e).await,
+            r = l.client.accept(), if client_rest.until.is_none() => match r {
+                Ok((s, _)) => {
+                    client_rest.clear();
+                    relay.attach(s, false, None);
+                }
+                Err(e) => client_rest.failed(e),
             },
-            r = accept(&l.view) => match r {
-                Ok(s) => relay.attach(s, true, None),
-                Err(e) => accept_failed(e).await,
+            r = accept(&l.view), if view_rest.until.is_none() => match r {
+                Ok(s) => {
+                    view_rest.clear();
+                    relay.attach(s, true, None);
+                }
+                Err(e) => view_rest.failed(e),
             },
+            () = sleep_until(wake), if wake.is_some() => {
+                let now = tokio::time::Instant::now();
+                for r in [&mut guest_rest, &mut client_rest, &mut view_rest] {
+                    if r.until.is_some_and(|t| t <= now) {
+                        r.until = None;
+                    }
+                }
+            }
             Some(data) = input_rx.recv(), if relay.input_bytes < INPUT_CAP => {
-                relay.input_bytes += data.len();
-                relay.input.push_back(data);
-                relay.write_guest();
+                // Input typed while no guest is connected is dropped (the
+                // client was told): it must never reach a later guest.
+                if relay.guest.is_some() {
+                    relay.input_bytes += data.len();
+                    relay.input.push_back(data);
+                    relay.write_guest();
+                }
             }
             r = writable(&relay.guest), if !relay.input.is_empty() => match r {
                 Ok(()) => relay.write_guest(),
@@ -195,9 +224,9 @@ impl Relay {
         if self.guest.is_some() {
             self.drain_guest();
             store.remove(&self.guest_name);
-            info!("guest reconnected");
+            crate::limited!(info, "guest reconnected");
         } else {
-            info!("guest connected");
+            crate::limited!(info, "guest connected");
         }
         // No polling: a guest that hung up may have left output unread.
         store.add(self.guest_name.clone(), guest.as_fd(), false);
@@ -207,8 +236,11 @@ impl Relay {
     }
 
     fn guest_gone(&mut self) {
+        // Input queued for this guest is for this guest only.
+        self.input.clear();
+        self.input_bytes = 0;
         if self.guest.take().is_some() {
-            info!("guest disconnected");
+            crate::limited!(info, "guest disconnected");
             self.settings.registry.store().remove(&self.guest_name);
             self.settings.registry.touch();
         }
@@ -542,9 +574,10 @@ async fn take_input(
     r: Arc<UnixStream>,
     input: Option<mpsc::Sender<Bytes>>,
     stop: CancellationToken,
-    _attached: Arc<Attached>,
+    attached: Arc<Attached>,
 ) {
     let mut buf = [0u8; 4096];
+    let mut told = false;
     loop {
         let n = tokio::select! {
             biased;
@@ -559,6 +592,15 @@ async fn take_input(
             }
             Ok(n) => n,
         };
+        if input.is_some() && !attached.stats.guest_connected.load(Relaxed) {
+            if !std::mem::replace(&mut told, true) {
+                // Best effort and never waited for: a notice, not output.
+                let _ = r.try_write(NO_GUEST);
+            }
+            crate::limited!(debug, bytes = n, "input dropped: no guest");
+            continue;
+        }
+        told = false;
         if let Some(tx) = &input {
             let data = Bytes::copy_from_slice(&buf[..n]);
             tokio::select! {
@@ -608,8 +650,31 @@ async fn accept(l: &Option<UnixListener>) -> io::Result<UnixStream> {
     }
 }
 
-/// Out of FDs, usually: pause briefly rather than spin.
-async fn accept_failed(e: io::Error) {
-    warn!(error = %e, "accept failed");
-    tokio::time::sleep(Duration::from_millis(10)).await;
+/// A listener resting after failed accepts: 10 ms, doubling to 1 s.
+#[derive(Default)]
+struct Rest {
+    until: Option<tokio::time::Instant>,
+    backoff: Duration,
 }
+
+impl Rest {
+    fn failed(&mut self, e: io::Error) {
+        crate::limited!(warn, error = %e, "accept failed");
+        self.backoff = (self.backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        self.until = Some(tokio::time::Instant::now() + self.backoff);
+    }
+
+    fn clear(&mut self) {
+        self.backoff = Duration::ZERO;
+    }
+}
+
+async fn sleep_until(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// What a client that types while no guest is connected is told, once.
+const NO_GUEST: &[u8] = b"\r\n[guestlogd: no guest is connected; input dropped]\r\n";
