@@ -195,6 +195,7 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
             crate::limited!(warn, "SIGHUP ignored: SIGUSR1 re-executes, SIGTERM stops");
         }
     });
+    check_fd_budget(limits);
     info!(socket = %socket_path.display(), logs = %opts.log_dir.display(), adoptions, "ready");
     notify(&[
         sd_notify::NotifyState::Ready,
@@ -342,6 +343,29 @@ fn libvirt_front(
     ));
     info!(socket = %shown.display(), "serving libvirt's log protocol");
     Ok(Some(LibvirtFront { fd, bound }))
+}
+
+/// Says, at start, whether the configuration's worst case fits in
+/// RLIMIT_NOFILE. Each stored descriptor is held twice (ours, and the
+/// duplicate a re-exec hands over); every open log holds its file too.
+fn check_fd_budget(l: &crate::config::Limits) {
+    let per_console = 2 * (3 + 1 + 2 * l.max_clients);
+    let budget = 2 * l.max_pipes
+        + l.max_consoles * per_console
+        + 2 * l.max_connections
+        + 64;
+    let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_or(0, |(soft, _)| soft);
+    if (budget as u64) > limit {
+        warn!(
+            budget,
+            limit,
+            "the configured limits may need more descriptors than RLIMIT_NOFILE allows \
+             (plus one per open log); lower max-consoles/max-pipes or raise LimitNOFILE="
+        );
+    } else {
+        info!(budget, limit, "descriptor budget fits (plus one per open log)");
+    }
 }
 
 /// What GetStatus reports beyond the live figures.
