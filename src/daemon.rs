@@ -350,10 +350,7 @@ fn libvirt_front(
 /// duplicate a re-exec hands over); every open log holds its file too.
 fn check_fd_budget(l: &crate::config::Limits) {
     let per_console = 2 * (3 + 1 + 2 * l.max_clients);
-    let budget = 2 * l.max_pipes
-        + l.max_consoles * per_console
-        + 2 * l.max_connections
-        + 64;
+    let budget = 2 * l.max_pipes + l.max_consoles * per_console + 2 * l.max_connections + 64;
     let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map_or(0, |(soft, _)| soft);
     if (budget as u64) > limit {
@@ -364,7 +361,10 @@ fn check_fd_budget(l: &crate::config::Limits) {
              (plus one per open log); lower max-consoles/max-pipes or raise LimitNOFILE="
         );
     } else {
-        info!(budget, limit, "descriptor budget fits (plus one per open log)");
+        info!(
+            budget,
+            limit, "descriptor budget fits (plus one per open log)"
+        );
     }
 }
 

@@ -1,4 +1,5 @@
-//! Signals without systemd: SIGHUP changes nothing, and SIGTERM's drain of
+//! Start-up and signals without systemd: the descriptor budget is checked,
+//! SIGHUP changes nothing, and SIGTERM's drain of
 //! the pipes ends even while a writer keeps writing.
 
 mod common;
@@ -125,4 +126,23 @@ async fn sigterm_stops_within_its_drain_bound_while_a_writer_keeps_writing() {
 
 fn signal_pid(pid: u32, sig: Signal) {
     nix::sys::signal::kill(Pid::from_raw(pid as i32), sig).unwrap();
+}
+
+/// At start, the worst case of the configured limits is held against
+/// RLIMIT_NOFILE, and a configuration that cannot fit says so.
+#[tokio::test]
+async fn the_descriptor_budget_is_checked_at_start() {
+    let d = Daemon::start("[limits]\nmax-consoles = 10\nmax-pipes = 100\n");
+    assert!(
+        d.stderr().contains("descriptor budget fits"),
+        "{}",
+        d.stderr()
+    );
+    let d = Daemon::start("[limits]\nmax-consoles = 100000\nmax-pipes = 100000\n");
+    assert!(
+        d.stderr()
+            .contains("may need more descriptors than RLIMIT_NOFILE allows"),
+        "{}",
+        d.stderr()
+    );
 }
