@@ -7,11 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-#[path = "../../src/virtlogd/mod.rs"]
-#[allow(dead_code, unused_imports)]
-mod virtlogd;
-
-use virtlogd::{
+use guestlogd::virtlogd::{
     AppendLogFile, Call, ErrorReply, Frame, GetLogFilePosition, OpenLogFile, Payload, Position,
     Procedure, ReadLogFile, Reply, check_frame,
 };
