@@ -1,0 +1,239 @@
+//! libvirt's log manager protocol (program 0x87539319 v1), served by the
+//! real daemon on `[libvirt] socket`, checked by the independent Python
+//! client (tests/virtlogd/client.py) through tests/virtlogd/protocol.py,
+//! which runs numbered checks and stops at the first failure.
+//!
+//! The libvirt socket and root live in a directory of their own, made
+//! before the daemon so that the config can name them.
+
+mod common;
+
+use std::{
+    os::unix::{fs::PermissionsExt, net::UnixStream},
+    path::{Path, PathBuf},
+    process::Command,
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use common::Daemon;
+
+/// The daemon, and the directory holding its libvirt socket and root.
+struct Front {
+    daemon: Daemon,
+    dir: tempfile::TempDir,
+}
+
+impl Front {
+    fn start(policy: &str) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("vlproto")
+            .tempdir()
+            .unwrap();
+        // The non-root check must reach the socket in it.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::create_dir_all(dir.path().join("logs/qemu")).unwrap();
+        let f = |p: PathBuf| toml_string(&p);
+        let config = format!(
+            "[libvirt]\nsocket = {}\nroots = [{}]\n{policy}",
+            f(dir.path().join("virtlogd-sock")),
+            f(dir.path().join("logs")),
+        );
+        let daemon = Daemon::start(&config);
+        let front = Self { daemon, dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while UnixStream::connect(front.socket()).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "the libvirt socket never listened:\n{}",
+                front.daemon.stderr()
+            );
+            sleep(Duration::from_millis(10));
+        }
+        front
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("virtlogd-sock")
+    }
+
+    fn root(&self) -> PathBuf {
+        self.dir.path().join("logs")
+    }
+
+    /// Runs protocol.py `mode` (with `wrap` before the interpreter) and
+    /// panics, with its output and the daemon's log, unless it succeeds.
+    fn protocol(&mut self, python: &Path, wrap: &[&str], mode: &str) -> String {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/virtlogd/protocol.py");
+        let mut cmd = match wrap.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(python);
+                c
+            }
+            None => Command::new(python),
+        };
+        let out = cmd
+            .arg(&script)
+            .arg(mode)
+            .arg(self.socket())
+            .arg(self.root())
+            .current_dir("/")
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("protocol.py {mode}:\n{text}");
+        self.daemon.assert_alive();
+        assert!(
+            out.status.success(),
+            "protocol.py {mode} failed ({}):\n{text}\n--- daemon:\n{}",
+            out.status,
+            self.daemon.stderr()
+        );
+        assert!(text.contains("OK: "), "{text}");
+        text
+    }
+}
+
+fn toml_string(p: &Path) -> String {
+    format!("{:?}", p.to_str().unwrap())
+}
+
+/// A Python 3 that other uids can run too, or why the tests skip.
+fn python() -> Result<PathBuf, String> {
+    if !nix::unistd::Uid::effective().is_root() {
+        return Err("not root".into());
+    }
+    let system = PathBuf::from("/usr/bin/python3");
+    if system.exists() {
+        return Ok(system);
+    }
+    common::tool("python").map_err(|why| format!("no python: {why}"))
+}
+
+#[tokio::test]
+async fn procedures_flags_errors_and_framing() {
+    let python = match python() {
+        Ok(p) => p,
+        Err(why) => return println!("SKIPPED: {why}"),
+    };
+    let mut front = Front::start("");
+    front.protocol(&python, &[], "main");
+
+    // The path-addressed log is listed under its absolute path.
+    let vm1 = front.root().join("qemu/vm1.log");
+    let mut conn = zlink::tokio::unix::connect(front.daemon.socket())
+        .await
+        .unwrap();
+    let list = common::call(&mut conn, "ListLogs", serde_json::json!({}))
+        .await
+        .unwrap();
+    let logs = list["logs"].as_array().unwrap();
+    let entry = logs
+        .iter()
+        .find(|l| l["name"] == vm1.to_str().unwrap())
+        .unwrap_or_else(|| panic!("{} not in ListLogs: {list:#}", vm1.display()));
+    assert_eq!(entry["path"], vm1.to_str().unwrap(), "{entry:#}");
+    assert_eq!(
+        entry["size"],
+        std::fs::metadata(&vm1).unwrap().len(),
+        "{entry:#}"
+    );
+    assert_eq!(entry["pipes"], 0, "{entry:#}");
+    // libvirt's defaults, as no [libvirt] policy was set.
+    assert_eq!(entry["maxSize"], 2 * 1024 * 1024, "{entry:#}");
+    assert_eq!(entry["maxBackups"], 3, "{entry:#}");
+    // Nothing the refused calls named was listed either.
+    for l in logs {
+        let name = l["name"].as_str().unwrap();
+        assert!(
+            name.starts_with(front.root().join("qemu/").to_str().unwrap()),
+            "{name} in ListLogs: {list:#}"
+        );
+        assert!(!name.contains("link"), "{name} in ListLogs");
+    }
+}
+
+#[test]
+fn rotation_at_the_configured_cap() {
+    let python = match python() {
+        Ok(p) => p,
+        Err(why) => return println!("SKIPPED: {why}"),
+    };
+    let mut front = Front::start("max-size = 4096\nmax-backups = 2\n");
+    front.protocol(&python, &[], "rotation");
+}
+
+#[test]
+fn a_non_root_peer_is_dropped() {
+    let python = match python() {
+        Ok(p) => p,
+        Err(why) => return println!("SKIPPED: {why}"),
+    };
+    let mut front = Front::start("");
+    // Reachable by anyone, so that only the uid can refuse.
+    std::fs::set_permissions(front.socket(), std::fs::Permissions::from_mode(0o666)).unwrap();
+    front.protocol(
+        &python,
+        &[
+            "setpriv",
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+        ],
+        "nonroot",
+    );
+    let nobody = front.root().join("qemu/nobody.log");
+    assert!(!nobody.exists(), "{} was created", nobody.display());
+    assert_eq!(
+        std::fs::read_dir(front.root().join("qemu"))
+            .unwrap()
+            .count(),
+        0
+    );
+    assert!(
+        front.daemon.stderr().contains("only uid 0 may connect"),
+        "{}",
+        front.daemon.stderr()
+    );
+}
+
+/// The EBUSY guard holds under concurrency: of several connections asking
+/// for the same path at once, one gets a pipe. (virtlogd, single-threaded,
+/// checks and opens in one step.)
+#[test]
+fn concurrent_opens_of_one_path_hand_out_one_pipe() {
+    let python = match python() {
+        Ok(p) => p,
+        Err(why) => return println!("SKIPPED: {why}"),
+    };
+    let mut front = Front::start("");
+    front.protocol(&python, &[], "exclusive");
+}
+
+/// `virsh destroy --remove-logs` unlinks NAME.log and NAME.log.N itself;
+/// the next OpenLogFile or AppendLogFile must make the file again.
+#[test]
+fn a_log_unlinked_by_libvirt_is_made_again() {
+    let python = match python() {
+        Ok(p) => p,
+        Err(why) => return println!("SKIPPED: {why}"),
+    };
+    let mut front = Front::start("");
+    front.protocol(&python, &[], "unlinked");
+}
+
+/// A log directory removed and made again serves new logs.
+#[test]
+fn a_log_directory_made_again_is_used() {
+    let python = match python() {
+        Ok(p) => p,
+        Err(why) => return println!("SKIPPED: {why}"),
+    };
+    let mut front = Front::start("");
+    front.protocol(&python, &[], "recreated");
+}
