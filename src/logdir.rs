@@ -181,6 +181,28 @@ impl LogDir {
         Ok(File::from(fd))
     }
 
+    /// Whether `name` is the very file `file` is open on (same device and
+    /// inode), without following it: false once someone removed or
+    /// replaced it (libvirt's `--remove-logs` unlinks logs itself).
+    pub fn names(&self, name: &str, file: &File) -> bool {
+        let (Ok(at), Ok(open)) = (
+            fstatat(self.fd.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW),
+            fstat(file),
+        ) else {
+            return false;
+        };
+        (at.st_dev, at.st_ino) == (open.st_dev, open.st_ino)
+    }
+
+    /// Whether the path this directory was opened at still leads to it: a
+    /// directory removed and made again is another directory.
+    pub fn still_at_path(&self) -> bool {
+        let (Ok(at), Ok(open)) = (nix::sys::stat::lstat(&self.path), fstat(&self.fd)) else {
+            return false;
+        };
+        (at.st_dev, at.st_ino) == (open.st_dev, open.st_ino)
+    }
+
     /// What is at `name`, without following it.
     pub fn probe(&self, name: &str) -> io::Result<Entry> {
         match fstatat(self.fd.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {

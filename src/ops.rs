@@ -112,14 +112,19 @@ impl Ops {
     /// policy over the defaults).
     pub fn open_pipe(&self, name: &LogName, o: PipeOptions) -> Result<Opened, OpError> {
         let registry = &self.registry;
-        if o.exclusive && registry.get(name).is_some_and(|l| l.snapshot().pipes > 0) {
-            return Err(OpError::Busy(name.clone()));
-        }
         let slot = registry.reserve_pipe().ok_or(OpError::Limit {
             what: "pipes",
             max: registry.max_pipes(),
         })?;
         let log = registry.open(name, o.policy.max_size, o.policy.max_backups)?;
+        // Claimed before the file is touched: a refused caller must not
+        // truncate it under the writer that has it.
+        let guard = if o.exclusive {
+            slot.bind_exclusive(log.clone())
+                .map_err(|_| OpError::Busy(name.clone()))?
+        } else {
+            slot.bind(log.clone())
+        };
         let position = log.with_file(|f| {
             if o.truncate {
                 f.truncate()?;
@@ -130,8 +135,7 @@ impl Ops {
             f.end()
         })?;
         let path = log.path().to_owned();
-        let fd = pipe::open(slot.bind(log), &self.tracker, self.shutdown.clone())
-            .map_err(OpError::Pipe)?;
+        let fd = pipe::open(guard, &self.tracker, self.shutdown.clone()).map_err(OpError::Pipe)?;
         self.saver.save_now();
         Ok(Opened { fd, path, position })
     }

@@ -298,6 +298,16 @@ impl Drop for PipeSlot {
 }
 
 impl PipeSlot {
+    /// Ties the slot to a log no other pipe feeds, in one step, so that of
+    /// two callers racing for the same log only one wins; the slot comes
+    /// back if another pipe is open.
+    pub fn bind_exclusive(self, log: Arc<Log>) -> Result<PipeGuard, Self> {
+        match log.pipes.compare_exchange(0, 1, Relaxed, Relaxed) {
+            Ok(_) => Ok(PipeGuard { _slot: self, log }),
+            Err(_) => Err(self),
+        }
+    }
+
     /// Ties the slot to the log the pipe feeds.
     pub fn bind(self, log: Arc<Log>) -> PipeGuard {
         log.pipes.fetch_add(1, Relaxed);
@@ -409,6 +419,16 @@ impl Registry {
         if let Some(log) = logs.get(name) {
             let log = log.clone();
             drop(logs);
+            // Opened again only if someone removed or replaced its file or
+            // directory; the check is two stats.
+            let (dir, _) = self.place(name)?;
+            log.with_file(|f| {
+                if f.at_its_name(&dir) {
+                    Ok(())
+                } else {
+                    f.reopen(dir)
+                }
+            })?;
             if max_size.is_some() || max_backups.is_some() {
                 log.with_file(|f| f.set_policy(with(f.policy())))?;
             }
@@ -433,7 +453,9 @@ impl Registry {
             source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
         })?;
         let mut dirs = lock(&self.path_dirs);
-        if let Some(d) = dirs.get(parent) {
+        if let Some(d) = dirs.get(parent)
+            && d.still_at_path()
+        {
             return Ok((d.clone(), base));
         }
         let opened = Arc::new(LogDir::open(parent)?);

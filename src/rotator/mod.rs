@@ -157,6 +157,21 @@ impl RotatingFile {
         Ok(log)
     }
 
+    /// Whether this log's name in `dir` is still the file we write.
+    pub fn at_its_name(&self, dir: &Arc<LogDir>) -> bool {
+        Arc::ptr_eq(dir, &self.dir) && self.dir.names(self.base.as_str(), &self.file)
+    }
+
+    /// Opens the log's file again, in `dir`, keeping the counters: after
+    /// someone removed it (or its directory) the next bytes go to a file
+    /// that can be found, as virtlogd's do.
+    pub fn reopen(&mut self, dir: Arc<LogDir>) -> Result<(), RotatorError> {
+        let mut fresh = Self::open(dir, self.base.clone(), self.policy)?;
+        fresh.restore_counters(self.bytes_written, self.bytes_dropped, self.rotations);
+        *self = fresh;
+        Ok(())
+    }
+
     /// Applies a new policy at once: backups beyond it are removed and a
     /// file over the new cap is rotated.
     pub fn set_policy(&mut self, policy: Policy) -> Result<(), RotatorError> {
