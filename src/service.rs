@@ -642,9 +642,11 @@ fn follow_stream(
     let state = (following, VecDeque::<(Bytes, u64)>::new());
     stream::unfold(state, move |(following, mut ready)| async move {
         if ready.is_empty() {
-            let batch = following.0.pop().await?;
-            // Taken from the queue now; the next batch may queue behind it.
+            // The last batch is out (its replies were written before this
+            // stream was polled again): only now does it stop counting
+            // against the follower's queue, so a follower costs one queue.
             following.0.sent();
+            let batch = following.0.pop().await?;
             let data = Bytes::from(batch.chunks.concat());
             let mut dropped = batch.dropped;
             for at in (0..data.len().max(1)).step_by(FOLLOW_CHUNK) {
