@@ -90,6 +90,10 @@ impl LogDefaults {
 pub struct Limits {
     /// Open pipes, over all logs.
     pub max_pipes: usize,
+    /// Logs the daemon remembers (their figures and policy). Past it, the
+    /// least recently used that no one uses are forgotten; their files
+    /// stay. When every one is in use, a new log is refused.
+    pub max_logs: usize,
     /// Concurrent varlink connections.
     pub max_connections: usize,
     /// The largest varlink message a caller may send, in bytes.
@@ -118,6 +122,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_pipes: 4096,
+            max_logs: 8192,
             max_connections: 256,
             max_message_size: 1024 * 1024,
             max_consoles: 4096,
@@ -212,6 +217,7 @@ impl Config {
         let l = &self.limits;
         if [
             l.max_pipes,
+            l.max_logs,
             l.max_connections,
             l.max_consoles,
             l.max_clients,
@@ -220,7 +226,7 @@ impl Config {
         .contains(&0)
         {
             return Err(
-                "limits: max-pipes, max-connections, max-connections-per-uid, \
+                "limits: max-pipes, max-logs, max-connections, max-connections-per-uid, \
                  max-consoles and max-clients must be at least 1"
                     .into(),
             );

@@ -21,7 +21,7 @@ use crate::{
     console::Consoles,
     fdstore::FdStore,
     ops::Ops,
-    registry::{Registry, error_chain},
+    registry::{Registry, Wait, error_chain},
     restart::{self, Saver},
     server::{self, ConnLimits, Counters},
     service::{AccessPolicy, Manager},
@@ -133,6 +133,7 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
         opts.log_dir.clone(),
         config.log.policy(),
         limits.max_pipes,
+        limits.max_logs,
         store.clone(),
     ));
     let tracker = TaskTracker::new();
@@ -213,6 +214,18 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
             }
         })
     };
+    // Files of logs no one uses are closed, so descriptors follow what is
+    // in use, not every log ever touched.
+    let closing = {
+        let registry = registry.clone();
+        tokio::spawn(async move {
+            let mut sweep = tokio::time::interval(crate::registry::IDLE_SWEEP);
+            loop {
+                sweep.tick().await;
+                registry.close_idle();
+            }
+        })
+    };
 
     let reexec = tokio::select! {
         () = server => false,
@@ -245,26 +258,43 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
         reexec, handing_over, "stopping"
     );
     saving.abort();
+    closing.abort();
     shutdown.cancel();
     tracker.close();
-    tracker.wait().await;
-    let handovers = consoles.stop_all().await;
+    // A pipe or console whose disk hangs never finishes its job: past the
+    // bound it is left to the kernel (a re-exec or exit ends the thread),
+    // costing at most the one read that job holds.
+    if tokio::time::timeout(STOP_WAIT, tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!(
+            pipes = tracker.len(),
+            "pipes whose logs do not answer are left as they are"
+        );
+    }
+    let handovers = match tokio::time::timeout(STOP_WAIT, consoles.stop_all()).await {
+        Ok(handovers) => handovers,
+        Err(_) => {
+            warn!("consoles whose logs do not answer are left as they are");
+            Default::default()
+        }
+    };
     saver.save(&handovers);
     // A successor runs on the same kernel and its page cache: only a final
     // stop flushes the logs to disk.
     if !handing_over {
-        let logs = registry.logs();
-        let synced = tokio::task::spawn_blocking(move || {
-            for log in logs {
-                if let Err(e) = log.with_file(|f| f.sync()) {
+        // All at once: a log whose disk hangs costs its own wait only.
+        let syncs = registry
+            .logs()
+            .into_iter()
+            .filter(|l| l.is_open())
+            .map(|log| async move {
+                if let Err(e) = log.with_file(Wait::Call, |f| f.sync()).await {
                     warn!(log = %log.name(), error = %error_chain(&e), "cannot sync log");
                 }
-            }
-        })
-        .await;
-        if let Err(e) = synced {
-            warn!(error = %e, "sync task failed");
-        }
+            });
+        futures_util::future::join_all(syncs).await;
     }
     if reexec {
         let mut fds = store.take_all();
@@ -367,6 +397,9 @@ fn check_fd_budget(l: &crate::config::Limits) {
         );
     }
 }
+
+/// How long a stop waits for pipes and consoles to finish.
+const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// What GetStatus reports beyond the live figures.
 #[derive(Debug)]

@@ -16,6 +16,7 @@ pub mod config;
 pub mod console;
 pub mod daemon;
 pub mod fdstore;
+pub mod log;
 pub mod logdir;
 pub mod name;
 pub mod ops;

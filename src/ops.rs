@@ -17,12 +17,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use crate::{
     config::Limits,
     console::{Console, ConsoleError, Consoles, Owner, Settings},
+    log::Slot,
     name::LogName,
     pipe,
     queue::{OutputQueue, SlowPolicy},
-    registry::Registry,
+    registry::{Log, Registry, RegistryError, Wait},
     restart::Saver,
-    rotator::{Chunk, Pos, RotatorError},
+    rotator::{Chunk, Policy, Pos, RotatingFile, RotatorError},
 };
 
 /// Why an operation failed; each front maps it to its own wire error.
@@ -83,6 +84,28 @@ pub struct PolicyChange {
     pub max_backups: Option<u32>,
 }
 
+impl PolicyChange {
+    /// `p` with this change.
+    pub fn over(self, p: Policy) -> Policy {
+        Policy {
+            max_size: self.max_size.unwrap_or(p.max_size),
+            max_backups: self.max_backups.unwrap_or(p.max_backups),
+        }
+    }
+
+    fn is_some(self) -> bool {
+        self.max_size.is_some() || self.max_backups.is_some()
+    }
+}
+
+/// Applies a call's policy change to a log that may have had another.
+fn apply(f: &mut RotatingFile, change: PolicyChange) -> Result<(), RotatorError> {
+    if change.is_some() {
+        f.set_policy(change.over(f.policy()))?;
+    }
+    Ok(())
+}
+
 /// What CreateConsole asks for, validated.
 #[derive(Debug, Clone)]
 pub struct ConsoleRequest {
@@ -109,14 +132,14 @@ pub struct Ops {
 
 impl Ops {
     /// Creates a pipe into `name`'s log (created if new, with the given
-    /// policy over the defaults).
-    pub fn open_pipe(&self, name: &LogName, o: PipeOptions) -> Result<Opened, OpError> {
+    /// policy over the defaults). Must run inside the runtime.
+    pub async fn open_pipe(&self, name: &LogName, o: PipeOptions) -> Result<Opened, OpError> {
         let registry = &self.registry;
         let slot = registry.reserve_pipe().ok_or(OpError::Limit {
             what: "pipes",
             max: registry.max_pipes(),
         })?;
-        let log = registry.open(name, o.policy.max_size, o.policy.max_backups)?;
+        let log = self.enter(name, o.policy)?;
         // Claimed before the file is touched: a refused caller must not
         // truncate it under the writer that has it.
         let guard = if o.exclusive {
@@ -125,24 +148,48 @@ impl Ops {
         } else {
             slot.bind(log.clone())
         };
-        let position = log.with_file(|f| {
-            if o.truncate {
-                f.truncate()?;
-                if o.drop_backups {
-                    f.remove_backups()?;
+        let change = o.policy;
+        let position = log
+            .run(Wait::Call, move |log, slot| {
+                let f = log.placed_file(slot)?;
+                apply(f, change)?;
+                if o.truncate {
+                    f.truncate()?;
+                    if o.drop_backups {
+                        f.remove_backups()?;
+                    }
                 }
+                f.end()
+            })
+            .await;
+        let position = match position {
+            Ok(p) => p,
+            Err(e) => {
+                drop(guard);
+                self.registry.forget_unopened(&log);
+                return Err(e.into());
             }
-            f.end()
-        })?;
+        };
         let path = log.path().to_owned();
         let fd = pipe::open(guard, &self.tracker, self.shutdown.clone()).map_err(OpError::Pipe)?;
         self.saver.save_now();
         Ok(Opened { fd, path, position })
     }
 
-    /// Appends `message` to `name`'s log, created if new.
-    pub fn append(&self, name: &LogName, message: &[u8]) -> Result<(), OpError> {
-        self.registry.open(name, None, None)?.write(message)?;
+    /// Appends `message` to `name`'s log, created if new (with `policy`
+    /// over the defaults then).
+    pub async fn append(
+        &self,
+        name: &LogName,
+        message: Vec<u8>,
+        policy: PolicyChange,
+    ) -> Result<(), OpError> {
+        let log = self.enter(name, policy)?;
+        self.first_use_with(&log, move |log, slot| {
+            log.placed_file(slot)?;
+            log.write_in(slot, &message)
+        })
+        .await?;
         Ok(())
     }
 
@@ -150,29 +197,77 @@ impl Ops {
     pub async fn position(&self, name: &LogName) -> Result<Pos, OpError> {
         let log = self.existing(name)?;
         log.drain_pipes(DRAIN_LIMIT).await;
-        let pos = tokio::task::spawn_blocking(move || log.with_file(|f| f.end()))
-            .await
-            .map_err(|e| OpError::Pipe(std::io::Error::other(e)))??;
-        Ok(pos)
+        Ok(log.with_file(Wait::Call, |f| f.end()).await?)
     }
 
     /// Reads up to `max` bytes of `name`'s log from `from` (its oldest byte
     /// if `None`).
-    pub fn read(&self, name: &LogName, from: Option<Pos>, max: usize) -> Result<Chunk, OpError> {
+    pub async fn read(
+        &self,
+        name: &LogName,
+        from: Option<Pos>,
+        max: usize,
+    ) -> Result<Chunk, OpError> {
         let log = self.existing(name)?;
-        Ok(log.with_file(|f| f.read(from, max))?)
+        Ok(log
+            .with_file(Wait::Call, move |f| f.read(from, max))
+            .await?)
     }
 
-    pub fn rotate(&self, name: &LogName) -> Result<(), OpError> {
-        self.existing(name)?.with_file(|f| f.rotate())?;
+    pub async fn rotate(&self, name: &LogName) -> Result<(), OpError> {
+        let log = self.existing(name)?;
+        log.with_file(Wait::Call, |f| f.rotate()).await?;
         Ok(())
     }
 
     /// Starts following `name`'s log: a queue that begins with its last
-    /// `replay` bytes and then gets every write.
-    pub fn follow(&self, name: &LogName, replay: usize) -> Result<Arc<OutputQueue>, OpError> {
+    /// `replay` bytes and then gets every write, and the log, which the
+    /// follower holds so that it is not forgotten under it.
+    pub async fn follow(
+        &self,
+        name: &LogName,
+        replay: usize,
+    ) -> Result<(Arc<OutputQueue>, Arc<Log>), OpError> {
         let log = self.existing(name)?;
-        Ok(log.follow(replay, self.limits.client_queue)?)
+        let queue = log.follow(replay, self.limits.client_queue).await?;
+        Ok((queue, log))
+    }
+
+    /// The log called `name`, entered if new: no I/O.
+    fn enter(&self, name: &LogName, change: PolicyChange) -> Result<Arc<Log>, OpError> {
+        let defaults = self.registry.defaults();
+        let (log, _) = self
+            .registry
+            .entry(name, Some(change.over(defaults)))
+            .map_err(|e| match e {
+                RegistryError::Full(max) => OpError::Limit { what: "logs", max },
+                RegistryError::File(e) => OpError::File(e),
+            })?;
+        Ok(log)
+    }
+
+    /// Runs `f` on a log's file that a call has just entered or found,
+    /// opened again at its name if it was replaced; a log whose file could
+    /// never be opened is forgotten, so a refused call leaves nothing.
+    async fn first_use<T: Send + 'static>(
+        &self,
+        log: &Arc<Log>,
+        f: impl FnOnce(&mut RotatingFile) -> Result<T, RotatorError> + Send + 'static,
+    ) -> Result<T, OpError> {
+        self.first_use_with(log, move |log, slot| f(log.placed_file(slot)?))
+            .await
+    }
+
+    async fn first_use_with<T: Send + 'static>(
+        &self,
+        log: &Arc<Log>,
+        job: impl FnOnce(&Log, &mut Slot) -> Result<T, RotatorError> + Send + 'static,
+    ) -> Result<T, OpError> {
+        let result = log.run(Wait::Call, job).await;
+        if result.is_err() {
+            self.registry.forget_unopened(log);
+        }
+        Ok(result?)
     }
 
     /// Refuses a console that cannot be made, before anything is created.
@@ -190,15 +285,17 @@ impl Ops {
     }
 
     /// Makes a console and its log. Must run inside the runtime.
-    pub fn create_console(&self, r: ConsoleRequest) -> Result<Arc<Console>, OpError> {
+    pub async fn create_console(&self, r: ConsoleRequest) -> Result<Arc<Console>, OpError> {
         self.check_console(&r.name)?;
-        let log = r
-            .log
-            .then(|| {
-                self.registry
-                    .open(&r.name, r.policy.max_size, r.policy.max_backups)
-            })
-            .transpose()?;
+        let log = match r.log {
+            false => None,
+            true => {
+                let log = self.enter(&r.name, r.policy)?;
+                let change = r.policy;
+                self.first_use(&log, move |f| apply(f, change)).await?;
+                Some(log)
+            }
+        };
         let name = r.name.clone();
         let console = self
             .consoles
@@ -235,7 +332,7 @@ impl Ops {
         }
     }
 
-    fn existing(&self, name: &LogName) -> Result<Arc<crate::registry::Log>, OpError> {
+    fn existing(&self, name: &LogName) -> Result<Arc<Log>, OpError> {
         self.registry
             .get(name)
             .ok_or_else(|| OpError::NoSuchLog(name.clone()))

@@ -1,15 +1,19 @@
 //! Pipes from OpenPipe: each read end is pumped into its log by one task.
 //!
-//! A task reads as much as the pipe holds (up to `CHUNK` bytes) and writes
-//! it to the log before it reads again: nothing waits in user space, where a
-//! crash would lose it, and a slow disk slows the writer through the pipe
-//! instead of growing a buffer. The read buffer belongs to the worker
-//! thread, not the pipe, so an idle pipe costs no buffer at all.
+//! A task waits for the pipe to be readable, then runs a job in its log's
+//! turn, on a blocking thread, that reads what the pipe holds (`CHUNK`
+//! bytes at a time) and writes each read to the log before the next:
+//! nothing waits in user space, where a crash would lose it, a slow disk
+//! slows the writer through the pipe instead of growing a buffer, and a
+//! disk that hangs holds this pipe's job, not an async worker. The read
+//! buffer belongs to the blocking thread, not the pipe, so an idle pipe
+//! costs no buffer at all.
 
 use std::{
     cell::RefCell,
     io,
     os::fd::{AsFd, AsRawFd, OwnedFd},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -21,7 +25,7 @@ use tokio::io::{Interest, unix::AsyncFd};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info_span, warn};
 
-use crate::registry::PipeGuard;
+use crate::registry::{PipeGuard, Wait};
 
 /// Requests to read the pipe dry, each answered once it is.
 type Requests = tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<()>>;
@@ -70,6 +74,7 @@ pub fn adopt(
     // SAFETY: an `OwnedFd` keeps its descriptor open, and names the same
     // one, for as long as the `AsyncFd` that owns it lives.
     let read = unsafe { AsyncFd::register_with_interest(read, Interest::READABLE) }
+        .map(Arc::new)
         .map_err(io::Error::from)?;
     let span = info_span!("pipe", log = %guard.log().name(), fd = read.as_raw_fd());
     // A few waiting requests are plenty: one dry read answers them all.
@@ -84,7 +89,7 @@ pub fn adopt(
 /// next guestlogd; a final one first takes whatever the pipe holds.
 async fn pump(
     name: String,
-    read: AsyncFd<OwnedFd>,
+    read: Arc<AsyncFd<OwnedFd>>,
     guard: PipeGuard,
     mut drains: Requests,
     shutdown: CancellationToken,
@@ -97,7 +102,7 @@ async fn pump(
             Some(done) = drains.recv() => {
                 // Asked for the log's end: what the writer put in the pipe
                 // before asking must be in the log first.
-                let eof = read_dry(&read, &guard, Instant::now() + DRAIN_FOR).is_some_and(|eof| eof);
+                let eof = read_dry(&read, &guard, Instant::now() + DRAIN_FOR).await.is_some_and(|eof| eof);
                 let _ = done.send(());
                 if eof {
                     break;
@@ -110,7 +115,7 @@ async fn pump(
                     return;
                 }
                 let deadline = *DRAIN_DEADLINE.get_or_init(|| Instant::now() + DRAIN_FOR);
-                if read_dry(&read, &guard, deadline).is_none() {
+                if read_dry(&read, &guard, deadline).await.is_none() {
                     let left = unread(read.get_ref());
                     warn!(left, "stopping with bytes still in a pipe: its writer kept writing");
                 }
@@ -124,14 +129,14 @@ async fn pump(
                 break;
             }
         };
-        match ready.try_io(|fd| transfer(fd.get_ref(), &guard)) {
-            Ok(Ok(0)) => break,
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => {
+        match transfer(&read, &guard, Until::More).await {
+            Moved::Eof => break,
+            Moved::Dry => ready.clear_ready(),
+            Moved::More => {}
+            Moved::Failed(e) => {
                 warn!(error = %e, "pipe read failed");
                 break;
             }
-            Err(_would_block) => {}
         }
     }
     let registry = guard.registry();
@@ -149,19 +154,18 @@ static DRAIN_DEADLINE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new()
 
 /// Reads until the pipe is empty or at EOF (`Some(true)`), before
 /// `deadline`: `None` if the writer kept it full until then.
-fn read_dry(read: &AsyncFd<OwnedFd>, guard: &PipeGuard, deadline: Instant) -> Option<bool> {
-    loop {
-        if Instant::now() >= deadline {
-            return None;
-        }
-        match transfer(read.get_ref(), guard) {
-            Ok(0) => return Some(true),
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(false),
-            Err(e) => {
-                crate::limited!(warn, error = %e, "pipe read failed while reading it dry");
-                return Some(false);
-            }
+async fn read_dry(
+    read: &Arc<AsyncFd<OwnedFd>>,
+    guard: &PipeGuard,
+    deadline: Instant,
+) -> Option<bool> {
+    match transfer(read, guard, Until::Dry(deadline)).await {
+        Moved::Eof => Some(true),
+        Moved::Dry => Some(false),
+        Moved::More => None,
+        Moved::Failed(e) => {
+            crate::limited!(warn, error = %e, "pipe read failed while reading it dry");
+            Some(false)
         }
     }
 }
@@ -178,20 +182,55 @@ fn unread(fd: &OwnedFd) -> usize {
     }
 }
 
-/// One read into the thread's buffer, written to the log at once.
-fn transfer(fd: &OwnedFd, guard: &PipeGuard) -> io::Result<usize> {
-    BUFFER.with_borrow_mut(|buf| {
-        let n = loop {
-            match nix::unistd::read(fd, buf) {
-                Err(nix::errno::Errno::EINTR) => {}
-                other => break other?,
+/// How long one job reads.
+#[derive(Debug, Clone, Copy)]
+enum Until {
+    /// A few reads, then the job ends so other logs' jobs get threads.
+    More,
+    /// Until the pipe is dry, or the deadline.
+    Dry(Instant),
+}
+
+/// What a job left of the pipe.
+#[derive(Debug)]
+enum Moved {
+    Eof,
+    Dry,
+    More,
+    Failed(io::Error),
+}
+
+/// Reads a job's budget at most: each is written at once.
+const JOB_READS: usize = 16;
+
+/// Reads from the pipe and writes each read to the log at once, in the
+/// log's turn on a blocking thread.
+async fn transfer(read: &Arc<AsyncFd<OwnedFd>>, guard: &PipeGuard, until: Until) -> Moved {
+    let read = read.clone();
+    let job = guard.log().run(Wait::Forever, move |log, slot| {
+        Ok(BUFFER.with_borrow_mut(|buf| {
+            for k in 0.. {
+                match until {
+                    Until::More if k == JOB_READS => return Moved::More,
+                    Until::Dry(deadline) if Instant::now() >= deadline => return Moved::More,
+                    _ => {}
+                }
+                let n = match nix::unistd::read(read.get_ref(), buf) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(nix::errno::Errno::EAGAIN) => return Moved::Dry,
+                    Err(e) => return Moved::Failed(e.into()),
+                    Ok(0) => return Moved::Eof,
+                    Ok(n) => n,
+                };
+                // A refused write is counted and logged by the log; the
+                // pipe goes on, since the next write may succeed.
+                let _ = log.write_in(slot, &buf[..n]);
             }
-        };
-        if n > 0 {
-            // A refused write is counted and logged by the log; the pipe
-            // goes on, since the next write may succeed.
-            let _ = guard.log().write(&buf[..n]);
-        }
-        Ok(n)
-    })
+            Moved::More
+        }))
+    });
+    match job.await {
+        Ok(moved) => moved,
+        Err(e) => Moved::Failed(io::Error::other(e)),
+    }
 }

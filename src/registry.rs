@@ -1,284 +1,121 @@
-//! `Registry`: every log the daemon knows, by name.
+//! `Registry`: every log the daemon knows, by name, and where their files
+//! live (`Places`).
 //!
-//! A `Log` owns its `RotatingFile` behind a mutex, which is what keeps the
-//! bytes of one read (or one AppendLog) together in the file. Its figures are
-//! mirrored into atomics after each write, so ListLogs never waits for a
-//! writer that is stuck on the disk.
-//!
-//! Every method here may touch the disk; callers run them off the varlink
-//! loop (in `spawn_blocking` or a pipe's own task).
+//! Nothing here touches the disk under a lock that another log needs: a
+//! new log is entered closed and opens its file in its own first job, and
+//! directories are opened outside the cache's lock. The registry is
+//! bounded by `max-logs`: when it is full, the logs no one uses and that
+//! were used least recently are forgotten (their files stay; their
+//! counters go); when every log is in use, a new one is refused.
 
 use std::{
     collections::BTreeMap,
-    path::{Path, PathBuf},
+    path::PathBuf,
     sync::{
-        Arc, Mutex, MutexGuard, PoisonError, Weak,
-        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicUsize, Ordering::Relaxed},
     },
     time::{Duration, Instant},
 };
 
 use tokio::sync::Notify;
-use tracing::warn;
 
+pub use crate::log::{Counters, DrainRequests, Log, LogSnapshot, Wait, error_chain};
 use crate::{
     fdstore::FdStore,
+    log::lock,
     logdir::{BaseName, LogDir},
     name::LogName,
-    queue::{Output, OutputQueue, Pushed, SlowPolicy, no_direct},
-    rotator::{Policy, RotatingFile, RotatorError, Skipped},
+    rotator::{Policy, RotatorError},
     state::LogState,
 };
 
-/// One log: its file, its figures, and how many pipes feed it.
+/// How often files of logs no one uses are closed.
+pub const IDLE_SWEEP: Duration = Duration::from_secs(5);
+
+/// Why a log could not be entered.
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("the limit of {0} logs in use is reached")]
+    Full(usize),
+    #[error(transparent)]
+    File(#[from] RotatorError),
+}
+
+/// Where log files live: the log directory and the directories of
+/// path-addressed logs, each opened once and reopened if it was replaced.
 #[derive(Debug)]
-pub struct Log {
-    name: LogName,
-    path: PathBuf,
-    file: Mutex<RotatingFile>,
-    stats: Stats,
-    /// Open pipes into this log; owned by `PipeGuard`s.
-    pipes: AtomicUsize,
-    /// When a failed write was last logged; failures a guest can cause are
-    /// logged at most once per `WARN_EVERY`.
-    last_warning: Mutex<Option<Instant>>,
-    /// When a planted backup was last logged; a local user decides how
-    /// often those appear, so at most once per `WARN_EVERY`.
-    last_skip_warning: Mutex<Option<Instant>>,
-    /// Follow streams; each gets every write, without ever slowing it.
-    /// Weak: the stream owns its queue, so a follower that leaves frees it
-    /// at once, even if the log is never written again.
-    followers: Mutex<Vec<Weak<OutputQueue>>>,
-    /// Bytes the followers did not get because they fell behind.
-    followers_dropped: AtomicU64,
-    /// One per pipe task feeding this log: asks it to read its pipe dry.
-    drains: Mutex<Vec<DrainRequests>>,
+pub struct Places {
+    dir: PathBuf,
+    log_dir: Mutex<Option<Arc<LogDir>>>,
+    path_dirs: Mutex<BTreeMap<PathBuf, Arc<LogDir>>>,
 }
 
-/// Where a pipe task takes requests to read its pipe dry; each request is
-/// answered when it has.
-pub type DrainRequests = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>;
+impl Places {
+    fn new(dir: PathBuf) -> Self {
+        Self {
+            dir,
+            log_dir: Mutex::new(None),
+            path_dirs: Mutex::default(),
+        }
+    }
 
-const WARN_EVERY: Duration = Duration::from_secs(10);
-
-/// The figures ListLogs shows, copied from the file after each change.
-#[derive(Debug, Default)]
-struct Stats {
-    size: AtomicU64,
-    backups: AtomicU64,
-    max_size: AtomicU64,
-    max_backups: AtomicU64,
-    bytes_written: AtomicU64,
-    bytes_dropped: AtomicU64,
-    rotations: AtomicU64,
-}
-
-/// A snapshot of one log's figures.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogSnapshot {
-    pub name: LogName,
-    pub path: PathBuf,
-    pub size: u64,
-    pub backups: u64,
-    pub policy: Policy,
-    pub pipes: usize,
-    pub bytes_written: u64,
-    pub bytes_dropped: u64,
-    pub rotations: u64,
-}
-
-impl Log {
-    fn open(
-        dir: Arc<LogDir>,
-        base: BaseName,
-        name: &LogName,
-        policy: Policy,
-    ) -> Result<Self, RotatorError> {
-        let file = RotatingFile::open(dir, base, policy)?;
-        let log = Self {
-            name: name.clone(),
-            path: file.path(),
-            stats: Stats::default(),
-            file: Mutex::new(file),
-            pipes: AtomicUsize::new(0),
-            last_warning: Mutex::new(None),
-            last_skip_warning: Mutex::new(None),
-            followers: Mutex::default(),
-            followers_dropped: AtomicU64::new(0),
-            drains: Mutex::default(),
+    /// The file name a log has and the path it shows, without I/O.
+    fn path_of(&self, name: &LogName) -> Result<(PathBuf, BaseName), RotatorError> {
+        let Some(path) = name.as_path() else {
+            let base = BaseName::for_log(name);
+            return Ok((self.dir.join(base.as_str()), base));
         };
-        log.with_file(|_| Ok(()))?;
-        Ok(log)
-    }
-
-    pub fn name(&self) -> &LogName {
-        &self.name
-    }
-
-    /// Runs `f` on the file under the log's lock, then publishes the
-    /// figures, whether `f` failed or not.
-    pub fn with_file<T>(
-        &self,
-        f: impl FnOnce(&mut RotatingFile) -> Result<T, RotatorError>,
-    ) -> Result<T, RotatorError> {
-        let mut file = lock(&self.file);
-        let result = f(&mut file);
-        let skipped = file.take_skipped();
-        if !skipped.is_empty() {
-            self.warn_skipped(&skipped);
-        }
-        let s = &self.stats;
-        s.size.store(file.size(), Relaxed);
-        s.backups.store(file.backups().into(), Relaxed);
-        s.max_size.store(file.policy().max_size, Relaxed);
-        s.max_backups
-            .store(file.policy().max_backups.into(), Relaxed);
-        s.bytes_written.store(file.bytes_written(), Relaxed);
-        s.bytes_dropped.store(file.bytes_dropped(), Relaxed);
-        s.rotations.store(file.rotations(), Relaxed);
-        result
-    }
-
-    /// Appends bytes a guest or caller sent. A failure is counted in
-    /// `bytesDropped` and logged, rate-limited; the caller goes on.
-    /// Appends bytes a guest or caller sent and hands them to followers.
-    /// A failure is counted in `bytesDropped` and logged, rate-limited.
-    pub fn write(&self, data: &[u8]) -> Result<(), RotatorError> {
-        let result = self.with_file(|f| {
-            let result = f.write(data);
-            // Under the file's lock, so a follower's replay and its first
-            // live bytes meet exactly.
-            self.fan_out(data);
-            result
-        });
-        if let Err(e) = &result {
-            self.warn_dropped(e);
-        }
-        result
-    }
-
-    fn fan_out(&self, data: &[u8]) {
-        let mut followers = lock(&self.followers);
-        let mut out = Output::new(data);
-        followers.retain(|q| {
-            let Some(q) = q.upgrade() else {
-                return false;
-            };
-            match q.push(&mut out, no_direct) {
-                Pushed::Sent => true,
-                Pushed::Queued { dropped, .. } => {
-                    self.followers_dropped.fetch_add(dropped as u64, Relaxed);
-                    true
-                }
-                Pushed::Closed => false,
-            }
-        });
-    }
-
-    /// A new follower: its queue starts with the log's last `replay` bytes
-    /// and then gets every write, for as long as the caller keeps it.
-    pub fn follow(&self, replay: usize, cap: usize) -> Result<Arc<OutputQueue>, RotatorError> {
-        let queue = Arc::new(OutputQueue::new(cap, SlowPolicy::Drop));
-        self.with_file(|f| {
-            queue.start_with(f.tail(replay)?);
-            let mut followers = lock(&self.followers);
-            // Followers that left are forgotten here too, so that a log no
-            // one writes does not collect them.
-            followers.retain(|q| q.strong_count() > 0);
-            followers.push(Arc::downgrade(&queue));
-            Ok(())
+        let (_, base) = BaseName::split(path).map_err(|e| RotatorError::Open {
+            path: path.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
         })?;
-        Ok(queue)
+        Ok((path.to_owned(), base))
     }
 
-    /// Lets a pipe task be asked to read its pipe dry (`drain_pipes`).
-    pub fn add_drain(&self, requests: DrainRequests) {
-        let mut drains = lock(&self.drains);
-        drains.retain(|d| !d.is_closed());
-        drains.push(requests);
-    }
-
-    /// Waits, for at most `limit`, until every pipe into this log has been
-    /// read dry and what was in it written: what a writer put in the pipe
-    /// before this call is then in the log. libvirt writes its header into
-    /// QEMU's pipe and then asks for the log's end, which must come after it.
-    pub async fn drain_pipes(&self, limit: Duration) {
-        let waits: Vec<_> = lock(&self.drains)
-            .iter()
-            .filter_map(|d| {
-                let (done, wait) = tokio::sync::oneshot::channel();
-                d.try_send(done).ok().map(|()| wait)
-            })
-            .collect();
-        let all = futures_util::future::join_all(waits);
-        let _ = tokio::time::timeout(limit, all).await;
-    }
-
-    /// The last `n` bytes of the log.
-    pub fn tail(&self, n: usize) -> Result<Vec<u8>, RotatorError> {
-        self.with_file(|f| f.tail(n))
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Bytes that followers missed by falling behind.
-    pub fn followers_dropped(&self) -> u64 {
-        self.followers_dropped.load(Relaxed)
-    }
-
-    fn warn_dropped(&self, e: &RotatorError) {
-        if due(&self.last_warning) {
-            let dropped = self.stats.bytes_dropped.load(Relaxed);
-            warn!(log = %self.name, dropped, error = %error_chain(e), "log bytes dropped");
+    /// The directory a log's file is in, and its name there:
+    /// `LOGDIR/NAME.log` for a plain name, the very file for a
+    /// path-addressed one. Blocks: called in a log's job.
+    pub fn place(&self, name: &LogName) -> Result<(Arc<LogDir>, BaseName), RotatorError> {
+        let Some(path) = name.as_path() else {
+            return Ok((self.log_dir()?, BaseName::for_log(name)));
+        };
+        let (parent, base) = BaseName::split(path).map_err(|e| RotatorError::Open {
+            path: path.to_owned(),
+            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
+        })?;
+        let known = lock(&self.path_dirs).get(parent).cloned();
+        if let Some(d) = known
+            && d.still_at_path()
+        {
+            return Ok((d, base));
         }
+        let opened = Arc::new(LogDir::open(parent)?);
+        lock(&self.path_dirs).insert(parent.to_owned(), opened.clone());
+        Ok((opened, base))
     }
 
-    fn warn_skipped(&self, skipped: &[Skipped]) {
-        if due(&self.last_skip_warning) {
-            let first = &skipped[0];
-            warn!(
-                log = %self.name,
-                path = %first.path.display(),
-                found = %first.found,
-                more = skipped.len() - 1,
-                "skipped what is not a log file of ours at a backup's name"
-            );
+    /// The log directory, opened on first use (and retried after a
+    /// failure), so that a registry can be made without I/O.
+    fn log_dir(&self) -> Result<Arc<LogDir>, RotatorError> {
+        if let Some(d) = &*lock(&self.log_dir) {
+            return Ok(d.clone());
         }
-    }
-
-    pub fn snapshot(&self) -> LogSnapshot {
-        let s = &self.stats;
-        LogSnapshot {
-            name: self.name.clone(),
-            path: self.path.clone(),
-            size: s.size.load(Relaxed),
-            backups: s.backups.load(Relaxed),
-            policy: Policy {
-                max_size: s.max_size.load(Relaxed),
-                max_backups: s.max_backups.load(Relaxed) as u32,
-            },
-            pipes: self.pipes.load(Relaxed),
-            bytes_written: s.bytes_written.load(Relaxed),
-            bytes_dropped: s.bytes_dropped.load(Relaxed),
-            rotations: s.rotations.load(Relaxed),
-        }
+        let opened = Arc::new(LogDir::open(&self.dir)?);
+        Ok(lock(&self.log_dir).get_or_insert(opened).clone())
     }
 }
 
 /// Every known log, and the daemon-wide pipe count.
 #[derive(Debug)]
 pub struct Registry {
-    dir: PathBuf,
-    /// `dir`, held open once it could be: every log file is opened in it.
-    log_dir: Mutex<Option<Arc<LogDir>>>,
-    /// The directories of path-addressed logs, each opened once.
-    path_dirs: Mutex<BTreeMap<PathBuf, Arc<LogDir>>>,
+    places: Arc<Places>,
     defaults: Policy,
     logs: Mutex<BTreeMap<LogName, Arc<Log>>>,
+    max_logs: usize,
     pipes: AtomicUsize,
     max_pipes: usize,
+    epoch: Instant,
     /// Every long-lived descriptor, for the next guestlogd.
     store: Arc<FdStore>,
     /// Something the saved state describes has changed.
@@ -339,15 +176,21 @@ impl PipeGuard {
 }
 
 impl Registry {
-    pub fn new(dir: PathBuf, defaults: Policy, max_pipes: usize, store: Arc<FdStore>) -> Self {
+    pub fn new(
+        dir: PathBuf,
+        defaults: Policy,
+        max_pipes: usize,
+        max_logs: usize,
+        store: Arc<FdStore>,
+    ) -> Self {
         Self {
-            dir,
-            log_dir: Mutex::new(None),
-            path_dirs: Mutex::default(),
+            places: Arc::new(Places::new(dir)),
             defaults,
             logs: Mutex::new(BTreeMap::new()),
+            max_logs: max_logs.max(1),
             pipes: AtomicUsize::new(0),
             max_pipes,
+            epoch: Instant::now(),
             store,
             changed: Notify::new(),
             handing_over: AtomicBool::new(false),
@@ -377,100 +220,99 @@ impl Registry {
         self.handing_over.load(Relaxed)
     }
 
-    /// Reopens a log a previous guestlogd had, with its policy and counters.
-    pub fn restore(&self, saved: &LogState) -> Result<Arc<Log>, RotatorError> {
+    /// Enters a log a previous guestlogd had, with its policy and
+    /// counters; its file opens when it is first used.
+    pub fn restore(&self, saved: &LogState) -> Result<Arc<Log>, RegistryError> {
         let name = LogName::parse(&saved.name).map_err(|e| RotatorError::Open {
-            path: self.dir.join(&saved.name),
+            path: self.places.dir.join(&saved.name),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
         })?;
-        let log = self.open(
-            &name,
-            Some(saved.policy.max_size),
-            Some(saved.policy.max_backups),
-        )?;
-        log.with_file(|f| {
-            f.restore_counters(saved.bytes_written, saved.bytes_dropped, saved.rotations);
-            Ok(())
-        })?;
-        log.followers_dropped
-            .store(saved.followers_dropped, Relaxed);
-        Ok(log)
+        let counters = Counters {
+            bytes_written: saved.bytes_written,
+            bytes_dropped: saved.bytes_dropped,
+            rotations: saved.rotations,
+            followers_dropped: saved.followers_dropped,
+        };
+        self.enter(&name, Some(saved.policy), counters)
+            .map(|(log, _)| log)
     }
 
     pub fn get(&self, name: &LogName) -> Option<Arc<Log>> {
         lock(&self.logs).get(name).cloned()
     }
 
-    /// The log called `name`, opened with the default policy if it is new.
-    /// A given `max_size` or `max_backups` replaces the log's, new or not.
-    pub fn open(
+    /// The log called `name`, entered with `policy` (else the defaults) if
+    /// it is new; true if it is. No I/O: its file opens in its first job.
+    pub fn entry(
         &self,
         name: &LogName,
-        max_size: Option<u64>,
-        max_backups: Option<u32>,
-    ) -> Result<Arc<Log>, RotatorError> {
-        let with = |p: Policy| Policy {
-            max_size: max_size.unwrap_or(p.max_size),
-            max_backups: max_backups.unwrap_or(p.max_backups),
-        };
-        // The map stays locked while a new file opens, so two callers
-        // cannot create the same log twice.
+        policy: Option<Policy>,
+    ) -> Result<(Arc<Log>, bool), RegistryError> {
+        self.enter(name, policy, Counters::default())
+    }
+
+    fn enter(
+        &self,
+        name: &LogName,
+        policy: Option<Policy>,
+        counters: Counters,
+    ) -> Result<(Arc<Log>, bool), RegistryError> {
         let mut logs = lock(&self.logs);
         if let Some(log) = logs.get(name) {
-            let log = log.clone();
-            drop(logs);
-            // Opened again only if someone removed or replaced its file or
-            // directory; the check is two stats.
-            let (dir, _) = self.place(name)?;
-            log.with_file(|f| {
-                if f.at_its_name(&dir) {
-                    Ok(())
-                } else {
-                    f.reopen(dir)
-                }
-            })?;
-            if max_size.is_some() || max_backups.is_some() {
-                log.with_file(|f| f.set_policy(with(f.policy())))?;
+            return Ok((log.clone(), false));
+        }
+        let (path, _) = self.places.path_of(name)?;
+        if logs.len() >= self.max_logs {
+            let forgotten = forget_unused(&mut logs, self.max_logs);
+            if forgotten.is_empty() {
+                return Err(RegistryError::Full(self.max_logs));
             }
-            return Ok(log);
+            // Dropping a log closes its file, which may block on the disk.
+            tokio::task::spawn_blocking(move || drop(forgotten));
         }
-        let (dir, base) = self.place(name)?;
-        let log = Arc::new(Log::open(dir, base, name, with(self.defaults))?);
+        let log = Arc::new(Log::new(
+            name.clone(),
+            path,
+            self.places.clone(),
+            policy.unwrap_or(self.defaults),
+            counters,
+            self.epoch,
+        ));
         logs.insert(name.clone(), log.clone());
-        Ok(log)
+        Ok((log, true))
     }
 
-    /// The log directory, opened on first use (and retried after a
-    /// failure), so that `new` cannot fail.
-    /// Where a log's file lives: `LOGDIR/NAME.log` for a plain name, the
-    /// very file for a path-addressed one.
-    fn place(&self, name: &LogName) -> Result<(Arc<LogDir>, BaseName), RotatorError> {
-        let Some(path) = name.as_path() else {
-            return Ok((self.log_dir()?, BaseName::for_log(name)));
-        };
-        let (parent, base) = BaseName::split(path).map_err(|e| RotatorError::Open {
-            path: path.to_owned(),
-            source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e),
-        })?;
-        let mut dirs = lock(&self.path_dirs);
-        if let Some(d) = dirs.get(parent)
-            && d.still_at_path()
+    /// Forgets `log` if its file was never opened and no one else holds
+    /// it: the call that entered it failed, and must leave nothing behind.
+    pub fn forget_unopened(&self, log: &Arc<Log>) {
+        let mut logs = lock(&self.logs);
+        if !log.opened_once()
+            && Arc::strong_count(log) <= 2
+            && logs.get(log.name()).is_some_and(|l| Arc::ptr_eq(l, log))
         {
-            return Ok((d.clone(), base));
+            logs.remove(log.name());
         }
-        let opened = Arc::new(LogDir::open(parent)?);
-        dirs.insert(parent.to_owned(), opened.clone());
-        Ok((opened, base))
     }
 
-    fn log_dir(&self) -> Result<Arc<LogDir>, RotatorError> {
-        let mut dir = lock(&self.log_dir);
-        if let Some(d) = &*dir {
-            return Ok(d.clone());
+    /// Closes the files of logs no one uses: no pipe, console, follower
+    /// or job holds them. Each reopens when it is next used.
+    pub fn close_idle(&self) -> usize {
+        let unused: Vec<_> = lock(&self.logs)
+            .values()
+            .filter(|l| l.is_open() && Arc::strong_count(l) == 1)
+            .cloned()
+            .collect();
+        let n = unused.len();
+        for log in unused {
+            // The map's and ours.
+            log.close_if_unused(2);
         }
-        let opened = Arc::new(LogDir::open(&self.dir)?);
-        *dir = Some(opened.clone());
-        Ok(opened)
+        n
+    }
+
+    /// How many logs have their file open.
+    pub fn open_files(&self) -> usize {
+        lock(&self.logs).values().filter(|l| l.is_open()).count()
     }
 
     /// Takes a pipe slot, or `None` when `max_pipes` are open. Taken before
@@ -486,35 +328,32 @@ impl Registry {
         self.max_pipes
     }
 
+    pub fn defaults(&self) -> Policy {
+        self.defaults
+    }
+
+    pub fn max_logs(&self) -> usize {
+        self.max_logs
+    }
+
     pub fn logs(&self) -> Vec<Arc<Log>> {
         lock(&self.logs).values().cloned().collect()
     }
 }
 
-/// True at most once per `WARN_EVERY` for each `last`.
-fn due(last: &Mutex<Option<Instant>>) -> bool {
-    let mut last = lock(last);
-    let due = last.is_none_or(|t| t.elapsed() >= WARN_EVERY);
-    if due {
-        *last = Some(Instant::now());
-    }
-    due
-}
-
-/// Locks a mutex, taking the data even if a thread panicked while holding
-/// it: every holder leaves the data consistent between calls.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
-/// An error and its sources, joined with ": ".
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
+/// Removes the least recently used logs no one holds, an eighth of the
+/// registry at a time so that a full registry is not scanned at every new
+/// log; returns them, to be dropped off the async workers.
+fn forget_unused(logs: &mut BTreeMap<LogName, Arc<Log>>, max: usize) -> Vec<Arc<Log>> {
+    let mut unused: Vec<(u64, LogName)> = logs
+        .values()
+        .filter(|l| Arc::strong_count(l) == 1)
+        .map(|l| (l.last_used(), l.name().clone()))
+        .collect();
+    unused.sort_unstable();
+    unused.truncate((max / 8).max(1));
+    unused
+        .into_iter()
+        .filter_map(|(_, name)| logs.remove(&name))
+        .collect()
 }

@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 use crate::{
     console::{Adopted, Console, Handover, Settings, Stats},
     queue::{Output, OutputQueue, Pushed, drop_marker},
-    registry::Registry,
+    registry::{Registry, Wait},
     state::Pending,
 };
 
@@ -120,7 +120,9 @@ pub async fn run(
         relay.stats.guest_connected.store(true, Relaxed);
     }
     for c in adopted.clients {
-        relay.attach(c.stream, c.viewer, Some((c.fd_name, c.pending)));
+        relay
+            .attach(c.stream, c.viewer, Some((c.fd_name, c.pending)))
+            .await;
     }
     let l = listeners;
     let left = relay.left.clone();
@@ -139,13 +141,13 @@ pub async fn run(
             r = l.guest.accept(), if guest_rest.until.is_none() => match r {
                 Ok((s, _)) => {
                     guest_rest.clear();
-                    relay.connect_guest(s);
+                    relay.connect_guest(s).await;
                 }
                 Err(e) => guest_rest.failed(e),
             },
             r = readable(&relay.guest) => match r {
                 Ok(()) => {
-                    if relay.read_guest() {
+                    if relay.read_guest().await {
                         // A busy guest keeps this task ready forever, and the
                         // writers it just woke wait in this worker's slot:
                         // let them send before reading more.
@@ -157,14 +159,14 @@ pub async fn run(
             r = l.client.accept(), if client_rest.until.is_none() => match r {
                 Ok((s, _)) => {
                     client_rest.clear();
-                    relay.attach(s, false, None);
+                    relay.attach(s, false, None).await;
                 }
                 Err(e) => client_rest.failed(e),
             },
             r = accept(&l.view), if view_rest.until.is_none() => match r {
                 Ok(s) => {
                     view_rest.clear();
-                    relay.attach(s, true, None);
+                    relay.attach(s, true, None).await;
                 }
                 Err(e) => view_rest.failed(e),
             },
@@ -197,7 +199,7 @@ pub async fn run(
         return relay.hand_over().await;
     }
     // What the guest has sent is taken and logged before the console ends.
-    relay.drain_guest();
+    relay.drain_guest().await;
     for c in relay.clients.drain(..) {
         c.stop.cancel();
     }
@@ -219,10 +221,10 @@ pub async fn run(
 impl Relay {
     /// A (re)connecting guest replaces the old connection once the old
     /// one's output has been taken.
-    fn connect_guest(&mut self, guest: UnixStream) {
+    async fn connect_guest(&mut self, guest: UnixStream) {
         let store = self.settings.registry.store().clone();
         if self.guest.is_some() {
-            self.drain_guest();
+            self.drain_guest().await;
             store.remove(&self.guest_name);
             crate::limited!(info, "guest reconnected");
         } else {
@@ -291,29 +293,36 @@ impl Relay {
 
     /// One read from the guest, passed on at once. True if a client's
     /// writer task was woken to send some of it.
-    fn read_guest(&mut self) -> bool {
+    async fn read_guest(&mut self) -> bool {
+        match self.take_guest_output() {
+            Some(data) => self.output(data).await,
+            None => false,
+        }
+    }
+
+    /// One read from the guest, out of the thread's buffer (the log's job
+    /// runs on another thread); `None` if it had nothing or left.
+    fn take_guest_output(&mut self) -> Option<Bytes> {
         BUFFER.with_borrow_mut(|buf| {
-            let Some(guest) = &self.guest else {
-                return false;
-            };
+            let guest = self.guest.as_ref()?;
             match guest.try_read(buf) {
                 Ok(0) => self.guest_gone(),
-                Ok(n) => return self.output(&buf[..n]),
+                Ok(n) => return Some(Bytes::copy_from_slice(&buf[..n])),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
                     debug!(error = %e, "guest read failed");
                     self.guest_gone();
                 }
             }
-            false
+            None
         })
     }
 
     /// Reads until the guest has nothing more to give right now.
-    fn drain_guest(&mut self) {
+    async fn drain_guest(&mut self) {
         loop {
             let before = self.stats.bytes_from_guest.load(Relaxed);
-            self.read_guest();
+            self.read_guest().await;
             if self.guest.is_none() || self.stats.bytes_from_guest.load(Relaxed) == before {
                 return;
             }
@@ -323,19 +332,21 @@ impl Relay {
     /// Guest output: to the log first, then to every client, straight to
     /// its socket if it keeps up, else into its queue. True if a client's
     /// writer task was woken.
-    fn output(&mut self, data: &[u8]) -> bool {
+    async fn output(&mut self, data: Bytes) -> bool {
         self.stats
             .bytes_from_guest
             .fetch_add(data.len() as u64, Relaxed);
         match &self.settings.log {
-            // A refused write is counted and logged by the log itself.
+            // A refused write is counted and logged by the log itself. The
+            // guest is not read again until it is done: a slow disk slows
+            // the guest, and what was read is never only in memory twice.
             Some(log) => {
-                let _ = log.write(data);
+                let _ = log.write(Wait::Forever, data.clone()).await;
             }
-            None => self.remember(data),
+            None => self.remember(&data),
         }
         let stats = &self.stats;
-        let mut out = Output::new(data);
+        let mut out = Output::new(&data);
         let mut woke = false;
         self.clients.retain(
             |c| match c.queue.push(&mut out, |d| c.socket.try_write(d)) {
@@ -393,7 +404,12 @@ impl Relay {
 
     /// Starts a client (or, with `viewer`, a read-only watcher): first the
     /// replay, then live output.
-    fn attach(&mut self, stream: UnixStream, viewer: bool, adopted: Option<(String, Vec<u8>)>) {
+    async fn attach(
+        &mut self,
+        stream: UnixStream,
+        viewer: bool,
+        adopted: Option<(String, Vec<u8>)>,
+    ) {
         let counter = if viewer {
             &self.stats.viewers
         } else {
@@ -419,7 +435,7 @@ impl Relay {
                 name
             }
             None => {
-                queue.start_with(self.replay());
+                queue.start_with(self.replay().await);
                 let kind = if viewer { "viewer" } else { "client" };
                 let name = format!("console/{}/{kind}/{}", self.settings.name, store.id());
                 store.add(name.clone(), stream.as_fd(), false);
@@ -460,10 +476,11 @@ impl Relay {
         debug!(viewer, "client attached");
     }
 
-    fn replay(&self) -> Vec<u8> {
+    async fn replay(&self) -> Vec<u8> {
         let n = self.settings.replay;
         match &self.settings.log {
-            Some(log) => log.tail(n).unwrap_or_else(|e| {
+            Some(_) if n == 0 => Vec::new(),
+            Some(log) => log.tail(Wait::Forever, n).await.unwrap_or_else(|e| {
                 warn!(error = %crate::registry::error_chain(&e), "cannot read the replay");
                 Vec::new()
             }),

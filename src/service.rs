@@ -34,7 +34,7 @@ use crate::{
     name::{self, LogName},
     ops::{ConsoleRequest, OpError, Ops, PipeOptions, PolicyChange},
     queue::{OutputQueue, SlowPolicy},
-    registry::error_chain,
+    registry::{Log, error_chain},
     rotator::Pos,
     server::{Counters, Peer},
     varlink::RawCall,
@@ -239,11 +239,11 @@ impl Manager {
                 }
                 return self.follow(parse(parameters)?).map(Answer::Stream);
             }
-            "OpenPipe" => blocking(self.open_pipe(parse(parameters)?)?),
-            "Rotate" => blocking(self.rotate(parse(parameters)?)?),
-            "ReadLog" => blocking(self.read_log(parse(parameters)?)?),
-            "AppendLog" => blocking(self.append_log(parse(parameters)?)?),
-            "CreateConsole" => blocking(self.create_console(parse(parameters)?)?),
+            "OpenPipe" => self.open_pipe(parse(parameters)?)?,
+            "Rotate" => self.rotate(parse(parameters)?)?,
+            "ReadLog" => self.read_log(parse(parameters)?)?,
+            "AppendLog" => self.append_log(parse(parameters)?)?,
+            "CreateConsole" => self.create_console(parse(parameters)?)?,
             "RemoveConsole" => self.remove_console(parse(parameters)?)?,
             _ => {
                 return Err(WireError::Varlink(varlink_service::Error::MethodNotFound {
@@ -375,7 +375,7 @@ impl Manager {
         }
     }
 
-    fn create_console(&self, p: api::CreateConsoleInput) -> Result<Work, WireError> {
+    fn create_console(&self, p: api::CreateConsoleInput) -> Result<Job, WireError> {
         let name = log_name(&p.name)?;
         let policy = policy(p.max_size, p.max_backups)?;
         let replay = replay_bytes(p.replay_bytes)?;
@@ -415,8 +415,8 @@ impl Manager {
             viewers: p.viewers == Some(true),
         };
         let ops = self.ops.clone();
-        Ok(Box::new(move || {
-            let console = ops.create_console(request)?;
+        Ok(Box::pin(async move {
+            let console = ops.create_console(request).await?;
             let path = |p: &std::path::Path| p.display().to_string();
             let reply = serde_json::json!({
                 "guestSocket": path(&console.guest_socket),
@@ -446,16 +446,15 @@ impl Manager {
         }
         let text = p.text == Some(true);
         let ops = self.ops.clone();
-        let start = tokio::task::spawn_blocking(move || ops.follow(&name, replay));
+        let start = async move { ops.follow(&name, replay).await };
         let stream = stream::once(start).flat_map(move |started| match started {
-            Ok(Ok(queue)) => follow_stream(Following(queue), text).boxed(),
-            Ok(Err(e)) => stream::iter([(Err(WireError::from(e)), false)]).boxed(),
-            Err(_) => stream::iter([(Err(internal()), false)]).boxed(),
+            Ok((queue, log)) => follow_stream(Following(queue, log), text).boxed(),
+            Err(e) => stream::iter([(Err(WireError::from(e)), false)]).boxed(),
         });
         Ok(Box::pin(stream))
     }
 
-    fn open_pipe(&self, p: api::OpenPipeInput) -> Result<Work, WireError> {
+    fn open_pipe(&self, p: api::OpenPipeInput) -> Result<Job, WireError> {
         let name = log_name(&p.name)?;
         let options = PipeOptions {
             policy: policy(p.max_size, p.max_backups)?,
@@ -463,8 +462,8 @@ impl Manager {
             ..PipeOptions::default()
         };
         let ops = self.ops.clone();
-        Ok(Box::new(move || {
-            let opened = ops.open_pipe(&name, options)?;
+        Ok(Box::pin(async move {
+            let opened = ops.open_pipe(&name, options).await?;
             let path = opened.path.display().to_string();
             let reply = api::OpenPipeOutput {
                 file_descriptor: 0,
@@ -475,16 +474,16 @@ impl Manager {
         }))
     }
 
-    fn rotate(&self, p: api::RotateInput) -> Result<Work, WireError> {
+    fn rotate(&self, p: api::RotateInput) -> Result<Job, WireError> {
         let name = any_log(&p.name)?;
         let ops = self.ops.clone();
-        Ok(Box::new(move || {
-            ops.rotate(&name)?;
+        Ok(Box::pin(async move {
+            ops.rotate(&name).await?;
             Ok((empty(), vec![]))
         }))
     }
 
-    fn read_log(&self, p: api::ReadLogInput) -> Result<Work, WireError> {
+    fn read_log(&self, p: api::ReadLogInput) -> Result<Job, WireError> {
         let name = any_log(&p.name)?;
         let from = p
             .position
@@ -503,8 +502,8 @@ impl Manager {
             }
         };
         let ops = self.ops.clone();
-        Ok(Box::new(move || {
-            let chunk = ops.read(&name, from, max)?;
+        Ok(Box::pin(async move {
+            let chunk = ops.read(&name, from, max).await?;
             let data = base64::engine::general_purpose::STANDARD.encode(&chunk.data);
             let text = (p.text == Some(true)).then(|| String::from_utf8_lossy(&chunk.data));
             let reply = api::ReadLogOutput {
@@ -518,7 +517,7 @@ impl Manager {
         }))
     }
 
-    fn append_log(&self, p: api::AppendLogInput) -> Result<Work, WireError> {
+    fn append_log(&self, p: api::AppendLogInput) -> Result<Job, WireError> {
         let name = log_name(&p.name)?;
         if p.message.len() > MAX_MESSAGE {
             return Err(invalid(
@@ -531,8 +530,9 @@ impl Manager {
             message.push('\n');
         }
         let ops = self.ops.clone();
-        Ok(Box::new(move || {
-            ops.append(&name, message.as_bytes())?;
+        Ok(Box::pin(async move {
+            ops.append(&name, message.into_bytes(), PolicyChange::default())
+                .await?;
             Ok((empty(), vec![]))
         }))
     }
@@ -608,21 +608,9 @@ pub fn parse<T: DeserializeOwned>(parameters: &Option<Value>) -> Result<T, WireE
     })
 }
 
-/// Work that may touch the disk, for a blocking thread.
-type Work = Box<dyn FnOnce() -> Reply0 + Send>;
-
-fn blocking(work: Work) -> Job {
-    Box::pin(async move {
-        tokio::task::spawn_blocking(work).await.unwrap_or_else(|e| {
-            limited!(warn, error = %e, "call task failed");
-            Err(internal())
-        })
-    })
-}
-
 /// A follower's queue, closed when its stream ends, so the log stops
-/// feeding it.
-struct Following(Arc<OutputQueue>);
+/// feeding it; and the log, which is not forgotten while followed.
+struct Following(Arc<OutputQueue>, #[allow(dead_code)] Arc<Log>);
 
 impl Drop for Following {
     fn drop(&mut self) {
@@ -664,13 +652,6 @@ fn follow_stream(
         };
         Some(((Ok(to_value(reply)), true), (following, ready)))
     })
-}
-
-fn internal() -> WireError {
-    ManagerError::IoError {
-        message: "internal error".into(),
-    }
-    .into()
 }
 
 fn limit(what: &str, max: usize) -> WireError {

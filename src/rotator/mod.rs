@@ -97,6 +97,12 @@ pub enum RotatorError {
     Planted { path: PathBuf, found: Found },
     #[error(transparent)]
     Dir(#[from] LogDirError),
+    /// The log's previous file operation has not returned (a hung disk).
+    #[error("{path} does not answer: its last file operation has not returned for {secs} s")]
+    Stalled { path: PathBuf, secs: u64 },
+    /// The thread running the operation failed.
+    #[error("a file operation on {path} failed: {reason}")]
+    Job { path: PathBuf, reason: String },
 }
 
 /// Something not ours at one of our backup names, left alone and skipped.

@@ -184,8 +184,11 @@ impl Virtlogd {
             drop_backups: truncate,
             exclusive: true,
         };
-        let ops = self.ops.clone();
-        let opened = blocking(move || ops.open_pipe(&name, options)).await?;
+        let opened = self
+            .ops
+            .open_pipe(&name, options)
+            .await
+            .map_err(to_reply_any)?;
         let reply = Reply::Opened(wire_pos(opened.position));
         Ok((reply, Some(opened.fd)))
     }
@@ -214,26 +217,25 @@ impl Virtlogd {
                 ),
             ));
         }
-        let ops = self.ops.clone();
         let from = Pos {
             inode: c.pos.inode,
             offset: c.pos.offset,
         };
         let max = c.maxlen as usize;
-        let mut data = blocking(move || {
-            let mut data = Vec::new();
-            let mut at = Some(from);
-            while data.len() < max {
-                let chunk = ops.read(&name, at, max - data.len())?;
-                data.extend_from_slice(&chunk.data);
-                if chunk.eof || chunk.data.is_empty() {
-                    break;
-                }
-                at = Some(chunk.next);
+        let mut data = Vec::new();
+        let mut at = Some(from);
+        while data.len() < max {
+            let chunk = self
+                .ops
+                .read(&name, at, max - data.len())
+                .await
+                .map_err(to_reply_any)?;
+            data.extend_from_slice(&chunk.data);
+            if chunk.eof || chunk.data.is_empty() {
+                break;
             }
-            Ok(data)
-        })
-        .await?;
+            at = Some(chunk.next);
+        }
         // virtlogd's data is a C string: it ends at the first NUL.
         if let Some(nul) = data.iter().position(|b| *b == 0) {
             data.truncate(nul);
@@ -244,33 +246,16 @@ impl Virtlogd {
     async fn append(&self, c: AppendLogFile) -> Result<Reply, ErrorReply> {
         no_flags(c.flags, "virLogHandlerDomainAppendLogFile")?;
         let name = self.log(&c.path)?;
-        let ops = self.ops.clone();
-        let policy = self.policy;
-        blocking(move || {
-            // A log this front makes gets its policy, as OpenLogFile's do.
-            if ops.registry.get(&name).is_none() {
-                ops.registry
-                    .open(&name, Some(policy.max_size), Some(policy.max_backups))?;
-            }
-            ops.append(&name, &c.message)
-        })
-        .await?;
+        // A log this front makes gets its policy, as OpenLogFile's do.
+        let policy = PolicyChange {
+            max_size: Some(self.policy.max_size),
+            max_backups: Some(self.policy.max_backups),
+        };
+        self.ops
+            .append(&name, c.message, policy)
+            .await
+            .map_err(to_reply_any)?;
         Ok(Reply::Appended(0))
-    }
-}
-
-/// Runs `work` on a blocking thread; its `OpError` becomes libvirt's error.
-async fn blocking<T: Send + 'static>(
-    work: impl FnOnce() -> Result<T, OpError> + Send + 'static,
-) -> Result<T, ErrorReply> {
-    match tokio::task::spawn_blocking(work).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(to_reply_any(e)),
-        Err(e) => Err(ErrorReply::new(
-            errors::INTERNAL_ERROR,
-            errors::FROM_LOGGING,
-            format!("internal error: {e}"),
-        )),
     }
 }
 
