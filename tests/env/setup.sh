@@ -15,7 +15,7 @@ PY=$(command -v python3 || echo /usr/bin/python3)
 mkdir -p "$W"
 
 venv_ok() {
-    "$VENV/bin/python" -c 'import asyncvarlink, varlink' >/dev/null 2>&1
+    "$VENV/bin/python" -c 'import asyncvarlink, varlink, mfusepy' >/dev/null 2>&1
 }
 
 # --- apt packages (only if something is missing) ---
@@ -23,6 +23,8 @@ need=()
 command -v socat >/dev/null || need+=(socat)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v tmux >/dev/null || need+=(tmux)
+# libfuse 3 for the FUSE file system that stands in for a hung disk.
+ldconfig -p 2>/dev/null | grep -q 'libfuse3\.so\.3 ' || need+=(libfuse3-3)
 if ! venv_ok; then
     t=$(mktemp -d)
     if ! "$PY" -m venv "$t/v" >/dev/null 2>&1; then
@@ -43,8 +45,8 @@ if ! venv_ok; then
     echo "setup: creating $VENV"
     rm -rf "$VENV"
     "$PY" -m venv "$VENV"
-    "$VENV/bin/pip" install -q --disable-pip-version-check 'asyncvarlink==0.3.*' 'varlink==31.*'
-    venv_ok || { echo "setup: import asyncvarlink/varlink failed in $VENV" >&2; exit 1; }
+    "$VENV/bin/pip" install -q --disable-pip-version-check 'asyncvarlink==0.3.*' 'varlink==31.*' 'mfusepy==3.1.*'
+    venv_ok || { echo "setup: import asyncvarlink/varlink/mfusepy failed in $VENV" >&2; exit 1; }
 fi
 
 # --- varlinkctl (systemd from forky); never fails setup ---
