@@ -125,7 +125,7 @@ impl Default for Limits {
             max_logs: 8192,
             max_connections: 256,
             max_message_size: 1024 * 1024,
-            max_consoles: 4096,
+            max_consoles: 512,
             max_clients: 16,
             client_queue: 256 * 1024,
             max_connections_per_uid: 64,

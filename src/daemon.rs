@@ -81,6 +81,7 @@ pub fn run(opts: Options, activation: Activation) -> Result<Exit, DaemonError> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .max_blocking_threads(crate::log::MAX_JOBS)
         .build()
         .map_err(DaemonError::Runtime)?;
     let exit = runtime.block_on(serve(opts, activation));
@@ -157,24 +158,28 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
         started: std::time::SystemTime::now(),
         adoptions,
     });
-    let manager = Manager {
-        ops: Ops {
-            registry: registry.clone(),
-            consoles: consoles.clone(),
-            limits: limits.clone(),
-            tracker: tracker.clone(),
-            shutdown: shutdown.clone(),
-            saver: saver.clone(),
-        },
-        access: AccessPolicy::new(config.access.clone()),
-        status,
-        counters: counters.clone(),
-        connections: connections.clone(),
+    let ops = Ops {
+        registry: registry.clone(),
+        consoles: consoles.clone(),
+        limits: limits.clone(),
+        tracker: tracker.clone(),
+        shutdown: shutdown.clone(),
+        saver: saver.clone(),
     };
     // Connections end with the accept loop; pipes and consoles have their
     // own ending below.
     let stop_serving = CancellationToken::new();
-    let libvirt = libvirt_front(activation.libvirt, config, &manager.ops, &stop_serving)?;
+    let libvirt = libvirt_front(activation.libvirt, config, &ops, &stop_serving)?;
+    let manager = Manager {
+        ops,
+        access: AccessPolicy::new(config.access.clone()),
+        status,
+        counters: counters.clone(),
+        connections: connections.clone(),
+        libvirt: libvirt
+            .as_ref()
+            .map(|l| (l.counters.clone(), l.connections.clone())),
+    };
     let server = server::accept_loop(
         listener,
         Arc::new(Varlink { manager }),
@@ -321,6 +326,8 @@ struct LibvirtFront {
     fd: OwnedFd,
     /// The path we bound, to remove at a final stop; none under activation.
     bound: Option<std::path::PathBuf>,
+    counters: Arc<Counters>,
+    connections: TaskTracker,
 }
 
 /// Serves libvirt's log protocol on the socket systemd passed as
@@ -363,38 +370,79 @@ fn libvirt_front(
         roots: config.libvirt.roots.clone(),
         policy: config.libvirt.policy(),
     });
+    let (counters, connections) = (Arc::new(Counters::default()), TaskTracker::new());
     tokio::spawn(server::accept_loop(
         listener,
         front,
         limits,
-        Arc::new(Counters::default()),
+        counters.clone(),
         stop.clone(),
-        TaskTracker::new(),
+        connections.clone(),
     ));
     info!(socket = %shown.display(), "serving libvirt's log protocol");
-    Ok(Some(LibvirtFront { fd, bound }))
+    Ok(Some(LibvirtFront {
+        fd,
+        bound,
+        counters,
+        connections,
+    }))
 }
 
 /// Says, at start, whether the configuration's worst case fits in
-/// RLIMIT_NOFILE. Each stored descriptor is held twice (ours, and the
-/// duplicate a re-exec hands over); every open log holds its file too.
+/// RLIMIT_NOFILE and in systemd's FD store (`$FDSTORE`, its
+/// FileDescriptorStoreMax=).
 fn check_fd_budget(l: &crate::config::Limits) {
-    let per_console = 2 * (3 + 1 + 2 * l.max_clients);
-    let budget = 2 * l.max_pipes + l.max_consoles * per_console + 2 * l.max_connections + 64;
+    let b = FdBudget::of(l);
     let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map_or(0, |(soft, _)| soft);
-    if (budget as u64) > limit {
+    if (b.process as u64) > limit {
         warn!(
-            budget,
+            budget = b.process,
             limit,
-            "the configured limits may need more descriptors than RLIMIT_NOFILE allows \
-             (plus one per open log); lower max-consoles/max-pipes or raise LimitNOFILE="
+            "the configured limits may need more descriptors than RLIMIT_NOFILE allows; \
+             lower max-consoles, max-clients or max-pipes, or raise LimitNOFILE="
         );
     } else {
-        info!(
-            budget,
-            limit, "descriptor budget fits (plus one per open log)"
-        );
+        info!(budget = b.process, limit, "descriptor budget fits");
+    }
+    let store_max = std::env::var("FDSTORE")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok());
+    match store_max {
+        Some(max) if b.stored as u64 > max => warn!(
+            stored = b.stored,
+            max,
+            "the configured limits may store more descriptors than FileDescriptorStoreMax= \
+             allows: past it systemd drops them, and a crash loses those"
+        ),
+        Some(max) => info!(stored = b.stored, max, "FD store budget fits"),
+        None => {}
+    }
+}
+
+/// The most descriptors the configured limits can make the daemon hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FdBudget {
+    /// Kept for the next guestlogd: every pipe, and each console's three
+    /// listeners, guest, clients and viewers, and the state.
+    pub stored: usize,
+    /// In this process: each stored descriptor twice (the live one and
+    /// the duplicate a re-exec hands over), the open log files (one per
+    /// log in use: by a pipe, a console, or a call or follower on a
+    /// connection), both fronts' connections, and a few of our own.
+    pub process: usize,
+}
+
+impl FdBudget {
+    pub fn of(l: &crate::config::Limits) -> Self {
+        let stored = l.max_pipes + l.max_consoles * (4 + 2 * l.max_clients) + 1;
+        let logs_in_use = l
+            .max_logs
+            .min(l.max_pipes + l.max_consoles + 2 * l.max_connections);
+        Self {
+            stored,
+            process: 2 * stored + logs_in_use + 2 * l.max_connections + 64,
+        }
     }
 }
 

@@ -40,6 +40,11 @@ use crate::{
 /// takes: their writers are held by the kernel meanwhile, losing nothing.
 pub const CALL_WAIT: Duration = Duration::from_secs(10);
 
+/// The most file jobs that run at once, over all logs: the blocking
+/// threads, each with its read buffer. As many logs may hang at once
+/// before the others' jobs have to wait for a thread.
+pub const MAX_JOBS: usize = 128;
+
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Whose turn it is to wait.

@@ -310,6 +310,15 @@ impl Registry {
         n
     }
 
+    /// How many logs the registry remembers.
+    pub fn len(&self) -> usize {
+        lock(&self.logs).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// How many logs have their file open.
     pub fn open_files(&self) -> usize {
         lock(&self.logs).values().filter(|l| l.is_open()).count()

@@ -196,6 +196,8 @@ pub struct Manager {
     pub counters: Arc<Counters>,
     /// Connection tasks, to count the connections open now.
     pub connections: TaskTracker,
+    /// The libvirt front's counters and connection tasks, if it serves.
+    pub libvirt: Option<(Arc<Counters>, TaskTracker)>,
 }
 
 impl Manager {
@@ -352,15 +354,20 @@ impl Manager {
             adoptions: int(self.status.adoptions),
             stored_fds: int(store.len() as u64),
             fd_store: store.under_systemd(),
-            connections: self.connection_stats(),
+            connections: Self::connection_stats(&self.counters, &self.connections),
+            libvirt_connections: self
+                .libvirt
+                .as_ref()
+                .map(|(counters, tasks)| Self::connection_stats(counters, tasks)),
+            logs: int(self.ops.registry.len() as u64),
+            open_log_files: int(self.ops.registry.open_files() as u64),
         })
     }
 
-    fn connection_stats(&self) -> api::ConnectionStats {
-        let c = &self.counters;
+    fn connection_stats(c: &Counters, connections: &TaskTracker) -> api::ConnectionStats {
         let n = |a: &std::sync::atomic::AtomicU64| int(a.load(Relaxed));
         api::ConnectionStats {
-            open: int(self.connections.len() as u64),
+            open: int(connections.len() as u64),
             accepted: n(&c.accepted),
             refused_connections: n(&c.refused_connections),
             refused_per_uid: n(&c.refused_per_uid),

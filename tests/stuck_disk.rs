@@ -97,7 +97,10 @@ impl HangFs {
 impl Drop for HangFs {
     fn drop(&mut self) {
         self.recover();
-        let _ = Command::new("umount").arg("-l").arg(&self.mountpoint).status();
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(&self.mountpoint)
+            .status();
         let _ = self.server.kill();
         let _ = self.server.wait();
     }
@@ -116,14 +119,16 @@ async fn connect(d: &Daemon) -> zlink::tokio::unix::Connection {
 }
 
 async fn open_pipe(d: &Daemon, name: &str) -> fs::File {
-    let (reply, mut fds) = call_with_fds(&mut connect(d).await, "OpenPipe", json!({"name": name})).await;
+    let (reply, mut fds) =
+        call_with_fds(&mut connect(d).await, "OpenPipe", json!({"name": name})).await;
     reply.unwrap();
     fs::File::from(fds.remove(0))
 }
 
 /// Reads from `s` until `want` has arrived.
 fn read_until(s: &mut UnixStream, want: &[u8]) {
-    s.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
     let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !got.windows(want.len()).any(|w| w == want) {
@@ -150,9 +155,13 @@ async fn all_else_goes_on(d: &Daemon, hangfs: &HangFs, free: &mut fs::File, roun
     });
     let mut c = connect(d).await;
     let message = format!("appended {round}");
-    call(&mut c, "AppendLog", json!({"name": "other", "message": message}))
-        .await
-        .unwrap();
+    call(
+        &mut c,
+        "AppendLog",
+        json!({"name": "other", "message": message}),
+    )
+    .await
+    .unwrap();
     assert!(hangfs.read("other.log").contains(&message));
     let list = call(&mut c, "ListLogs", json!({})).await.unwrap();
     let names: Vec<_> = list["logs"]
