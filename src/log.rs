@@ -128,6 +128,9 @@ pub struct Counters {
     pub bytes_dropped: u64,
     pub rotations: u64,
     pub followers_dropped: u64,
+    /// As last seen, until the file opens.
+    pub size: u64,
+    pub backups: u64,
 }
 
 impl Log {
@@ -146,6 +149,8 @@ impl Log {
         stats.bytes_written.store(counters.bytes_written, Relaxed);
         stats.bytes_dropped.store(counters.bytes_dropped, Relaxed);
         stats.rotations.store(counters.rotations, Relaxed);
+        stats.size.store(counters.size, Relaxed);
+        stats.backups.store(counters.backups, Relaxed);
         let log = Self {
             name,
             path,

@@ -232,6 +232,8 @@ impl Registry {
             bytes_dropped: saved.bytes_dropped,
             rotations: saved.rotations,
             followers_dropped: saved.followers_dropped,
+            size: saved.size,
+            backups: saved.backups,
         };
         self.enter(&name, Some(saved.policy), counters)
             .map(|(log, _)| log)

@@ -306,6 +306,8 @@ impl Saver {
                     bytes_dropped: s.bytes_dropped,
                     rotations: s.rotations,
                     followers_dropped: l.followers_dropped(),
+                    size: s.size,
+                    backups: s.backups,
                 }
             })
             .collect();

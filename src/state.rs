@@ -42,6 +42,12 @@ pub struct LogState {
     pub rotations: u64,
     #[serde(default)]
     pub followers_dropped: u64,
+    /// The current file's size and the backups, as last seen: a log's
+    /// file opens only when it is used, and ListLogs shows these until.
+    #[serde(default)]
+    pub size: u64,
+    #[serde(default)]
+    pub backups: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -143,6 +149,8 @@ mod tests {
                 bytes_written: 10,
                 bytes_dropped: 1,
                 rotations: 2,
+                size: 0,
+                backups: 0,
                 followers_dropped: 0,
             }],
             consoles: vec![],
