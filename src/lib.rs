@@ -12,6 +12,7 @@
 #[allow(unsafe_code)]
 pub mod activation;
 pub mod api;
+pub mod boot;
 pub mod config;
 pub mod console;
 pub mod daemon;
@@ -32,3 +33,4 @@ pub mod service;
 pub mod state;
 pub mod varlink;
 pub mod virtlogd;
+pub mod writers;

@@ -93,6 +93,9 @@ pub struct ConsoleRequest {
     pub slow: SlowPolicy,
     pub owner: Owner,
     pub viewers: bool,
+    pub writers: crate::writers::Writers,
+    /// The boot log's name and the bytes it keeps per guest connection.
+    pub boot: Option<(LogName, u64)>,
 }
 
 /// The operations, over the daemon's shared state. Cheap to clone.
@@ -199,6 +202,11 @@ impl Ops {
                     .open(&r.name, r.policy.max_size, r.policy.max_backups)
             })
             .transpose()?;
+        let boot = r
+            .boot
+            .as_ref()
+            .map(|(name, bytes)| crate::boot::open(&self.registry, name, *bytes))
+            .transpose()?;
         let name = r.name.clone();
         let console = self
             .consoles
@@ -212,6 +220,9 @@ impl Ops {
                 queue: self.limits.client_queue,
                 max_clients: self.limits.max_clients,
                 registry: self.registry.clone(),
+                writers: r.writers,
+                boot,
+                boot_bytes: r.boot.as_ref().map_or(0, |(_, n)| *n),
             })
             .map_err(|source| match source {
                 ConsoleError::Exists(name) => OpError::ConsoleExists(name),

@@ -1,0 +1,85 @@
+//! A console's boot log: the first `bootBytes` of output after each guest
+//! connection, kept in the log `NAME.boot` (`LOGDIR/NAME.boot.log`) beside
+//! the capped `NAME.log`.
+//!
+//! It is an ordinary log of the registry, so it gets the same file safety
+//! (opened inside the log directory without following links), ListLogs,
+//! ReadLog and Follow. Its policy keeps it from ever rotating: its cap is
+//! at least `bootBytes` and it has no backups, and the relay stops writing
+//! once `bootBytes` are in. It is emptied when a guest connects, not when
+//! anything rotates, so the kernel's messages of the last boot stay until
+//! the next one, even after the console is removed.
+//!
+//! These few functions are the relay's only contact with it: the relay
+//! calls `guest_connected` and `output` beside its own log write.
+
+use std::sync::Arc;
+
+use crate::{
+    name::{LogName, NameError},
+    registry::{Log, Registry},
+    rotator::RotatorError,
+};
+
+/// The largest `bootBytes`.
+pub const MAX_BYTES: u64 = 64 * 1024 * 1024;
+/// The smallest cap a log may have.
+const MIN_CAP: u64 = 4096;
+
+/// The boot log's name for a console.
+pub fn name(console: &LogName) -> Result<LogName, NameError> {
+    LogName::try_from(format!("{console}.boot").as_str())
+}
+
+/// Opens (or creates) a console's boot log with a policy that never
+/// rotates what `bytes` of output can write.
+pub fn open(registry: &Registry, name: &LogName, bytes: u64) -> Result<Arc<Log>, RotatorError> {
+    registry.open(name, Some(bytes.max(MIN_CAP)), Some(0))
+}
+
+/// The relay's end of a boot log.
+#[derive(Debug)]
+pub struct BootLog {
+    log: Arc<Log>,
+    limit: u64,
+    /// Bytes of this guest connection's output written so far.
+    written: u64,
+}
+
+impl BootLog {
+    /// Picks up where the file is: a console taken over from a previous
+    /// guestlogd keeps filling the boot log of the same guest connection.
+    pub fn resume(log: Arc<Log>, limit: u64) -> Self {
+        let written = log.snapshot().size;
+        Self {
+            log,
+            limit,
+            written,
+        }
+    }
+
+    /// A new guest connection starts a new boot log. A failed truncation
+    /// is logged by the log; the old boot then stays, and nothing of the
+    /// new one is written over it.
+    pub fn guest_connected(&mut self) {
+        match self.log.with_file(|f| f.truncate()) {
+            Ok(()) => self.written = 0,
+            Err(e) => {
+                crate::limited!(warn, error = %crate::registry::error_chain(&e), "cannot empty the boot log");
+                self.written = self.limit;
+            }
+        }
+    }
+
+    /// Keeps what of `data` still fits in this boot.
+    pub fn output(&mut self, data: &[u8]) {
+        let room = self.limit.saturating_sub(self.written);
+        if room == 0 {
+            return;
+        }
+        let n = data.len().min(usize::try_from(room).unwrap_or(usize::MAX));
+        self.written += n as u64;
+        // A refused write is counted and logged by the log itself.
+        let _ = self.log.write(&data[..n]);
+    }
+}
