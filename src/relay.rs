@@ -471,7 +471,7 @@ impl Relay {
             let what = if viewer { "viewers" } else { "clients" };
             let msg = format!("\r\n[guestlogd: LimitReached: {max} {what}]\r\n");
             let _ = stream.try_write(msg.as_bytes());
-            crate::limited!(info, console = %self.settings.name, uid = who.uid, pid = who.pid, what, max, "attach refused");
+            crate::limited!(info, console = %self.settings.name, uid = who.uid, pid = who.pid, what, max, "console {}: attach refused: {max} {what} already (uid {} pid {})", self.settings.name, who.uid, who.pid);
             return Attach::Full(max);
         }
         self.forget_gone();
@@ -552,7 +552,16 @@ impl Relay {
                 pid = who.pid,
                 viewer,
                 writer,
-                "client attached"
+                "console {}: {} attached (uid {} pid {}){}",
+                self.settings.name,
+                if viewer { "viewer" } else { "client" },
+                who.uid,
+                who.pid,
+                match (viewer, writer) {
+                    (true, _) => "",
+                    (false, true) => ", writes",
+                    (false, false) => ", reads only: another client writes",
+                }
             );
         }
         if let Some(change) = change {
@@ -599,7 +608,11 @@ impl Relay {
                         pid = who.pid,
                         previous_uid = old.who.uid,
                         previous_pid = old.who.pid,
-                        "writer taken over"
+                        "console {name}: writer taken over by uid {} pid {} from uid {} pid {}",
+                        who.uid,
+                        who.pid,
+                        old.who.uid,
+                        old.who.pid
                     );
                 }
             }
@@ -608,7 +621,9 @@ impl Relay {
                 console = %name,
                 uid = who.uid,
                 pid = who.pid,
-                "writer left; the longest attached client writes now"
+                "console {name}: the writer left; uid {} pid {} writes now",
+                who.uid,
+                who.pid
             ),
         }
     }
@@ -671,7 +686,11 @@ impl Drop for Attached {
                 uid = self.who.uid,
                 pid = self.who.pid,
                 viewer = self.viewer,
-                "client detached"
+                "console {}: {} detached (uid {} pid {})",
+                self.console,
+                if self.viewer { "viewer" } else { "client" },
+                self.who.uid,
+                self.who.pid
             );
         }
         self.left.notify_one();
