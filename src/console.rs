@@ -231,7 +231,7 @@ impl Consoles {
             let path = path.to_owned();
             move |source| ConsoleError::Socket { path, source }
         };
-        fs::create_dir_all(&self.dir).map_err(failed(&self.dir))?;
+        create_dir(&self.dir).map_err(failed(&self.dir))?;
         let path = |kind: &str| self.dir.join(format!("{}.{kind}", settings.name));
         let guest_socket = path("guest");
         let client_socket = path("client");
@@ -430,6 +430,17 @@ impl Console {
         .flatten()
         .map(PathBuf::as_path)
     }
+}
+
+/// The consoles' directory, searchable by everyone whatever the umask
+/// (libvirt's virtlogd.service has UMask=077): QEMU runs as its own user,
+/// and each socket's own owner and mode decide who may connect.
+fn create_dir(dir: &Path) -> std::io::Result<()> {
+    if !dir.is_dir() {
+        fs::create_dir_all(dir)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
 }
 
 /// Binds a listening socket with the given owner and mode. A stale file

@@ -76,8 +76,10 @@ fn install(lv: &Libvirt) {
     std::fs::write(hooks.join("guestlogd"), hook).unwrap();
     lv.run(&["chmod", "0755", HOOK]);
     lv.systemctl(&["daemon-reload"]);
+    // systemd refuses to start a socket whose service runs already.
+    lv.systemctl(&["stop", UNIT]);
     lv.systemctl(&["start", "guestlogd-virtlogd.socket"]);
-    lv.systemctl(&["restart", UNIT]);
+    lv.systemctl(&["start", UNIT]);
     // libvirt looks for hooks when it starts.
     lv.systemctl(&["restart", "libvirtd.service"]);
 }
@@ -435,9 +437,9 @@ async fn libvirt_domains_get_logged_shared_consoles_from_their_xml() {
 
     // --- virsh console serves pty ports only; this one it refuses, and
     // touches nothing.
-    let script = "import os, pty, sys\n\
-        sys.exit(os.waitstatus_to_exitcode(pty.spawn(sys.argv[1:])))";
-    let out = lv.try_run(&["python3", "-c", script, "virsh", "console", vm, "--force"]);
+    // virsh console wants a terminal: util-linux's script gives it one.
+    let command = format!("virsh console {vm} --force");
+    let out = lv.try_run(&["script", "-qec", &command, "/dev/null"]);
     let said = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
