@@ -417,8 +417,10 @@ async fn libvirt_domains_get_logged_shared_consoles_from_their_xml() {
     assert!(boot.contains("Linux version"), "no kernel messages: {boot}");
     assert!(boot.contains("GUEST READY"), "{boot}");
     println!(
-        "{vm}: virsh create to GUEST READY {booted:?}; boot log {} bytes",
-        boot.len()
+        "{vm}: virsh create to GUEST READY {booted:?}; boot log {} bytes, log {} bytes; boot log begins:\n{}",
+        boot.len(),
+        lv.read(&log).len(),
+        &boot[..boot.floor_char_boundary(400)]
     );
 
     let mut a = Attached::start(&lv, &[port]);
@@ -543,6 +545,10 @@ async fn libvirt_domains_get_logged_shared_consoles_from_their_xml() {
         "one",
         "--boot-bytes",
         "65536",
+        "--max-size",
+        "65536",
+        "--max-backups",
+        "1",
         "--owner",
         "64055:64055",
     ]);
@@ -635,6 +641,22 @@ async fn libvirt_domains_get_logged_shared_consoles_from_their_xml() {
         !log.contains("client attached") && !log.contains("is now written by"),
         "audit lines went into the guest's log"
     );
+
+    // --- The boot log is never rotated away: a flood rotates the capped
+    // log (64 KiB x 1) past the kernel's first lines; the boot log keeps
+    // exactly its 64 KiB from the start of the boot.
+    w.type_line("flood 400000");
+    let vm2_log = format!("{LOGS}/{port}.log");
+    lv.wait_for(&vm2_log, "FLOOD DONE", LIMIT);
+    let boot = std::fs::read(lv.inside(&format!("{LOGS}/{port}.boot.log"))).unwrap();
+    assert_eq!(boot.len(), 65536);
+    assert!(String::from_utf8_lossy(&boot).contains("Linux version"));
+    let capped = lv.read(&vm2_log) + &lv.read(&format!("{vm2_log}.0"));
+    assert!(
+        !capped.contains("Linux version"),
+        "the flood did not rotate"
+    );
+    assert!(!lv.inside(&format!("{LOGS}/{port}.boot.log.0")).exists());
     for x in [w, r] {
         x.detach();
     }
