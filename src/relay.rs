@@ -155,9 +155,17 @@ pub async fn run(
         relay.stats.guest_connected.store(true, Relaxed);
     }
     // The writer a previous guestlogd had joins first, so it stays the
-    // writer.
+    // writer; the others in the order they first attached (their ids grow),
+    // so that the longest attached still takes over when the writer leaves.
     let mut clients = adopted.clients;
-    clients.sort_by_key(|c| Some(&c.fd_name) != adopted.writer.as_ref());
+    clients.sort_by_key(|c| {
+        let id = c
+            .fd_name
+            .rsplit('/')
+            .next()
+            .and_then(|n| n.parse::<u64>().ok());
+        (Some(&c.fd_name) != adopted.writer.as_ref(), id)
+    });
     for c in clients {
         let who = c.who.or_else(|| Who::of(&c.stream)).unwrap_or_default();
         relay.attach(c.stream, c.viewer, Some((c.fd_name, c.pending)), who, false);
