@@ -343,15 +343,22 @@ async fn libvirt_domains_get_logged_shared_consoles_from_their_xml() {
     lv.systemctl(&["stop", UNIT]);
     assert_eq!(lv.prop(UNIT, "ActiveState"), "inactive");
     let xml = unix_domain(&lv, "act", "act-serial0");
+    let mut took = Vec::new();
     for round in 0..2 {
         // The second time the console exists: fine.
+        let t = Instant::now();
         let out = hook(&lv, &xml, "act", "prepare", "begin");
+        took.push(t.elapsed());
         assert!(
             out.status.success(),
             "round {round}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
+    println!(
+        "hook at prepare begin (with nsenter): {:?} starting guestlogd through its socket, {:?} with it running",
+        took[0], took[1]
+    );
     assert_eq!(lv.prop(UNIT, "ActiveState"), "active");
     let c = console(&lv, "act-serial0")
         .await
@@ -537,6 +544,8 @@ async fn libvirt_domains_get_logged_shared_consoles_from_their_xml() {
     // --- One writer at a time: a console made beforehand (the hook finds
     // it and leaves it as it is).
     let (vm, port) = ("vm2", "vm2-serial0");
+    // Owned by root, mode 0600: QEMU can connect only because libvirt's
+    // DAC driver chowns the socket to libvirt-qemu for the run.
     lv.run(&[
         "/host/guestlogctl",
         "create",
@@ -549,9 +558,9 @@ async fn libvirt_domains_get_logged_shared_consoles_from_their_xml() {
         "65536",
         "--max-backups",
         "1",
-        "--owner",
-        "64055:64055",
     ]);
+    let guest_socket = lv.inside(&format!("{DIR}/{port}.guest"));
+    assert_eq!(std::fs::metadata(&guest_socket).unwrap().uid(), 0);
     let out = create(&lv, vm, &unix_domain(&lv, vm, port));
     assert!(
         out.status.success(),
@@ -561,6 +570,12 @@ async fn libvirt_domains_get_logged_shared_consoles_from_their_xml() {
     lv.wait_for(&format!("{LOGS}/{port}.log"), "GUEST READY", LIMIT);
     let c = console(&lv, port).await.unwrap();
     assert_eq!((c.writers.as_str(), c.boot_bytes), ("one", 65536));
+    let meta = std::fs::metadata(&guest_socket).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid()),
+        (64055, 64055),
+        "libvirt did not chown the guest socket"
+    );
 
     let mut w = Attached::start(&lv, &[port]);
     let mut r = Attached::start(&lv, &[port]);
