@@ -83,3 +83,54 @@ impl BootLog {
         let _ = self.log.write(&data[..n]);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{fdstore::FdStore, rotator::Policy};
+
+    fn registry(dir: &std::path::Path) -> Registry {
+        Registry::new(
+            dir.to_owned(),
+            Policy::default(),
+            16,
+            Arc::new(FdStore::new(false)),
+        )
+    }
+
+    #[test]
+    fn keeps_the_first_bytes_of_each_connection_and_never_rotates() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = registry(dir.path());
+        let console = LogName::try_from("vm-serial0").unwrap();
+        let name = name(&console).unwrap();
+        assert_eq!(name.as_str(), "vm-serial0.boot");
+        let log = open(&r, &name, 10).unwrap();
+        let path = dir.path().join("vm-serial0.boot.log");
+        let mut boot = BootLog::resume(log.clone(), 10);
+        boot.guest_connected();
+        boot.output(b"0123");
+        boot.output(b"456789abc");
+        boot.output(b"more");
+        assert_eq!(std::fs::read(&path).unwrap(), b"0123456789");
+        // The next connection replaces it.
+        boot.guest_connected();
+        boot.output(b"second\n");
+        assert_eq!(std::fs::read(&path).unwrap(), b"second\n");
+        // A successor picks up where the file is.
+        let mut again = BootLog::resume(log.clone(), 10);
+        again.output(b"123456");
+        assert_eq!(std::fs::read(&path).unwrap(), b"second\n123");
+        let s = log.snapshot();
+        assert_eq!((s.rotations, s.policy.max_backups), (0, 0));
+        assert!(!dir.path().join("vm-serial0.boot.log.0").exists());
+    }
+
+    #[test]
+    fn a_long_console_name_has_no_boot_log() {
+        let console = LogName::try_from("x".repeat(124).as_str()).unwrap();
+        assert!(name(&console).is_err());
+        let console = LogName::try_from("x".repeat(123).as_str()).unwrap();
+        assert!(name(&console).is_ok());
+    }
+}

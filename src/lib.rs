@@ -5,7 +5,9 @@
 //! `pipe` feeds them from OpenPipe's pipes; `ops` is what guestlogd does,
 //! whichever front asks; `server` accepts connections and gives each a
 //! task; `varlink` (with `service`) and `virtlogd` are the two fronts;
-//! `daemon` ties them together.
+//! `daemon` ties them together. `console`, `relay` and `queue` make
+//! consoles, with `writers` (who may type) and `boot` (a console's boot
+//! log) beside the relay.
 
 #![deny(unsafe_code)]
 
