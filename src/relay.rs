@@ -479,7 +479,18 @@ impl Relay {
             let what = if viewer { "viewers" } else { "clients" };
             let msg = format!("\r\n[guestlogd: LimitReached: {max} {what}]\r\n");
             let _ = stream.try_write(msg.as_bytes());
-            crate::limited!(info, console = %self.settings.name, uid = who.uid, pid = who.pid, what, max, "console {}: attach refused: {max} {what} already (uid {} pid {})", self.settings.name, who.uid, who.pid);
+            crate::limited!(
+                info,
+                console = %self.settings.name,
+                uid = who.uid,
+                pid = who.pid,
+                what,
+                max,
+                "console {}: attach refused: {max} {what} already (uid {} pid {})",
+                self.settings.name,
+                who.uid,
+                who.pid
+            );
             return Attach::Full(max);
         }
         self.forget_gone();
