@@ -481,7 +481,7 @@ async fn libvirt_domains_get_logged_shared_consoles_from_their_xml() {
     lv.systemctl(&["restart", UNIT]);
     systemd::wait_status(&socket, "restart", |s| s.pid != before.pid).await;
     let took = t.elapsed();
-    for x in [&a, &b] {
+    for x in [&a, &b, &v] {
         let text = x.wait_for(&format!("COUNT DONE {n}"));
         let (missing, errors) = check_seq(&text, n);
         assert!(
@@ -495,7 +495,9 @@ async fn libvirt_domains_get_logged_shared_consoles_from_their_xml() {
     for x in [&a, &b, &v] {
         x.wait_for("ECHO after-restart");
     }
-    println!("restart with 2 clients and a viewer: new daemon after {took:?}; 0 of {n} lines lost");
+    println!(
+        "restart with 2 clients and a viewer: new daemon after {took:?}; 0 of {n} lines lost or repeated in each"
+    );
     let c = console(&lv, port).await.unwrap();
     assert_eq!((c.clients, c.viewers), (2, 1));
 
@@ -650,6 +652,13 @@ async fn libvirt_domains_get_logged_shared_consoles_from_their_xml() {
         "reads only: another client writes".to_owned(),
     ] {
         assert!(j.contains(&line), "the journal lacks {line:?}:\n{j}");
+    }
+    println!("journal:");
+    for l in j
+        .lines()
+        .filter(|l| l.starts_with(&format!("console {port}:")))
+    {
+        println!("  {l}");
     }
     let log = lv.read(&format!("{LOGS}/{port}.log"));
     assert!(
