@@ -4,6 +4,11 @@
 //! for QEMU, `NAME.client` for people and tools, `NAME.view` for read-only
 //! watchers) and one relay task that owns them (see `relay`). The handle kept
 //! here holds the console's figures and the means to stop it.
+//!
+//! `AttachConsole` reaches the relay through the handle too: the caller's
+//! end of a fresh socket pair is handed to the relay as a client, with the
+//! caller's credentials, and the relay answers whether it may write
+//! (`writers`).
 
 use std::{
     collections::BTreeMap,
@@ -17,7 +22,11 @@ use std::{
     },
 };
 
-use tokio::{net::UnixListener, task::JoinHandle};
+use tokio::{
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span};
 
@@ -26,6 +35,7 @@ use crate::{
     queue::SlowPolicy,
     registry::{Log, Registry},
     relay::{self, Listeners},
+    writers::{Who, Writers},
 };
 
 /// Who owns a console's sockets, and their mode.
@@ -62,6 +72,10 @@ pub struct Settings {
     pub max_clients: usize,
     /// For the descriptor store and the saved state.
     pub registry: Arc<Registry>,
+    pub writers: Writers,
+    /// The boot log (`boot`), if any, and how much of each boot it keeps.
+    pub boot: Option<Arc<Log>>,
+    pub boot_bytes: u64,
 }
 
 /// A console's figures, shared by its relay task and ListLogs.
@@ -73,6 +87,11 @@ pub struct Stats {
     pub bytes_from_guest: AtomicU64,
     pub bytes_to_guest: AtomicU64,
     pub bytes_dropped_for_clients: AtomicU64,
+    /// With one writer: the writer's descriptor name and credentials.
+    pub writer: Mutex<Option<(String, Who)>>,
+    /// Every client's credentials, by descriptor name, for the saved state:
+    /// a client made by AttachConsole has the daemon as its socket peer.
+    pub peers: Mutex<BTreeMap<String, Who>>,
 }
 
 /// A running console.
@@ -83,6 +102,7 @@ pub struct Console {
     pub client_socket: PathBuf,
     pub view_socket: Option<PathBuf>,
     pub log_path: Option<PathBuf>,
+    pub boot_log_path: Option<PathBuf>,
     /// The log, for the figures of its followers.
     pub log: Option<Arc<Log>>,
     pub stats: Arc<Stats>,
@@ -93,6 +113,19 @@ pub struct Console {
     removing: AtomicBool,
     /// The relay task; taken by whoever waits for it to end.
     task: Mutex<Option<JoinHandle<Handover>>>,
+    /// AttachConsole's way to the relay.
+    attach: mpsc::Sender<AttachRequest>,
+}
+
+/// A client handed to the relay by AttachConsole.
+#[derive(Debug)]
+pub struct AttachRequest {
+    pub stream: UnixStream,
+    pub who: Who,
+    pub viewer: bool,
+    pub force: bool,
+    /// Whether the client may write, or the client limit that refused it.
+    pub reply: oneshot::Sender<Result<bool, usize>>,
 }
 
 /// What a previous guestlogd passed on for one console.
@@ -100,6 +133,8 @@ pub struct Console {
 pub struct Adopted {
     pub guest: Option<tokio::net::UnixStream>,
     pub clients: Vec<AdoptedClient>,
+    /// With one writer: the writer's descriptor name.
+    pub writer: Option<String>,
 }
 
 #[derive(Debug)]
@@ -108,6 +143,8 @@ pub struct AdoptedClient {
     pub stream: tokio::net::UnixStream,
     pub viewer: bool,
     pub pending: Vec<u8>,
+    /// Its credentials as saved; else its socket peer's.
+    pub who: Option<Who>,
 }
 
 /// Why a console could not be created.
@@ -123,6 +160,17 @@ pub enum ConsoleError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Why AttachConsole could not attach.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("no console {0}")]
+    NoSuchConsole(LogName),
+    #[error("the console has {0} clients already")]
+    Limit(usize),
+    #[error("cannot make a connection to attach")]
+    Socket(#[source] std::io::Error),
 }
 
 /// Every console.
@@ -183,7 +231,7 @@ impl Consoles {
             let path = path.to_owned();
             move |source| ConsoleError::Socket { path, source }
         };
-        fs::create_dir_all(&self.dir).map_err(failed(&self.dir))?;
+        create_dir(&self.dir).map_err(failed(&self.dir))?;
         let path = |kind: &str| self.dir.join(format!("{}.{kind}", settings.name));
         let guest_socket = path("guest");
         let client_socket = path("client");
@@ -219,6 +267,9 @@ impl Consoles {
 
         let stop = self.shutdown.child_token();
         let stats = Arc::new(Stats::default());
+        // A few at once: each is one call, answered as soon as the relay
+        // takes it.
+        let (attach, attach_rx) = mpsc::channel(8);
         let console = Arc::new(Console {
             name: settings.name.clone(),
             guest_socket,
@@ -226,15 +277,26 @@ impl Consoles {
             view_socket,
             log_path: settings.log.as_ref().map(|l| l.path().to_owned()),
             log: settings.log.clone(),
+            boot_log_path: settings.boot.as_ref().map(|l| l.path().to_owned()),
             stats: stats.clone(),
             settings: settings.clone(),
             stop: stop.clone(),
             removing: AtomicBool::new(false),
             task: Mutex::new(None),
+            attach,
         });
         let span = info_span!("console", name = %settings.name);
         let task = tokio::spawn(
-            relay::run(settings, listeners, adopted, stats, stop, console.clone()).instrument(span),
+            relay::run(
+                settings,
+                listeners,
+                adopted,
+                stats,
+                stop,
+                console.clone(),
+                attach_rx,
+            )
+            .instrument(span),
         );
         *lock(&console.task) = Some(task);
         info!(name = %console.name, "console created");
@@ -248,6 +310,38 @@ impl Consoles {
 
     pub fn all(&self) -> Vec<Arc<Console>> {
         lock(&self.map).values().cloned().collect()
+    }
+
+    /// Attaches `who` to a console over a new socket pair: the relay keeps
+    /// one end as a client (or viewer); the other is returned, with
+    /// whether its input reaches the guest.
+    pub async fn attach(
+        &self,
+        name: &LogName,
+        who: Who,
+        viewer: bool,
+        force: bool,
+    ) -> Result<(std::os::fd::OwnedFd, bool), AttachError> {
+        let gone = || AttachError::NoSuchConsole(name.clone());
+        let console = self.get(name).ok_or_else(gone)?;
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(AttachError::Socket)?;
+        ours.set_nonblocking(true).map_err(AttachError::Socket)?;
+        let stream = UnixStream::from_std(ours).map_err(AttachError::Socket)?;
+        let (reply, answer) = oneshot::channel();
+        let request = AttachRequest {
+            stream,
+            who,
+            viewer,
+            force,
+            reply,
+        };
+        console.attach.send(request).await.map_err(|_| gone())?;
+        match answer.await {
+            Ok(Ok(writer)) => Ok((theirs.into(), writer)),
+            Ok(Err(max)) => Err(AttachError::Limit(max)),
+            // The console stopped before it took the client.
+            Err(_) => Err(gone()),
+        }
     }
 
     /// Stops a console, waits until its connections are closed and its
@@ -336,6 +430,17 @@ impl Console {
         .flatten()
         .map(PathBuf::as_path)
     }
+}
+
+/// The consoles' directory, searchable by everyone whatever the umask
+/// (libvirt's virtlogd.service has UMask=077): QEMU runs as its own user,
+/// and each socket's own owner and mode decide who may connect.
+fn create_dir(dir: &Path) -> std::io::Result<()> {
+    if !dir.is_dir() {
+        fs::create_dir_all(dir)?;
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
 }
 
 /// Binds a listening socket with the given owner and mode. A stale file

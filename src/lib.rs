@@ -5,13 +5,16 @@
 //! `pipe` feeds them from OpenPipe's pipes; `ops` is what guestlogd does,
 //! whichever front asks; `server` accepts connections and gives each a
 //! task; `varlink` (with `service`) and `virtlogd` are the two fronts;
-//! `daemon` ties them together.
+//! `daemon` ties them together. `console`, `relay` and `queue` make
+//! consoles, with `writers` (who may type) and `boot` (a console's boot
+//! log) beside the relay.
 
 #![deny(unsafe_code)]
 
 #[allow(unsafe_code)]
 pub mod activation;
 pub mod api;
+pub mod boot;
 pub mod config;
 pub mod console;
 pub mod daemon;
@@ -33,3 +36,4 @@ pub mod service;
 pub mod state;
 pub mod varlink;
 pub mod virtlogd;
+pub mod writers;

@@ -116,6 +116,9 @@ pub struct ConsoleRequest {
     pub slow: SlowPolicy,
     pub owner: Owner,
     pub viewers: bool,
+    pub writers: crate::writers::Writers,
+    /// The boot log's name and the bytes it keeps per guest connection.
+    pub boot: Option<(LogName, u64)>,
 }
 
 /// The operations, over the daemon's shared state. Cheap to clone.
@@ -296,6 +299,15 @@ impl Ops {
                 Some(log)
             }
         };
+        let boot = match &r.boot {
+            None => None,
+            Some((name, bytes)) => {
+                let change = crate::boot::policy(*bytes);
+                let log = self.enter(name, change)?;
+                self.first_use(&log, move |f| apply(f, change)).await?;
+                Some(log)
+            }
+        };
         let name = r.name.clone();
         let console = self
             .consoles
@@ -309,6 +321,9 @@ impl Ops {
                 queue: self.limits.client_queue,
                 max_clients: self.limits.max_clients,
                 registry: self.registry.clone(),
+                writers: r.writers,
+                boot,
+                boot_bytes: r.boot.as_ref().map_or(0, |(_, n)| *n),
             })
             .map_err(|source| match source {
                 ConsoleError::Exists(name) => OpError::ConsoleExists(name),

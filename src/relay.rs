@@ -8,6 +8,12 @@
 //! input to the relay, which writes it to the guest without blocking.
 //! Neither the guest nor the log ever waits for a client, and a guest with
 //! no client and no log is still read, so it never stalls.
+//!
+//! Beside that path: the boot log (`boot`) gets the first bytes after each
+//! guest connection, and with one writer (`writers`) only the writer's
+//! input reaches the guest. Every attach, detach and take-over is logged
+//! with the client's uid and pid (rate-limited: anyone who may connect to
+//! NAME.client can make them), never into the guest's log.
 
 use std::{
     cell::RefCell,
@@ -31,10 +37,13 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{debug, info, warn};
 
 use crate::{
-    console::{Adopted, Console, Handover, Settings, Stats},
+    boot::BootLog,
+    console::{Adopted, AttachRequest, Console, Handover, Settings, Stats},
+    name::LogName,
     queue::{Output, OutputQueue, Pushed, drop_marker},
     registry::{Registry, Wait},
     state::Pending,
+    writers::{Arbiter, NewWriter, Who},
 };
 
 /// The most read from the guest at once.
@@ -57,6 +66,11 @@ pub struct Listeners {
 
 /// The relay's end of one client.
 struct Client {
+    /// The arbiter's name for it.
+    id: u64,
+    who: Who,
+    /// Whether its input goes to the guest; read by its reader task.
+    may_write: Arc<AtomicBool>,
     fd_name: String,
     queue: Arc<OutputQueue>,
     /// Shared with the client's writer task, for writes that need no wait.
@@ -84,6 +98,18 @@ struct Relay {
     /// Told when a client ends, so that its queue and socket are freed now
     /// rather than at the next output, which may never come.
     left: Arc<Notify>,
+    /// Who may type.
+    arbiter: Arbiter,
+    next_id: u64,
+    boot: Option<BootLog>,
+}
+
+/// How an attach went.
+enum Attach {
+    /// Attached; whether it may write.
+    Attached(bool),
+    /// Refused: the console has this many clients (or viewers) already.
+    Full(usize),
 }
 
 /// Runs a console until `stop`. Then, when the console is removed or the
@@ -98,9 +124,15 @@ pub async fn run(
     stats: Arc<Stats>,
     stop: CancellationToken,
     console: Arc<Console>,
+    mut attach_rx: mpsc::Receiver<AttachRequest>,
 ) -> Handover {
     let (input_tx, mut input_rx) = mpsc::channel(64);
     let guest_name = format!("console/{}/guest", settings.name);
+    let arbiter = Arbiter::new(settings.writers);
+    let boot = settings
+        .boot
+        .clone()
+        .map(|log| BootLog::resume(log, settings.boot_bytes));
     let mut relay = Relay {
         settings,
         stats,
@@ -114,14 +146,30 @@ pub async fn run(
         guest_name,
         keep: Arc::new(AtomicBool::new(false)),
         left: Arc::new(Notify::new()),
+        arbiter,
+        next_id: 0,
+        boot,
     };
     if let Some(guest) = adopted.guest {
         relay.guest = Some(guest);
         relay.stats.guest_connected.store(true, Relaxed);
     }
-    for c in adopted.clients {
+    // The writer a previous guestlogd had joins first, so it stays the
+    // writer; the others in the order they first attached (their ids grow),
+    // so that the longest attached still takes over when the writer leaves.
+    let mut clients = adopted.clients;
+    clients.sort_by_key(|c| {
+        let id = c
+            .fd_name
+            .rsplit('/')
+            .next()
+            .and_then(|n| n.parse::<u64>().ok());
+        (Some(&c.fd_name) != adopted.writer.as_ref(), id)
+    });
+    for c in clients {
+        let who = c.who.or_else(|| Who::of(&c.stream)).unwrap_or_default();
         relay
-            .attach(c.stream, c.viewer, Some((c.fd_name, c.pending)))
+            .attach(c.stream, c.viewer, Some((c.fd_name, c.pending)), who, false)
             .await;
     }
     let l = listeners;
@@ -159,14 +207,16 @@ pub async fn run(
             r = l.client.accept(), if client_rest.until.is_none() => match r {
                 Ok((s, _)) => {
                     client_rest.clear();
-                    relay.attach(s, false, None).await;
+                    let who = Who::of(&s).unwrap_or_default();
+                    relay.attach(s, false, None, who, false).await;
                 }
                 Err(e) => client_rest.failed(e),
             },
             r = accept(&l.view), if view_rest.until.is_none() => match r {
                 Ok(s) => {
                     view_rest.clear();
-                    relay.attach(s, true, None).await;
+                    let who = Who::of(&s).unwrap_or_default();
+                    relay.attach(s, true, None, who, false).await;
                 }
                 Err(e) => view_rest.failed(e),
             },
@@ -191,7 +241,16 @@ pub async fn run(
                 Ok(()) => relay.write_guest(),
                 Err(_) => relay.guest_gone(),
             },
-            () = left.notified() => relay.clients.retain(|c| !c.stop.is_cancelled()),
+            () = left.notified() => relay.forget_gone(),
+            Some(r) = attach_rx.recv() => {
+                let answer = match relay.attach(r.stream, r.viewer, None, r.who, r.force).await {
+                    Attach::Attached(writer) => Ok(writer),
+                    Attach::Full(max) => Err(max),
+                };
+                // A caller that gave up meanwhile: its end closes, and the
+                // client with it.
+                let _ = r.reply.send(answer);
+            }
         }
     }
     let registry = relay.settings.registry.clone();
@@ -233,6 +292,11 @@ impl Relay {
         // No polling: a guest that hung up may have left output unread.
         store.add(self.guest_name.clone(), guest.as_fd(), false);
         self.settings.registry.touch();
+        // After the old connection's output was taken: that belongs to
+        // the boot before.
+        if let Some(boot) = &mut self.boot {
+            boot.guest_connected().await;
+        }
         self.guest = Some(guest);
         self.stats.guest_connected.store(true, Relaxed);
     }
@@ -345,6 +409,9 @@ impl Relay {
             }
             None => self.remember(&data),
         }
+        if let Some(boot) = &mut self.boot {
+            boot.output(&data).await;
+        }
         let stats = &self.stats;
         let mut out = Output::new(&data);
         let mut woke = false;
@@ -403,30 +470,45 @@ impl Relay {
     }
 
     /// Starts a client (or, with `viewer`, a read-only watcher): first the
-    /// replay, then live output.
+    /// replay, then live output. `force` takes the writer's place.
     async fn attach(
         &mut self,
         stream: UnixStream,
         viewer: bool,
         adopted: Option<(String, Vec<u8>)>,
-    ) {
+        who: Who,
+        force: bool,
+    ) -> Attach {
+        let stats = self.stats.clone();
         let counter = if viewer {
-            &self.stats.viewers
+            &stats.viewers
         } else {
-            &self.stats.clients
+            &stats.clients
         };
         let max = self.settings.max_clients;
         if counter.load(Relaxed) >= max {
             let what = if viewer { "viewers" } else { "clients" };
             let msg = format!("\r\n[guestlogd: LimitReached: {max} {what}]\r\n");
             let _ = stream.try_write(msg.as_bytes());
-            debug!(what, max, "attach refused");
-            return;
+            crate::limited!(
+                info,
+                console = %self.settings.name,
+                uid = who.uid,
+                pid = who.pid,
+                what,
+                max,
+                "console {}: attach refused: {max} {what} already (uid {} pid {})",
+                self.settings.name,
+                who.uid,
+                who.pid
+            );
+            return Attach::Full(max);
         }
-        self.clients.retain(|c| !c.stop.is_cancelled());
+        self.forget_gone();
 
         let queue = Arc::new(OutputQueue::new(self.settings.queue, self.settings.slow));
         let store = self.settings.registry.store();
+        let carried = adopted.is_some();
         let fd_name = match adopted {
             // A client carried over from a previous guestlogd: it saw the
             // replay then; it gets what was still queued for it.
@@ -439,10 +521,17 @@ impl Relay {
                 let kind = if viewer { "viewer" } else { "client" };
                 let name = format!("console/{}/{kind}/{}", self.settings.name, store.id());
                 store.add(name.clone(), stream.as_fd(), false);
-                self.settings.registry.touch();
                 name
             }
         };
+        self.next_id += 1;
+        let id = self.next_id;
+        let (may_write, change) = if viewer {
+            (false, None)
+        } else {
+            self.arbiter.join(id, force)
+        };
+        lock(&self.stats.peers).insert(fd_name.clone(), who);
         // Not a child of the console's token: at a hand-over the relay must
         // mark the clients as kept before they stop.
         let stop = CancellationToken::new();
@@ -454,10 +543,13 @@ impl Relay {
             registry: self.settings.registry.clone(),
             keep: self.keep.clone(),
             left: self.left.clone(),
+            console: self.settings.name.clone(),
+            who,
         });
         // Shared, not split: tokio's write half shuts the socket down when
         // dropped, which would end the client's session at a hand-over.
         let socket = Arc::new(stream);
+        let may_write = Arc::new(AtomicBool::new(may_write));
         let input = (!viewer).then(|| self.input_tx.clone());
         self.client_tasks.spawn(send_output(
             socket.clone(),
@@ -465,15 +557,120 @@ impl Relay {
             stop.clone(),
             guard.clone(),
         ));
-        self.client_tasks
-            .spawn(take_input(socket.clone(), input, stop.clone(), guard));
+        self.client_tasks.spawn(take_input(
+            socket.clone(),
+            input,
+            may_write.clone(),
+            stop.clone(),
+            guard,
+        ));
         self.clients.push(Client {
+            id,
+            who,
+            may_write: may_write.clone(),
             fd_name,
             queue,
             socket,
             stop,
         });
-        debug!(viewer, "client attached");
+        let writer = may_write.load(Relaxed);
+        if !carried {
+            crate::limited!(
+                info,
+                console = %self.settings.name,
+                uid = who.uid,
+                pid = who.pid,
+                viewer,
+                writer,
+                "console {}: {} attached (uid {} pid {}){}",
+                self.settings.name,
+                if viewer { "viewer" } else { "client" },
+                who.uid,
+                who.pid,
+                match (viewer, writer) {
+                    (true, _) => "",
+                    (false, true) => ", writes",
+                    (false, false) => ", reads only: another client writes",
+                }
+            );
+        }
+        if let Some(change) = change {
+            self.announce(change);
+        }
+        self.publish_writer();
+        self.settings.registry.touch();
+        Attach::Attached(writer)
+    }
+
+    /// Drops the clients that have ended; if the writer was one of them,
+    /// the next writer is told.
+    fn forget_gone(&mut self) {
+        self.clients.retain(|c| !c.stop.is_cancelled());
+        let live: Vec<u64> = self.clients.iter().map(|c| c.id).collect();
+        if let Some(change) = self.arbiter.retain(|id| live.contains(&id)) {
+            self.announce(change);
+        }
+        self.publish_writer();
+    }
+
+    /// Applies a change of writer: flags, an in-band line to both clients,
+    /// and the audit line.
+    fn announce(&mut self, change: NewWriter) {
+        let name = self.settings.name.clone();
+        let Some(new) = self.clients.iter().find(|c| c.id == change.id) else {
+            return;
+        };
+        new.may_write.store(true, Relaxed);
+        let who = new.who;
+        notice(new, &format!("you are now the writer of {name}"));
+        match change.previous {
+            Some(previous) => {
+                if let Some(old) = self.clients.iter().find(|c| c.id == previous) {
+                    old.may_write.store(false, Relaxed);
+                    notice(
+                        old,
+                        &format!("{name} is now written by uid {} pid {}", who.uid, who.pid),
+                    );
+                    crate::limited!(
+                        info,
+                        console = %name,
+                        uid = who.uid,
+                        pid = who.pid,
+                        previous_uid = old.who.uid,
+                        previous_pid = old.who.pid,
+                        "console {name}: writer taken over by uid {} pid {} from uid {} pid {}",
+                        who.uid,
+                        who.pid,
+                        old.who.uid,
+                        old.who.pid
+                    );
+                }
+            }
+            None => crate::limited!(
+                info,
+                console = %name,
+                uid = who.uid,
+                pid = who.pid,
+                "console {name}: the writer left; uid {} pid {} writes now",
+                who.uid,
+                who.pid
+            ),
+        }
+    }
+
+    /// Shows the writer to ListLogs and to the saved state.
+    fn publish_writer(&self) {
+        let writer = self
+            .arbiter
+            .writer()
+            .and_then(|id| self.clients.iter().find(|c| c.id == id))
+            .map(|c| (c.fd_name.clone(), c.who));
+        let mut slot = lock(&self.stats.writer);
+        if *slot != writer {
+            *slot = writer;
+            drop(slot);
+            self.settings.registry.touch();
+        }
     }
 
     async fn replay(&self) -> Vec<u8> {
@@ -498,6 +695,8 @@ struct Attached {
     registry: Arc<Registry>,
     keep: Arc<AtomicBool>,
     left: Arc<Notify>,
+    console: LogName,
+    who: Who,
 }
 
 impl Drop for Attached {
@@ -509,11 +708,36 @@ impl Drop for Attached {
         };
         counter.fetch_sub(1, Relaxed);
         if !self.keep.load(Relaxed) {
+            lock(&self.stats.peers).remove(&self.fd_name);
             self.registry.store().remove(&self.fd_name);
             self.registry.touch();
+            crate::limited!(
+                info,
+                console = %self.console,
+                uid = self.who.uid,
+                pid = self.who.pid,
+                viewer = self.viewer,
+                "console {}: {} detached (uid {} pid {})",
+                self.console,
+                if self.viewer { "viewer" } else { "client" },
+                self.who.uid,
+                self.who.pid
+            );
         }
         self.left.notify_one();
     }
+}
+
+/// A line of guestlogd's own, in order with the client's output.
+fn notice(c: &Client, text: &str) {
+    let line = format!("\r\n[guestlogd: {text}]\r\n");
+    let _ = c
+        .queue
+        .push(&mut Output::new(line.as_bytes()), |d| c.socket.try_write(d));
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A client's writer: the backlog in its queue, at the client's pace.
@@ -586,15 +810,18 @@ async fn write_some(w: &UnixStream, data: &[u8]) -> io::Result<usize> {
     }
 }
 
-/// A client's reader: input to the relay (or, for a viewer, nowhere).
+/// A client's reader: input to the relay (or, for a viewer or a client
+/// that is not the writer, nowhere).
 async fn take_input(
     r: Arc<UnixStream>,
     input: Option<mpsc::Sender<Bytes>>,
+    may_write: Arc<AtomicBool>,
     stop: CancellationToken,
     attached: Arc<Attached>,
 ) {
     let mut buf = [0u8; 4096];
     let mut told = false;
+    let mut told_read_only = false;
     loop {
         let n = tokio::select! {
             biased;
@@ -609,6 +836,13 @@ async fn take_input(
             }
             Ok(n) => n,
         };
+        if input.is_some() && !may_write.load(Relaxed) {
+            if !std::mem::replace(&mut told_read_only, true) {
+                let _ = r.try_write(READ_ONLY);
+            }
+            continue;
+        }
+        told_read_only = false;
         if input.is_some() && !attached.stats.guest_connected.load(Relaxed) {
             if !std::mem::replace(&mut told, true) {
                 // Best effort and never waited for: a notice, not output.
@@ -692,6 +926,11 @@ async fn sleep_until(t: Option<tokio::time::Instant>) {
         None => std::future::pending().await,
     }
 }
+
+/// What a client that types while another writes is told, once until it
+/// may write again.
+const READ_ONLY: &[u8] =
+    b"\r\n[guestlogd: another client is the writer; input dropped (attach --force takes over)]\r\n";
 
 /// What a client that types while no guest is connected is told, once.
 const NO_GUEST: &[u8] = b"\r\n[guestlogd: no guest is connected; input dropped]\r\n";

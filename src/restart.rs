@@ -204,6 +204,7 @@ fn adopt_console(
     let mut adopted = Adopted {
         guest: store.get(&format!("{prefix}/guest")).and_then(stream),
         clients: Vec::new(),
+        writer: saved.writer.clone(),
     };
     for (fd_name, viewer) in attached {
         let Some(s) = store.get(&fd_name).and_then(stream) else {
@@ -219,6 +220,7 @@ fn adopt_console(
             })
             .unwrap_or_default();
         adopted.clients.push(AdoptedClient {
+            who: saved.peers.get(&fd_name).copied(),
             fd_name,
             stream: s,
             viewer,
@@ -227,6 +229,16 @@ fn adopt_console(
     }
     let log = if saved.log {
         Some(registry.get(&name).ok_or("its log was not restored")?)
+    } else {
+        None
+    };
+    let boot = if saved.boot_bytes > 0 {
+        let boot_name = crate::boot::name(&name).map_err(|e| e.to_string())?;
+        Some(
+            registry
+                .get(&boot_name)
+                .ok_or("its boot log was not restored")?,
+        )
     } else {
         None
     };
@@ -244,6 +256,9 @@ fn adopt_console(
         queue: limits.client_queue,
         max_clients: limits.max_clients,
         registry: registry.clone(),
+        writers: saved.writers,
+        boot,
+        boot_bytes: saved.boot_bytes,
     };
     let console = consoles
         .adopt(settings, listeners, adopted)
@@ -329,6 +344,10 @@ impl Saver {
                     bytes_to_guest: c.stats.bytes_to_guest.load(Relaxed),
                     bytes_dropped_for_clients: c.stats.bytes_dropped_for_clients.load(Relaxed),
                     pending: handovers.get(&c.name).cloned().unwrap_or_default(),
+                    writers: st.writers,
+                    writer: lock(&c.stats.writer).as_ref().map(|(n, _)| n.clone()),
+                    peers: lock(&c.stats.peers).clone(),
+                    boot_bytes: if st.boot.is_some() { st.boot_bytes } else { 0 },
                 }
             })
             .collect();
@@ -357,4 +376,8 @@ impl Saver {
             store.remove(&old);
         }
     }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }

@@ -27,8 +27,9 @@ use zlink::varlink_service;
 
 use crate::{
     api::{self, ManagerError},
+    boot,
     config::{self, Access},
-    console::Owner,
+    console::{AttachError, Owner},
     daemon::Status,
     limited,
     name::{self, LogName},
@@ -38,6 +39,7 @@ use crate::{
     rotator::Pos,
     server::{Counters, Peer},
     varlink::RawCall,
+    writers::{Who, Writers},
 };
 
 /// The most bytes one ReadLog returns. zlink grows a reply buffer in small
@@ -247,6 +249,7 @@ impl Manager {
             "AppendLog" => self.append_log(parse(parameters)?)?,
             "CreateConsole" => self.create_console(parse(parameters)?)?,
             "RemoveConsole" => self.remove_console(parse(parameters)?)?,
+            "AttachConsole" => self.attach_console(parse(parameters)?, caller)?,
             _ => {
                 return Err(WireError::Varlink(varlink_service::Error::MethodNotFound {
                     method: method.clone().into(),
@@ -334,6 +337,22 @@ impl Manager {
                     bytes_to_guest: int(s.bytes_to_guest.load(Relaxed)),
                     bytes_dropped_for_clients: int(s.bytes_dropped_for_clients.load(Relaxed)
                         + c.log.as_ref().map_or(0, |l| l.followers_dropped())),
+                    writers: c.settings.writers.as_str().to_owned(),
+                    writer: s
+                        .writer
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .as_ref()
+                        .map(|(_, who)| api::ConsolePeer {
+                            uid: who.uid.into(),
+                            pid: who.pid.into(),
+                        }),
+                    boot_log_path: c.boot_log_path.as_deref().map(path),
+                    boot_bytes: int(if c.settings.boot.is_some() {
+                        c.settings.boot_bytes
+                    } else {
+                        0
+                    }),
                 }
             })
             .collect();
@@ -410,6 +429,29 @@ impl Manager {
                 },
             },
         };
+        let writers = match p.writers.as_deref() {
+            None | Some("all") => Writers::All,
+            Some("one") => Writers::One,
+            Some(_) => return Err(invalid("writers", "must be \"all\" or \"one\"".into())),
+        };
+        let boot = match p.boot_bytes {
+            None | Some(0) => None,
+            Some(n @ 1..) if n as u64 <= boot::MAX_BYTES => {
+                let boot_name = boot::name(&name).map_err(|e| {
+                    invalid(
+                        "bootBytes",
+                        format!("the boot log's name {name}.boot is refused: {e}"),
+                    )
+                })?;
+                Some((boot_name, n as u64))
+            }
+            Some(_) => {
+                return Err(invalid(
+                    "bootBytes",
+                    format!("must be from 0 to {}", boot::MAX_BYTES),
+                ));
+            }
+        };
         // Refused before any work is queued, so a refused call changes nothing.
         self.ops.check_console(&name)?;
         let request = ConsoleRequest {
@@ -420,6 +462,8 @@ impl Manager {
             slow,
             owner,
             viewers: p.viewers == Some(true),
+            writers,
+            boot,
         };
         let ops = self.ops.clone();
         Ok(Box::pin(async move {
@@ -430,6 +474,7 @@ impl Manager {
                 "clientSocket": path(&console.client_socket),
                 "viewSocket": console.view_socket.as_deref().map(path),
                 "logPath": console.log_path.as_deref().map(path),
+                "bootLogPath": console.boot_log_path.as_deref().map(path),
             });
             Ok((reply, vec![]))
         }))
@@ -441,6 +486,39 @@ impl Manager {
         Ok(Box::pin(async move {
             ops.remove_console(&name).await?;
             Ok((empty(), vec![]))
+        }))
+    }
+
+    /// A client end of a console for the caller, recorded with its
+    /// SO_PEERCRED.
+    fn attach_console(&self, p: api::AttachConsoleInput, caller: &Peer) -> Result<Job, WireError> {
+        let name = log_name(&p.name)?;
+        if self.ops.consoles.get(&name).is_none() {
+            return Err(OpError::NoSuchConsole(name).into());
+        }
+        let who = Who {
+            uid: caller.uid,
+            pid: caller.pid,
+        };
+        let (viewer, force) = (p.viewer == Some(true), p.force == Some(true));
+        let consoles = self.ops.consoles.clone();
+        Ok(Box::pin(async move {
+            let (fd, writer) =
+                consoles
+                    .attach(&name, who, viewer, force)
+                    .await
+                    .map_err(|e| match e {
+                        AttachError::NoSuchConsole(n) => OpError::NoSuchConsole(n).into(),
+                        AttachError::Limit(max) => limit("clients", max),
+                        e @ AttachError::Socket(_) => {
+                            limited!(warn, error = %error_chain(&e), "call failed");
+                            WireError::from(ManagerError::IoError {
+                                message: error_chain(&e),
+                            })
+                        }
+                    })?;
+            let reply = serde_json::json!({ "fileDescriptor": 0, "writer": writer });
+            Ok((reply, vec![fd]))
         }))
     }
 

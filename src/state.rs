@@ -16,7 +16,11 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{queue::SlowPolicy, rotator::Policy};
+use crate::{
+    queue::SlowPolicy,
+    rotator::Policy,
+    writers::{Who, Writers},
+};
 
 /// The version this build writes.
 pub const VERSION: u32 = 1;
@@ -69,6 +73,17 @@ pub struct ConsoleState {
     /// Output queued for a client (by descriptor name) at a planned stop.
     #[serde(default)]
     pub pending: BTreeMap<String, Pending>,
+    #[serde(default)]
+    pub writers: Writers,
+    /// With one writer: the writer's descriptor name.
+    #[serde(default)]
+    pub writer: Option<String>,
+    /// Each client's credentials, by descriptor name.
+    #[serde(default)]
+    pub peers: BTreeMap<String, Who>,
+    /// The boot log's size per guest connection; 0 for none.
+    #[serde(default)]
+    pub boot_bytes: u64,
 }
 
 /// A client's unsent output.

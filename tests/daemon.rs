@@ -123,6 +123,7 @@ async fn introspection_is_the_interface_file() {
             "ReadLog",
             "AppendLog",
             "CreateConsole",
+            "AttachConsole",
             "RemoveConsole",
             "Follow",
             "GetStatus"

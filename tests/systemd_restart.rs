@@ -527,7 +527,18 @@ async fn systemd_restarts_reloads_upgrade_kills_and_stop_start_lose_nothing() {
     // The first call activates the daemon.
     let mut conn = zlink::tokio::unix::connect(&socket).await.unwrap();
     let created = match conn
-        .create_console("vm", None, Some(MAX_SIZE), None, None, None, None, None)
+        .create_console(
+            "vm",
+            None,
+            Some(MAX_SIZE),
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+            None,
+        )
         .await
         .unwrap()
     {

@@ -17,6 +17,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = parse::<api::ReadLogInput>(p);
     let _ = parse::<api::AppendLogInput>(p);
     let _ = parse::<api::CreateConsoleInput>(p);
+    let _ = parse::<api::AttachConsoleInput>(p);
     let _ = parse::<api::RemoveConsoleInput>(p);
     let _ = parse::<api::FollowInput>(p);
     let _ = guestlogd::name::LogName::parse(&call.method);

@@ -1,11 +1,16 @@
-//! guestlogctl: a command line for `io.guestlogd.Manager`.
+//! guestlogctl: a command line for `io.guestlogd.Manager`, and libvirt's
+//! QEMU hook for guestlogd's consoles.
+//!
+//! `main` has the log commands; `consoles` creates, removes and shows
+//! consoles; `attach` puts a terminal on one; `hook` is the libvirt hook
+//! (`guestlogctl hook DOMAIN OPERATION SUBOP EXTRA`, the domain XML on
+//! stdin).
 
-use std::{
-    io::Write,
-    os::fd::AsFd,
-    path::{Path, PathBuf},
-    process::ExitCode,
-};
+mod attach;
+mod consoles;
+mod hook;
+
+use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use base64::Engine as _;
 use clap::{Parser, Subcommand};
@@ -14,12 +19,7 @@ use guestlogd::{
     daemon::SOCKET,
     registry::error_chain,
 };
-use nix::sys::termios::{self, SetArg, Termios};
 use serde::Serialize;
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::UnixStream,
-};
 use zlink::{Call, tokio::unix::Connection};
 
 #[derive(Parser, Debug)]
@@ -52,8 +52,16 @@ enum Command {
     },
     /// Rotate a log now.
     Rotate { name: String },
-    /// Attach the terminal to a console. Ctrl-] detaches.
-    Attach { name: String },
+    /// Attach the terminal to a console by its name. Ctrl-] detaches.
+    Attach(attach::AttachArgs),
+    /// Create a console (see CreateConsole in the interface).
+    Create(consoles::CreateArgs),
+    /// Remove a console; its logs stay.
+    Remove { name: String },
+    /// The daemon's status, or with NAME, one console's.
+    Status { name: Option<String> },
+    /// libvirt's QEMU hook: install as /etc/libvirt/hooks/qemu.d/guestlogd.
+    Hook(hook::HookArgs),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,30 +86,33 @@ enum CtlError {
     Console(#[source] std::io::Error),
     #[error("cannot set up the terminal")]
     Terminal(#[source] nix::Error),
+    #[error("guestlogd passed no connection")]
+    NoFd,
+    #[error(transparent)]
+    Hook(#[from] hook::HookError),
 }
-
-/// Ctrl-], as virsh console uses.
-const ESCAPE: u8 = 0x1d;
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    match run(args).await {
-        Ok(()) => ExitCode::SUCCESS,
+    let code = match run(args).await {
+        Ok(()) => 0,
         Err(e) => {
             eprintln!("guestlogctl: {}", error_chain(&e));
-            ExitCode::FAILURE
+            1
         }
-    }
+    };
+    // Without waiting for a blocking stdin read (the hook's, attach's) that
+    // may never end: everything printed was flushed.
+    let _ = std::io::stdout().flush();
+    std::process::exit(code)
 }
 
 async fn run(args: Args) -> Result<(), CtlError> {
-    if let Command::Attach { name } = &args.command {
-        let path = args
-            .runtime_dir
-            .join("consoles")
-            .join(format!("{name}.client"));
-        return attach(&path, name).await;
+    match args.command {
+        Command::Attach(a) => return attach::attach(&args.runtime_dir, a).await,
+        Command::Hook(h) => return Ok(hook::run(&args.runtime_dir, h).await?),
+        _ => {}
     }
     let path = args.runtime_dir.join(SOCKET);
     let mut conn = zlink::tokio::unix::connect(&path)
@@ -132,16 +143,24 @@ async fn run(args: Args) -> Result<(), CtlError> {
         Command::Consoles => {
             let out = list(&mut conn).await?;
             println!(
-                "{:<32} {:>5} {:>7} {:>7} {:>12} {:>10} {:>9}  LOG",
-                "NAME", "GUEST", "CLIENTS", "VIEWERS", "FROM-GUEST", "TO-GUEST", "DROPPED"
+                "{:<32} {:>5} {:>7} {:>7} {:>7} {:>12} {:>10} {:>9}  LOG",
+                "NAME",
+                "GUEST",
+                "CLIENTS",
+                "VIEWERS",
+                "WRITERS",
+                "FROM-GUEST",
+                "TO-GUEST",
+                "DROPPED"
             );
             for c in out.consoles {
                 println!(
-                    "{:<32} {:>5} {:>7} {:>7} {:>12} {:>10} {:>9}  {}",
+                    "{:<32} {:>5} {:>7} {:>7} {:>7} {:>12} {:>10} {:>9}  {}",
                     c.name,
                     if c.guest_connected { "yes" } else { "no" },
                     c.clients,
                     c.viewers,
+                    c.writers,
                     c.bytes_from_guest,
                     c.bytes_to_guest,
                     c.bytes_dropped_for_clients,
@@ -188,9 +207,40 @@ async fn run(args: Args) -> Result<(), CtlError> {
                 .map_err(CtlError::Call)?
                 .map_err(CtlError::Refused)?;
         }
-        Command::Attach { .. } => unreachable!("handled above"),
+        Command::Create(c) => consoles::create(&mut conn, c).await?,
+        Command::Remove { name } => consoles::remove(&mut conn, &name).await?,
+        Command::Status { name: None } => consoles::daemon_status(&mut conn).await?,
+        Command::Status { name: Some(name) } => {
+            let all = list(&mut conn).await?;
+            consoles::console_status(all, &name)?;
+        }
+        Command::Attach(_) | Command::Hook(_) => {}
     }
     Ok(())
+}
+
+#[derive(Debug, Serialize)]
+struct RawCall<'a> {
+    method: String,
+    parameters: &'a serde_json::Value,
+}
+
+/// Calls a method with JSON parameters; its reply and the FDs it passed.
+async fn call(
+    conn: &mut Connection,
+    method: &str,
+    parameters: serde_json::Value,
+) -> Result<(serde_json::Value, Vec<std::os::fd::OwnedFd>), CtlError> {
+    let call = Call::new(RawCall {
+        method: format!("io.guestlogd.Manager.{method}"),
+        parameters: &parameters,
+    });
+    let (reply, fds) = conn
+        .call_method::<_, serde_json::Value, ManagerError>(&call, vec![])
+        .await
+        .map_err(CtlError::Call)?;
+    let reply = reply.map_err(CtlError::Refused)?;
+    Ok((reply.into_parameters().unwrap_or_default(), fds))
 }
 
 #[derive(Debug, Serialize)]
@@ -305,116 +355,5 @@ async fn follow(conn: &mut Connection, name: &str, replay: usize) -> Result<(), 
         if reply.continues() != Some(true) {
             return Ok(());
         }
-    }
-}
-
-/// Puts a terminal in raw mode and restores it when dropped, on every way
-/// out of `attach`, a panic included.
-struct RawMode {
-    saved: Termios,
-}
-
-impl RawMode {
-    fn enter(fd: impl AsFd) -> Result<Option<Self>, CtlError> {
-        let saved = match termios::tcgetattr(&fd) {
-            Ok(t) => t,
-            // Not a terminal (a pipe, a test): nothing to change.
-            Err(nix::Error::ENOTTY) => return Ok(None),
-            Err(e) => return Err(CtlError::Terminal(e)),
-        };
-        let mut raw = saved.clone();
-        termios::cfmakeraw(&mut raw);
-        termios::tcsetattr(&fd, SetArg::TCSANOW, &raw).map_err(CtlError::Terminal)?;
-        Ok(Some(Self { saved }))
-    }
-}
-
-impl Drop for RawMode {
-    fn drop(&mut self) {
-        let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, &self.saved);
-    }
-}
-
-/// Relays the terminal to a console's client socket until Ctrl-], EOF on
-/// either side, or SIGTERM/SIGHUP.
-async fn attach(path: &Path, name: &str) -> Result<(), CtlError> {
-    let stream = UnixStream::connect(path)
-        .await
-        .map_err(|source| CtlError::Attach {
-            path: path.to_owned(),
-            source,
-        })?;
-    eprintln!("Connected to {name} (escape character is ^])");
-    let result = {
-        let _raw = RawMode::enter(std::io::stdin())?;
-        relay_terminal(stream).await
-    };
-    eprintln!();
-    // The blocking stdin reader may still wait for a key; the terminal is
-    // restored, so leave without waiting for it.
-    let code = match &result {
-        Ok(()) => 0,
-        Err(e) => {
-            eprintln!("guestlogctl: {}", error_chain(e));
-            1
-        }
-    };
-    std::process::exit(code)
-}
-
-async fn relay_terminal(stream: UnixStream) -> Result<(), CtlError> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (mut from_console, mut to_console) = stream.into_split();
-    let mut stdin = tokio::io::stdin();
-    let mut stdout = tokio::io::stdout();
-    let mut term = signal(SignalKind::terminate()).map_err(CtlError::Console)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(CtlError::Console)?;
-    let mut keys = [0u8; 1024];
-    let mut output = vec![0u8; 64 * 1024];
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = hup.recv() => return Ok(()),
-            n = stdin.read(&mut keys) => {
-                let n = n.map_err(CtlError::Console)?;
-                if n == 0 {
-                    // No more input; keep showing output until the console ends.
-                    let _ = to_console.shutdown().await;
-                    return copy_rest(&mut from_console, &mut stdout, &mut output).await;
-                }
-                let keys = &keys[..n];
-                let (send, detach) = match keys.iter().position(|k| *k == ESCAPE) {
-                    Some(i) => (&keys[..i], true),
-                    None => (keys, false),
-                };
-                to_console.write_all(send).await.map_err(CtlError::Console)?;
-                if detach {
-                    return Ok(());
-                }
-            }
-            n = from_console.read(&mut output) => {
-                let n = n.map_err(CtlError::Console)?;
-                if n == 0 {
-                    return Ok(());
-                }
-                stdout.write_all(&output[..n]).await.map_err(CtlError::Console)?;
-                stdout.flush().await.map_err(CtlError::Console)?;
-            }
-        }
-    }
-}
-
-async fn copy_rest(
-    from: &mut tokio::net::unix::OwnedReadHalf,
-    to: &mut tokio::io::Stdout,
-    buf: &mut [u8],
-) -> Result<(), CtlError> {
-    loop {
-        let n = from.read(buf).await.map_err(CtlError::Console)?;
-        if n == 0 {
-            return Ok(());
-        }
-        to.write_all(&buf[..n]).await.map_err(CtlError::Console)?;
-        to.flush().await.map_err(CtlError::Console)?;
     }
 }

@@ -1,0 +1,514 @@
+//! libvirt's QEMU hook for guestlogd's consoles:
+//! `guestlogctl hook [OPTIONS] -- DOMAIN OPERATION SUBOP EXTRA`, with the
+//! domain XML on stdin, run by libvirt from /etc/libvirt/hooks/qemu.d/.
+//!
+//! At `prepare begin` (before libvirt checks that a unix serial socket
+//! exists) it creates a console for every `<serial>` and `<console>` of
+//! `type='unix'` whose source has `mode='connect'` and a path
+//! `RUNDIR/consoles/NAME.guest`; at `release end` it removes them (their
+//! logs stay). Everything else it ignores, silently: libvirt reads a
+//! hook's stdout as a new domain XML at `migrate` and `restore`, so this
+//! hook never prints there.
+//!
+//! The rules, so that a domain cannot take another's console:
+//! - NAME must be a valid console name that starts with `DOMAIN-`
+//!   (`DOMAIN-serial0` by convention); a path in the console directory that
+//!   breaks this is refused, and libvirt does not start the domain.
+//! - The sockets belong to the user QEMU runs as: the `<label>` of the
+//!   domain's `<seclabel model='dac'>` if it has one (`+UID:+GID` or
+//!   `USER:GROUP`), else `user`/`group` of qemu.conf, else libvirt's
+//!   Debian default `libvirt-qemu`. `--owner` overrides all of that.
+//! - A console that exists already is fine (`prepare` after a crash, or a
+//!   second port on the same path); one that is gone at `release` is too.
+//! - A refusal is one line on stderr and exit status 1; libvirt puts it in
+//!   the error of `virsh start`. Malformed XML is refused the same way.
+//! - The whole run is bounded (`--timeout`, 5 s): connecting retries while
+//!   the socket is missing or refuses, which covers a guestlogd that is
+//!   being socket-activated or restarted, and gives up at the deadline.
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use guestlogd::{api::ManagerError, daemon::SOCKET, name::LogName};
+use serde_json::json;
+use tokio::io::AsyncReadExt;
+use zlink::tokio::unix::{Connection, Stream};
+
+use crate::consoles::{WritersArg, parse_owner};
+
+/// The most XML read from stdin; libvirt's own domain XML is far smaller.
+const MAX_XML: u64 = 16 * 1024 * 1024;
+
+#[derive(clap::Args, Debug)]
+pub struct HookArgs {
+    /// The domain's name (libvirt's first argument).
+    #[arg(allow_hyphen_values = true)]
+    domain: String,
+    /// libvirt's operation: prepare, start, started, stopped, release, ...
+    operation: String,
+    /// libvirt's sub-operation: begin or end.
+    subop: String,
+    /// libvirt's extra argument, "-" for these operations; unused.
+    extra: Option<String>,
+    /// Bytes of each boot kept in NAME.boot.log; 0 keeps none.
+    #[arg(long, default_value_t = 1024 * 1024)]
+    boot_bytes: u64,
+    /// Who may type on the consoles.
+    #[arg(long, value_enum, default_value = "all")]
+    writers: WritersArg,
+    /// No NAME.view socket for read-only watchers.
+    #[arg(long)]
+    no_viewers: bool,
+    /// The sockets' owner, UID:GID, instead of QEMU's user.
+    #[arg(long, value_parser = parse_owner)]
+    owner: Option<(u32, Option<u32>)>,
+    /// Where QEMU's default user and group are read from.
+    #[arg(long, default_value = "/etc/libvirt/qemu.conf")]
+    qemu_conf: PathBuf,
+    /// Seconds the whole hook may take.
+    #[arg(long, default_value_t = 5)]
+    timeout: u64,
+}
+
+/// Why the hook refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HookError {
+    #[error("cannot read the domain XML from stdin")]
+    Stdin(#[source] std::io::Error),
+    #[error("the domain XML on stdin is larger than {MAX_XML} bytes")]
+    TooLarge,
+    #[error("guestlogd consoles: the domain XML of {domain} is malformed")]
+    Xml {
+        domain: String,
+        #[source]
+        source: roxmltree::Error,
+    },
+    #[error("guestlogd consoles: the XML of {domain} is not a <domain> (its root is <{root}>)")]
+    NotDomain { domain: String, root: String },
+    #[error("guestlogd consoles: domain {domain}: {reason}")]
+    Refused { domain: String, reason: String },
+    #[error(
+        "guestlogd consoles: cannot tell QEMU's {what} {name:?}; set it in qemu.conf or the domain's <seclabel model='dac'>"
+    )]
+    Owner { what: &'static str, name: String },
+    #[error("guestlogd consoles: guestlogd did not answer at {} within {secs} s", path.display())]
+    Timeout { path: PathBuf, secs: u64 },
+    #[error("guestlogd consoles: cannot reach guestlogd at {}", path.display())]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("guestlogd consoles: the call to guestlogd failed")]
+    Call(#[source] zlink::Error),
+    #[error("guestlogd consoles: guestlogd refused console {name}: {error:?}")]
+    Daemon { name: String, error: ManagerError },
+}
+
+/// A console the domain's XML asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Wanted {
+    pub name: String,
+    pub path: String,
+}
+
+/// What the domain XML says, for this hook.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    pub consoles: Vec<Wanted>,
+    /// The DAC label QEMU runs under, e.g. "+64055:+64055".
+    pub dac_label: Option<String>,
+}
+
+pub async fn run(runtime_dir: &Path, a: HookArgs) -> Result<(), HookError> {
+    let creating = match (a.operation.as_str(), a.subop.as_str()) {
+        ("prepare", "begin") => true,
+        ("release", "end") => false,
+        _ => return Ok(()),
+    };
+    let secs = a.timeout;
+    let socket = runtime_dir.join(SOCKET);
+    let work = async {
+        let xml = read_stdin().await?;
+        let plan = plan(&xml, &a.domain, &runtime_dir.join("consoles"))?;
+        if plan.consoles.is_empty() {
+            return Ok(());
+        }
+        let mut conn = connect(&socket).await?;
+        if creating {
+            let (uid, gid) = match a.owner {
+                Some((uid, Some(gid))) => (uid, gid),
+                Some((uid, None)) => (uid, owner(&plan, &a.qemu_conf)?.1),
+                None => owner(&plan, &a.qemu_conf)?,
+            };
+            for c in &plan.consoles {
+                create(&mut conn, c, &a, uid, gid).await?;
+            }
+        } else {
+            for c in &plan.consoles {
+                remove(&mut conn, c).await?;
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(secs), work)
+        .await
+        .unwrap_or(Err(HookError::Timeout { path: socket, secs }))
+}
+
+async fn read_stdin() -> Result<String, HookError> {
+    let mut xml = String::new();
+    tokio::io::stdin()
+        .take(MAX_XML + 1)
+        .read_to_string(&mut xml)
+        .await
+        .map_err(HookError::Stdin)?;
+    if xml.len() as u64 > MAX_XML {
+        return Err(HookError::TooLarge);
+    }
+    Ok(xml)
+}
+
+/// Connects, retrying while nothing listens yet: a guestlogd that is being
+/// started (by its socket unit or a restart) answers a moment later. The
+/// caller's deadline ends the retries.
+async fn connect(path: &Path) -> Result<Connection, HookError> {
+    use std::io::ErrorKind::{ConnectionRefused, NotFound};
+    loop {
+        match tokio::net::UnixStream::connect(path).await {
+            Ok(s) => {
+                let s = Stream::try_from(s).map_err(HookError::Call)?;
+                return Ok(Connection::new(s));
+            }
+            Err(e) if matches!(e.kind(), NotFound | ConnectionRefused) => {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(source) => {
+                return Err(HookError::Connect {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        }
+    }
+}
+
+async fn create(
+    conn: &mut Connection,
+    c: &Wanted,
+    a: &HookArgs,
+    uid: u32,
+    gid: u32,
+) -> Result<(), HookError> {
+    let params = json!({
+        "name": c.name,
+        "owner": {"uid": uid, "gid": gid, "mode": 0o600},
+        "viewers": !a.no_viewers,
+        "writers": a.writers.as_str(),
+        "bootBytes": a.boot_bytes,
+    });
+    match call(conn, "CreateConsole", params).await? {
+        Ok(()) | Err(ManagerError::ConsoleExists { .. }) => Ok(()),
+        Err(error) => Err(HookError::Daemon {
+            name: c.name.clone(),
+            error,
+        }),
+    }
+}
+
+async fn remove(conn: &mut Connection, c: &Wanted) -> Result<(), HookError> {
+    match call(conn, "RemoveConsole", json!({"name": c.name})).await? {
+        Ok(()) | Err(ManagerError::NoSuchConsole { .. }) => Ok(()),
+        Err(error) => Err(HookError::Daemon {
+            name: c.name.clone(),
+            error,
+        }),
+    }
+}
+
+async fn call(
+    conn: &mut Connection,
+    method: &str,
+    parameters: serde_json::Value,
+) -> Result<Result<(), ManagerError>, HookError> {
+    let call = zlink::Call::new(json!({
+        "method": format!("io.guestlogd.Manager.{method}"),
+        "parameters": parameters,
+    }));
+    let (reply, _) = conn
+        .call_method::<_, serde_json::Value, ManagerError>(&call, vec![])
+        .await
+        .map_err(HookError::Call)?;
+    Ok(reply.map(|_| ()))
+}
+
+/// Reads the consoles and the DAC label out of a domain XML.
+pub fn plan(xml: &str, domain: &str, console_dir: &Path) -> Result<Plan, HookError> {
+    let doc = roxmltree::Document::parse(xml).map_err(|source| HookError::Xml {
+        domain: domain.to_owned(),
+        source,
+    })?;
+    let root = doc.root_element();
+    if root.tag_name().name() != "domain" {
+        return Err(HookError::NotDomain {
+            domain: domain.to_owned(),
+            root: root.tag_name().name().to_owned(),
+        });
+    }
+    let refuse = |reason: String| HookError::Refused {
+        domain: domain.to_owned(),
+        reason,
+    };
+    let mut out = Plan::default();
+    let devices = root
+        .children()
+        .filter(|n| n.has_tag_name("devices"))
+        .flat_map(|d| d.children());
+    for dev in devices.filter(|n| n.has_tag_name("serial") || n.has_tag_name("console")) {
+        if dev.attribute("type") != Some("unix") {
+            continue;
+        }
+        let Some(source) = dev.children().find(|n| n.has_tag_name("source")) else {
+            continue;
+        };
+        // libvirt's default mode for a unix source is connect.
+        if source.attribute("mode").unwrap_or("connect") != "connect" {
+            continue;
+        }
+        let Some(path) = source.attribute("path") else {
+            continue;
+        };
+        let p = Path::new(path);
+        if p.parent() != Some(console_dir) {
+            continue;
+        }
+        let file = p.file_name().and_then(|f| f.to_str()).unwrap_or_default();
+        let Some(name) = file.strip_suffix(".guest") else {
+            return Err(refuse(format!(
+                "{path} is in guestlogd's console directory but is not NAME.guest"
+            )));
+        };
+        if let Err(e) = LogName::try_from(name) {
+            return Err(refuse(format!(
+                "{path}: {name:?} is not a console name: {e}"
+            )));
+        }
+        if !name.starts_with(&format!("{domain}-")) {
+            return Err(refuse(format!(
+                "{path}: a console of this domain must be named {domain}-… (e.g. {domain}-serial0.guest)"
+            )));
+        }
+        // <console> repeats the first <serial> on x86: one console each.
+        if !out.consoles.iter().any(|c| c.name == name) {
+            out.consoles.push(Wanted {
+                name: name.to_owned(),
+                path: path.to_owned(),
+            });
+        }
+    }
+    out.dac_label = root
+        .children()
+        .find(|n| n.has_tag_name("seclabel") && n.attribute("model") == Some("dac"))
+        .filter(|n| n.attribute("type") != Some("none"))
+        .and_then(|n| n.children().find(|c| c.has_tag_name("label")))
+        .and_then(|l| l.text())
+        .map(|t| t.trim().to_owned())
+        .filter(|t| !t.is_empty());
+    Ok(out)
+}
+
+/// The uid and gid QEMU runs as: the DAC label, else qemu.conf, else
+/// libvirt-qemu.
+fn owner(plan: &Plan, qemu_conf: &Path) -> Result<(u32, u32), HookError> {
+    let (user, group) = match &plan.dac_label {
+        Some(label) => match label.split_once(':') {
+            Some((u, g)) => (u.to_owned(), g.to_owned()),
+            None => (label.clone(), label.clone()),
+        },
+        None => {
+            // A missing qemu.conf means libvirt's defaults.
+            let text = std::fs::read_to_string(qemu_conf).unwrap_or_default();
+            let (u, g) = qemu_conf_user(&text);
+            (
+                u.unwrap_or_else(|| DEFAULT_USER.to_owned()),
+                g.unwrap_or_else(|| DEFAULT_USER.to_owned()),
+            )
+        }
+    };
+    Ok((resolve_user(&user)?, resolve_group(&group)?))
+}
+
+/// Debian's build of libvirt runs QEMU as this user and group.
+const DEFAULT_USER: &str = "libvirt-qemu";
+
+/// `user = "..."` and `group = "..."` from qemu.conf's text.
+pub fn qemu_conf_user(text: &str) -> (Option<String>, Option<String>) {
+    let (mut user, mut group) = (None, None);
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or_default();
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let value = value.trim().trim_matches('"').to_owned();
+        match key.trim() {
+            "user" => user = Some(value),
+            "group" => group = Some(value),
+            _ => {}
+        }
+    }
+    (user, group)
+}
+
+/// libvirt's spelling: `+N` is a number, anything else a name (or, if no
+/// such name exists, a number).
+fn resolve_user(s: &str) -> Result<u32, HookError> {
+    let bad = || HookError::Owner {
+        what: "user",
+        name: s.to_owned(),
+    };
+    if let Some(n) = s.strip_prefix('+') {
+        return n.parse().map_err(|_| bad());
+    }
+    match nix::unistd::User::from_name(s) {
+        Ok(Some(u)) => Ok(u.uid.as_raw()),
+        _ => s.parse().map_err(|_| bad()),
+    }
+}
+
+fn resolve_group(s: &str) -> Result<u32, HookError> {
+    let bad = || HookError::Owner {
+        what: "group",
+        name: s.to_owned(),
+    };
+    if let Some(n) = s.strip_prefix('+') {
+        return n.parse().map_err(|_| bad());
+    }
+    match nix::unistd::Group::from_name(s) {
+        Ok(Some(g)) => Ok(g.gid.as_raw()),
+        _ => s.parse().map_err(|_| bad()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DIR: &str = "/run/guestlogd/consoles";
+
+    fn domain(devices: &str, extra: &str) -> String {
+        format!(
+            "<domain type='qemu' id='3'><name>vm1</name>{extra}<devices>{devices}</devices></domain>"
+        )
+    }
+
+    fn names(p: &Plan) -> Vec<&str> {
+        p.consoles.iter().map(|c| c.name.as_str()).collect()
+    }
+
+    #[test]
+    fn finds_unix_connect_ports_in_the_console_directory_once_each() {
+        let xml = domain(
+            "<serial type='unix'><source mode='connect' path='/run/guestlogd/consoles/vm1-serial0.guest'/>\
+               <target type='isa-serial' port='0'/></serial>\
+             <serial type='unix'><source path='/run/guestlogd/consoles/vm1-serial1.guest'/></serial>\
+             <console type='unix'><source mode='connect' path='/run/guestlogd/consoles/vm1-serial0.guest'/>\
+               <target type='serial' port='0'/></console>\
+             <serial type='pty'/>\
+             <serial type='unix'><source mode='bind' path='/run/guestlogd/consoles/vm1-bound.guest'/></serial>\
+             <serial type='unix'><source mode='connect' path='/run/other/vm1-x.guest'/></serial>\
+             <channel type='unix'><source mode='connect' path='/run/guestlogd/consoles/vm1-ch.guest'/></channel>",
+            "",
+        );
+        let p = plan(&xml, "vm1", Path::new(DIR)).unwrap();
+        assert_eq!(names(&p), ["vm1-serial0", "vm1-serial1"]);
+        assert_eq!(p.dac_label, None);
+    }
+
+    #[test]
+    fn a_domain_without_such_a_port_needs_nothing() {
+        let xml = domain("<serial type='pty'/><console type='pty'/>", "");
+        assert_eq!(plan(&xml, "vm1", Path::new(DIR)).unwrap(), Plan::default());
+    }
+
+    #[test]
+    fn reads_the_dac_label() {
+        let xml = domain(
+            "",
+            "<seclabel type='dynamic' model='apparmor'><label>x</label></seclabel>\
+             <seclabel type='dynamic' model='dac' relabel='yes'><label>+64055:+994</label>\
+             <imagelabel>+64055:+994</imagelabel></seclabel>",
+        );
+        let p = plan(&xml, "vm1", Path::new(DIR)).unwrap();
+        assert_eq!(p.dac_label.as_deref(), Some("+64055:+994"));
+        let plan_ = Plan {
+            consoles: vec![],
+            dac_label: p.dac_label,
+        };
+        assert_eq!(
+            owner(&plan_, Path::new("/nonexistent")).unwrap(),
+            (64055, 994)
+        );
+        let none = domain("", "<seclabel type='none' model='dac'/>");
+        assert_eq!(plan(&none, "vm1", Path::new(DIR)).unwrap().dac_label, None);
+    }
+
+    #[test]
+    fn qemu_conf_gives_the_default_user() {
+        let text = "# user = \"nobody\"\nuser = \"root\"  # comment\n group=\"+77\"\n";
+        assert_eq!(
+            qemu_conf_user(text),
+            (Some("root".into()), Some("+77".into()))
+        );
+        assert_eq!(qemu_conf_user(""), (None, None));
+        assert_eq!(resolve_user("root").unwrap(), 0);
+        assert_eq!(resolve_user("+5").unwrap(), 5);
+        assert!(matches!(
+            resolve_user("no-such-user-here"),
+            Err(HookError::Owner { .. })
+        ));
+    }
+
+    #[test]
+    fn refuses_malformed_xml_and_other_roots() {
+        for bad in [
+            "",
+            "<domain>",
+            "<domain><devices></domain>",
+            "not xml",
+            "<a/><b/>",
+        ] {
+            assert!(
+                matches!(plan(bad, "vm1", Path::new(DIR)), Err(HookError::Xml { .. })),
+                "{bad:?}"
+            );
+        }
+        assert!(matches!(
+            plan("<network/>", "vm1", Path::new(DIR)),
+            Err(HookError::NotDomain { .. })
+        ));
+        // Entities are refused (no DTD), so no expansion bomb gets far.
+        let dtd = "<!DOCTYPE d [<!ENTITY a 'aaaa'>]><domain>&a;</domain>";
+        assert!(plan(dtd, "vm1", Path::new(DIR)).is_err());
+    }
+
+    #[test]
+    fn refuses_ports_not_named_after_the_domain() {
+        let port = |path: &str| {
+            domain(
+                &format!("<serial type='unix'><source mode='connect' path='{path}'/></serial>"),
+                "",
+            )
+        };
+        for path in [
+            "/run/guestlogd/consoles/vm2-serial0.guest",
+            "/run/guestlogd/consoles/vm1-serial0.client",
+            "/run/guestlogd/consoles/vm1 serial0.guest",
+            "/run/guestlogd/consoles/vm1.guest",
+        ] {
+            let e = plan(&port(path), "vm1", Path::new(DIR)).unwrap_err();
+            assert!(matches!(e, HookError::Refused { .. }), "{path}: {e:?}");
+        }
+    }
+}
