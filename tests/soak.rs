@@ -96,6 +96,7 @@ struct Plan {
     consoles: usize,
     followers: usize,
     stalled_followers: usize,
+    max_logs: u64,
 }
 
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -121,6 +122,11 @@ impl Plan {
             consoles: env_u64("SOAK_CONSOLES", 4) as usize,
             followers: 2,
             stalled_followers: env_u64("SOAK_STALLED_FOLLOWERS", 4) as usize,
+            // The daemon's registry cap (limits.max-logs, 8192 by default)
+            // set low enough that churn passes it within minutes, so the
+            // soak runs with the registry full and forgetting; 0 keeps the
+            // daemon's default.
+            max_logs: env_u64("SOAK_MAX_LOGS", 64),
         }
     }
 }
@@ -796,7 +802,7 @@ async fn soak() {
         .ok();
     println!(
         "soak: {} s; a takeover every {} s, a sample every {} s, churn every {} ms; \
-         {} pipes, {} fake consoles, {} followers, {} stalled followers",
+         {} pipes, {} fake consoles, {} followers, {} stalled followers, max-logs {}",
         plan.secs,
         plan.event_every,
         plan.sample_every,
@@ -804,10 +810,25 @@ async fn soak() {
         plan.pipes,
         plan.consoles,
         plan.followers,
-        plan.stalled_followers
+        plan.stalled_followers,
+        plan.max_logs
     );
 
     let (sd, socket) = Systemd::with_guestlogd(env!("CARGO_BIN_EXE_guestlogd"));
+    if plan.max_logs > 0 {
+        // A drop-in read after the harness's test.conf (drop-ins are read
+        // in name order): the same command line plus a configuration. The
+        // service has not started yet.
+        let config = format!("[limits]\nmax-logs = {}\n", plan.max_logs);
+        std::fs::write(sd.host().join("guestlogd.toml"), config).expect("write the config");
+        std::fs::write(
+            sd.inside("/etc/systemd/system/guestlogd.service.d/zz-soak.conf"),
+            "[Service]\nExecStart=\nExecStart=/host/guestlogd --runtime-dir /run/guestlogd \
+             --log-dir /host/log --config /host/guestlogd.toml\n",
+        )
+        .expect("write the drop-in");
+        sd.ctl(&["daemon-reload"]);
+    }
     let logdir = sd.host().join("log");
     let sh = Shared::default();
     let mut streams: Vec<Stream> = Vec::new();
