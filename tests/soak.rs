@@ -1046,9 +1046,26 @@ async fn soak() {
     );
     let (mut churned, mut churn_failed) = (0u64, 0u64);
     let cycle = [Event::Restart, Event::Reload, Event::Kill];
+    // Columns: seconds since the start; the daemon's pid, VmRSS and open
+    // descriptors; storedFds (GetStatus); logs the registry lists and how
+    // many have their file open; bytesWritten over all logs; numbered
+    // lines read back so far through ReadLog; lines lost so far (logs and
+    // reading clients); Follow sessions opened (reading and stalled); churn
+    // steps done.
     println!(
-        "soak: {:>6} {:>6} {:>9} {:>5} {:>6} {:>5} {:>10} {:>9} {:>5} {:>7} {:>6}",
-        "t", "pid", "rss", "fds", "store", "logs", "written", "lines", "lost", "follows", "churn"
+        "soak: {:>6} {:>6} {:>9} {:>5} {:>6} {:>5} {:>5} {:>10} {:>9} {:>5} {:>7} {:>6}",
+        "t",
+        "pid",
+        "rss",
+        "fds",
+        "store",
+        "logs",
+        "open",
+        "written",
+        "lines",
+        "lost",
+        "follows",
+        "churn"
     );
     loop {
         let now = begin.elapsed();
@@ -1086,7 +1103,8 @@ async fn soak() {
 
         if now >= next_sample || now >= total {
             next_sample += Duration::from_secs(plan.sample_every);
-            let st = try_status(&socket).await;
+            // Raw, for the figures the Status helper does not carry.
+            let st = vcall(&socket, "GetStatus", json!({})).await;
             let (mut logs, mut written) = (0usize, 0u64);
             match vcall(&socket, "ListLogs", json!({})).await {
                 Ok((l, _)) => {
@@ -1111,9 +1129,15 @@ async fn soak() {
                 .map(|s| s.live.lock().expect("checker lock").lines)
                 .sum();
             match st {
-                Ok(st) => {
-                    let rss = proc_kib(&sd, st.pid, "VmRSS").unwrap_or(0);
-                    let fds = proc_fds(&sd, st.pid).unwrap_or(0);
+                Ok((st, _)) => {
+                    let pid = st["pid"].as_i64().unwrap_or(0);
+                    let rss = proc_kib(&sd, pid, "VmRSS").unwrap_or(0);
+                    let fds = proc_fds(&sd, pid).unwrap_or(0);
+                    // Logs whose file is open (a daemon that closes idle
+                    // logs' files says so; "-" if it does not).
+                    let open = st["openLogFiles"]
+                        .as_i64()
+                        .map_or("-".to_owned(), |n| n.to_string());
                     samples.push(Sample {
                         t: now.as_secs(),
                         rss,
@@ -1122,13 +1146,14 @@ async fn soak() {
                     });
                     let fs = follow_stats.lock().expect("stats lock").sessions;
                     println!(
-                        "soak: {:>5}s {:>6} {:>9} {:>5} {:>6} {:>5} {:>10} {:>9} {:>5} {:>7} {:>6}",
+                        "soak: {:>5}s {:>6} {:>9} {:>5} {:>6} {:>5} {:>5} {:>10} {:>9} {:>5} {:>7} {:>6}",
                         now.as_secs(),
-                        st.pid,
+                        pid,
                         kib(rss),
                         fds,
-                        st.stored_fds,
+                        st["storedFds"],
                         logs,
+                        open,
                         kib(written / 1024),
                         lines,
                         lost,
