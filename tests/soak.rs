@@ -606,6 +606,10 @@ struct Happened {
     after: Vec<u64>,
 }
 
+/// A stalled client: its label, its parser and the index of the stream
+/// with the same lines (none: not checked), and its socket.
+type Held = (String, Option<(Parser, usize)>, UnixStream);
+
 #[derive(Debug, Clone, Copy)]
 struct Sample {
     t: u64,
@@ -834,7 +838,7 @@ async fn soak() {
     let mut streams: Vec<Stream> = Vec::new();
     let mut handles = Vec::new();
     // Stalled clients, kept open for the run: (label, parser, socket).
-    let mut held: Vec<(String, Option<Parser>, UnixStream)> = Vec::new();
+    let mut held: Vec<Held> = Vec::new();
     let policy = json!({"maxSize": LOG_MAX_SIZE, "maxBackups": LOG_BACKUPS});
 
     let mut stream = |label: String, kind, log: &str, parser: Parser, produced, bound, line_len| {
@@ -851,7 +855,7 @@ async fn soak() {
             live: live.clone(),
             position: None,
         });
-        live
+        (streams.len() - 1, live)
     };
 
     // Pipes. The first call activates the daemon.
@@ -913,7 +917,7 @@ async fn soak() {
         }
         for (what, sock) in readers {
             let label = format!("{what} of {name}");
-            let live = stream(
+            let (index, live) = stream(
                 label.clone(),
                 StreamKind::Client,
                 &name,
@@ -924,8 +928,11 @@ async fn soak() {
             );
             let s = UnixStream::connect(&sock).expect("a reading client attaches");
             reader(s, label, live, sh.clone());
+            // The stalled one gets the same lines as the reading one: its
+            // stream index stands for its line counts around each event.
             let s = stalled(&sock).expect("a stalled client attaches");
-            held.push((format!("stalled {what} of {name}"), Some(parser.clone()), s));
+            let label = format!("stalled {what} of {name}");
+            held.push((label, Some((parser.clone(), index)), s));
         }
         let g = UnixStream::connect(path("guestSocket")).expect("the fake guest connects");
         if bytewise {
@@ -960,7 +967,7 @@ async fn soak() {
             12,
         );
         let label = format!("client of {name}");
-        let live = stream(
+        let (_, live) = stream(
             label.clone(),
             StreamKind::Client,
             name,
@@ -1487,10 +1494,11 @@ async fn soak() {
     }
     // The stalled clients read at last: what the kernel held, then the
     // daemon's queue, with a marker where it dropped; never a repeat. A
-    // kill loses a stalled client's queue (it lived in the dead process),
-    // so unannounced gaps are counted, not failed.
-    for (label, parser, mut s) in held {
-        let Some(parser) = parser else { continue };
+    // kill loses a stalled client's queue (it lived in the dead process,
+    // and nothing tells the client), so a gap without a marker that ends
+    // at a kill is reported, and one anywhere else is an error.
+    for (label, check, mut s) in held {
+        let Some((parser, si)) = check else { continue };
         let mut c = Checker::new(parser, false);
         let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
         let (mut buf, mut bytes) = (vec![0; 65536], 0);
@@ -1505,6 +1513,31 @@ async fn soak() {
             c.lines,
             c.unmarked_lost()
         );
+        for g in c.gaps.iter().filter(|g| !g.marked) {
+            let at = events
+                .iter()
+                .find(|e| e.before[si] <= g.to && g.to <= e.after[si]);
+            match at {
+                Some(e) if e.kind == Event::Kill => println!(
+                    "soak: {label}: lines {}..{} ({} bytes) lost with its queue at the kill at {}s",
+                    g.from,
+                    g.to,
+                    (g.to - g.from) * streams[si].line_len,
+                    e.at.as_secs()
+                ),
+                Some(e) => errors.push(format!(
+                    "{label}: lines {}..{} lost at the {:?} at {}s, unannounced",
+                    g.from,
+                    g.to,
+                    e.kind,
+                    e.at.as_secs()
+                )),
+                None => errors.push(format!(
+                    "{label}: lines {}..{} lost unannounced, not at any takeover",
+                    g.from, g.to
+                )),
+            }
+        }
         if !c.repeats.is_empty() {
             errors.push(format!(
                 "{label}: {} repeated lines, first {:?}",
