@@ -1158,7 +1158,7 @@ async fn soak() {
                         pid,
                         kib(rss),
                         fds,
-                        st["storedFds"],
+                        st["storedFds"].as_i64().unwrap_or(-1),
                         logs,
                         open,
                         kib(written / 1024),
@@ -1492,6 +1492,35 @@ async fn soak() {
             errors.push(format!("the journal says {bad:?} {n} times"));
         }
     }
+    // What the daemon warned about, once per message (numbers elided).
+    let warnings = sd.run(&[
+        "journalctl",
+        "-u",
+        SERVICE,
+        "-p",
+        "warning",
+        "-o",
+        "cat",
+        "--no-pager",
+    ]);
+    let mut seen: Vec<(String, usize)> = Vec::new();
+    for line in warnings
+        .lines()
+        .filter(|l| !l.starts_with("guestlogd.service:"))
+    {
+        let key: String = line
+            .chars()
+            .map(|c| if c.is_ascii_digit() { '#' } else { c })
+            .collect();
+        match seen.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += 1,
+            None => seen.push((key, 1)),
+        }
+    }
+    for (msg, n) in &seen {
+        println!("soak: journal, warning or worse, {n} x: {msg}");
+    }
+
     // The stalled clients read at last: what the kernel held, then the
     // daemon's queue, with a marker where it dropped; never a repeat. A
     // kill loses a stalled client's queue (it lived in the dead process,
