@@ -1548,7 +1548,8 @@ async fn soak() {
                 .find(|e| e.before[si] <= g.to && g.to <= e.after[si]);
             match at {
                 Some(e) if e.kind == Event::Kill => println!(
-                    "soak: {label}: lines {}..{} ({} bytes) lost with its queue at the kill at {}s",
+                    "soak: {label}: lines {}..{} ({} bytes) lost with its queue at the kills up to \
+                     the one at {}s (one gap: each kill took what had queued since the one before)",
                     g.from,
                     g.to,
                     (g.to - g.from) * streams[si].line_len,
