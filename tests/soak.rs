@@ -615,7 +615,8 @@ struct Sample {
     t: u64,
     rss: u64,
     fds: usize,
-    logs: usize,
+    /// Churn steps done: each one a log under a new name.
+    churned: u64,
 }
 
 /// A log's files, oldest first: the backups NAME.log.N ... .0, then NAME.log.
@@ -1149,7 +1150,7 @@ async fn soak() {
                         t: now.as_secs(),
                         rss,
                         fds,
-                        logs,
+                        churned,
                     });
                     let fs = follow_stats.lock().expect("stats lock").sessions;
                     println!(
@@ -1453,15 +1454,16 @@ async fn soak() {
     }
 
     // Growth rates after the warm-up, for the record: per hour, and the
-    // descriptors per log the registry gained.
+    // descriptors per new log name (one per churn step; the registry's
+    // own count stays under max-logs).
     let after: Vec<&Sample> = samples.iter().filter(|s| s.t >= warm).collect();
     if let (Some(a), Some(b)) = (after.first(), after.last())
         && b.t > a.t
     {
         let hours = (b.t - a.t) as f64 / 3600.0;
-        let new_logs = b.logs.saturating_sub(a.logs);
+        let new_logs = b.churned - a.churned;
         println!(
-            "soak: from {}s to {}s: RSS {:+.1} MiB/h, fds {:+.0}/h; {new_logs} new logs, \
+            "soak: from {}s to {}s: RSS {:+.1} MiB/h, fds {:+.0}/h; {new_logs} new log names, \
              {:+.2} fds per new log",
             a.t,
             b.t,
