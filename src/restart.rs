@@ -115,7 +115,8 @@ pub fn adopt(
     }
     for console in &saved.consoles {
         let attached = clients.remove(&console.name).unwrap_or_default();
-        if let Err(e) = adopt_console(console, attached, registry, consoles, limits) {
+        let crashed = !saved.planned;
+        if let Err(e) = adopt_console(console, attached, crashed, registry, consoles, limits) {
             warn!(console = console.name, error = %e, "cannot take over a console");
         }
     }
@@ -126,6 +127,10 @@ pub fn adopt(
     );
     saved.adoptions + 1
 }
+
+/// What a client adopted after a crash sees where output it had not been
+/// sent yet may be missing.
+pub const CRASH_MARKER: &str = "\r\n[guestlogd: took over after a crash: output not yet sent to this client may be missing here]\r\n";
 
 /// Whether `name` says all that is needed to adopt it: a pipe into a
 /// described log, or a connection of a described console.
@@ -175,6 +180,7 @@ fn adopt_pipe(
 fn adopt_console(
     saved: &ConsoleState,
     attached: Vec<(String, bool)>,
+    crashed: bool,
     registry: &Arc<Registry>,
     consoles: &Consoles,
     limits: &Limits,
@@ -218,7 +224,15 @@ fn adopt_console(
                     .decode(&p.data)
                     .ok()
             })
-            .unwrap_or_default();
+            .unwrap_or_else(|| {
+                // What was queued for it died with the process: say so
+                // where the gap is, as a slow client's drops are.
+                if crashed {
+                    CRASH_MARKER.as_bytes().to_vec()
+                } else {
+                    Vec::new()
+                }
+            });
         adopted.clients.push(AdoptedClient {
             who: saved.peers.get(&fd_name).copied(),
             fd_name,
@@ -297,11 +311,15 @@ impl Saver {
 
     /// Saves what is true now.
     pub fn save_now(&self) {
-        self.save(&Default::default());
+        self.write(&Default::default(), false);
     }
 
-    /// `handovers` holds the clients' unsent output at a planned stop.
+    /// Saves at a planned stop, with the clients' unsent output.
     pub fn save(&self, handovers: &std::collections::BTreeMap<LogName, Handover>) {
+        self.write(handovers, true);
+    }
+
+    fn write(&self, handovers: &std::collections::BTreeMap<LogName, Handover>, planned: bool) {
         use std::sync::atomic::Ordering::Relaxed;
         let mut last = self
             .last
@@ -362,6 +380,7 @@ impl Saver {
             logs,
             consoles,
             fds,
+            planned,
         };
         let fd = match state.to_memfd() {
             Ok(fd) => fd,

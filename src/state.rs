@@ -35,6 +35,9 @@ pub struct State {
     pub consoles: Vec<ConsoleState>,
     /// The stored descriptors this state describes, by name.
     pub fds: Vec<String>,
+    /// Saved at a planned stop, with the clients' unsent output; a state
+    /// without it is a crash's, and that output is gone.
+    pub planned: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -170,6 +173,7 @@ mod tests {
             }],
             consoles: vec![],
             fds: vec!["pipe/vm/1".into()],
+            planned: true,
         };
         assert_eq!(State::read(state.to_memfd().unwrap()).unwrap(), state);
         assert_eq!(seq(&fd_name(42)), Some(42));

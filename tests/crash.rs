@@ -67,21 +67,27 @@ fn wait_file(path: &Path, needle: &str) -> bool {
 }
 
 fn wait_read(s: &mut UnixStream, needle: &str) -> bool {
+    read_until(s, needle).is_some()
+}
+
+/// What `s` gave until `needle` arrived, or `None`.
+fn read_until(s: &mut UnixStream, needle: &str) -> Option<String> {
     s.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let (mut seen, mut buf) = (Vec::new(), [0u8; 4096]);
     let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         match s.read(&mut buf) {
-            Ok(0) => return false,
+            Ok(0) => return None,
             Ok(n) => seen.extend_from_slice(&buf[..n]),
             Err(_) => {}
         }
-        if String::from_utf8_lossy(&seen).contains(needle) {
-            return true;
+        let text = String::from_utf8_lossy(&seen);
+        if text.contains(needle) {
+            return Some(text.into_owned());
         }
     }
-    false
+    None
 }
 
 /// A small deterministic generator, so a failing round can be replayed.
@@ -177,9 +183,13 @@ async fn a_kill_at_any_instant_keeps_every_new_pipe_console_and_client() {
         let old = st.pid;
         st = wait_status(&socket, &format!("console round {round}"), |s| s.pid != old).await;
         guest.write_all(b"after the kill\n").unwrap();
+        let seen = read_until(&mut client, "after the kill");
+        let seen = seen
+            .unwrap_or_else(|| panic!("console round {round}: the client or the guest was lost"));
+        // What was queued for it died with the process, and it is told so.
         assert!(
-            wait_read(&mut client, "after the kill"),
-            "console round {round}: the client or the guest was lost"
+            seen.starts_with(guestlogd::restart::CRASH_MARKER),
+            "console round {round}: {seen:?}"
         );
         client.write_all(b"typed\n").unwrap();
         assert!(
