@@ -97,18 +97,10 @@ async fn pump(
     debug!("pipe opened");
     loop {
         let ready = tokio::select! {
+            // A stop comes first: a writer that keeps its pipe full must
+            // not keep this task from seeing it (each job yields, so the
+            // pipe is always ready again).
             biased;
-            ready = read.readable() => ready,
-            Some(done) = drains.recv() => {
-                // Asked for the log's end: what the writer put in the pipe
-                // before asking must be in the log first.
-                let eof = read_dry(&read, &guard, Instant::now() + DRAIN_FOR).await.is_some_and(|eof| eof);
-                let _ = done.send(());
-                if eof {
-                    break;
-                }
-                continue;
-            }
             () = shutdown.cancelled() => {
                 if guard.registry().handing_over() {
                     debug!("pipe handed over");
@@ -121,6 +113,17 @@ async fn pump(
                 }
                 break;
             }
+            Some(done) = drains.recv() => {
+                // Asked for the log's end: what the writer put in the pipe
+                // before asking must be in the log first.
+                let eof = read_dry(&read, &guard, Instant::now() + DRAIN_FOR).await.is_some_and(|eof| eof);
+                let _ = done.send(());
+                if eof {
+                    break;
+                }
+                continue;
+            }
+            ready = read.readable() => ready,
         };
         let mut ready = match ready {
             Ok(r) => r,
