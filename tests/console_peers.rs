@@ -6,13 +6,13 @@
 mod common;
 
 use std::{
-    io::{Read, Write},
+    io::Write,
     os::unix::net::UnixStream,
     path::PathBuf,
     time::{Duration, Instant},
 };
 
-use common::{Daemon, call};
+use common::{Daemon, call, read_until};
 use serde_json::json;
 
 async fn console(d: &Daemon, name: &str) -> (PathBuf, PathBuf) {
@@ -25,28 +25,6 @@ async fn console(d: &Daemon, name: &str) -> (PathBuf, PathBuf) {
         dir.join(format!("{name}.guest")),
         dir.join(format!("{name}.client")),
     )
-}
-
-/// Reads from `s` until `want` has arrived; what arrived.
-fn read_until(s: &mut UnixStream, want: &[u8]) -> Vec<u8> {
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let (mut got, mut buf) = (Vec::new(), [0u8; 65536]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !got.windows(want.len()).any(|w| w == want) {
-        assert!(
-            Instant::now() < deadline,
-            "never got {:?}; got {:?}",
-            String::from_utf8_lossy(want),
-            String::from_utf8_lossy(&got[got.len().saturating_sub(300)..])
-        );
-        match s.read(&mut buf) {
-            Ok(0) => panic!("closed before {:?}", String::from_utf8_lossy(want)),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(_) => {}
-        }
-    }
-    got
 }
 
 #[tokio::test]

@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Daemon, call, call_with_fds, tool};
+use common::{Daemon, call, call_with_fds, read_until, tool};
 use guestlogd::api::ManagerError;
 use nix::{sys::signal::Signal, unistd::Pid};
 use serde_json::json;
@@ -123,27 +123,6 @@ async fn open_pipe(d: &Daemon, name: &str) -> fs::File {
         call_with_fds(&mut connect(d).await, "OpenPipe", json!({"name": name})).await;
     reply.unwrap();
     fs::File::from(fds.remove(0))
-}
-
-/// Reads from `s` until `want` has arrived.
-fn read_until(s: &mut UnixStream, want: &[u8]) {
-    s.set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
-    let (mut got, mut buf) = (Vec::new(), [0u8; 4096]);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !got.windows(want.len()).any(|w| w == want) {
-        assert!(
-            Instant::now() < deadline,
-            "never got {:?}; got {:?}",
-            String::from_utf8_lossy(want),
-            String::from_utf8_lossy(&got)
-        );
-        match s.read(&mut buf) {
-            Ok(0) => panic!("closed before {:?}", String::from_utf8_lossy(want)),
-            Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(_) => {}
-        }
-    }
 }
 
 /// Everything that does not need a held log still works.

@@ -206,3 +206,25 @@ pub async fn call(
 ) -> Result<serde_json::Value, guestlogd::api::ManagerError> {
     call_with_fds(conn, method, parameters).await.0
 }
+
+/// Reads from `s` until `want` has arrived; what arrived.
+pub fn read_until(s: &mut UnixStream, want: &[u8]) -> Vec<u8> {
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let (mut got, mut buf) = (Vec::new(), [0u8; 65536]);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !got.windows(want.len()).any(|w| w == want) {
+        assert!(
+            Instant::now() < deadline,
+            "never got {:?}; got {:?}",
+            String::from_utf8_lossy(want),
+            String::from_utf8_lossy(&got[got.len().saturating_sub(300)..])
+        );
+        match std::io::Read::read(s, &mut buf) {
+            Ok(0) => panic!("closed before {:?}", String::from_utf8_lossy(want)),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    got
+}
