@@ -88,26 +88,9 @@ fn install(lv: &Libvirt) {
 /// directory (libvirt adds the matching <console>).
 fn unix_domain(lv: &Libvirt, name: &str, port: &str) -> String {
     let cmdline = lv.read("/var/lib/libvirt/boot/cmdline");
-    format!(
-        "<domain type='qemu'>
-  <name>{name}</name>
-  <memory unit='MiB'>256</memory>
-  <vcpu>1</vcpu>
-  <os>
-    <type arch='x86_64' machine='pc'>hvm</type>
-    <kernel>/var/lib/libvirt/boot/vmlinuz</kernel>
-    <initrd>/var/lib/libvirt/boot/initrd.gz</initrd>
-    <cmdline>{}</cmdline>
-  </os>
-  <on_poweroff>destroy</on_poweroff>
-  <devices>
-    <serial type='unix'><source mode='connect' path='{DIR}/{port}.guest'/></serial>
-    <memballoon model='none'/>
-  </devices>
-</domain>
-",
-        cmdline.trim()
-    )
+    let serial =
+        format!("<serial type='unix'><source mode='connect' path='{DIR}/{port}.guest'/></serial>");
+    libvirt::domain_with_devices(name, cmdline.trim(), &serial)
 }
 
 fn create(lv: &Libvirt, name: &str, xml: &str) -> std::process::Output {

@@ -179,6 +179,15 @@ impl Drop for Libvirt {
 /// no disk, no network, no balloon, `serial` as its first serial port, plus
 /// a `<console type='pty'>`.
 pub fn domain_xml(name: &str, cmdline: &str, serial: &str) -> String {
+    domain_with_devices(
+        name,
+        cmdline,
+        &format!("{serial}\n    <console type='pty'/>"),
+    )
+}
+
+/// The same domain with `devices` (besides no balloon) as its devices.
+pub fn domain_with_devices(name: &str, cmdline: &str, devices: &str) -> String {
     format!(
         "<domain type='qemu'>
   <name>{name}</name>
@@ -194,8 +203,7 @@ pub fn domain_xml(name: &str, cmdline: &str, serial: &str) -> String {
   <on_reboot>destroy</on_reboot>
   <on_crash>destroy</on_crash>
   <devices>
-    {serial}
-    <console type='pty'/>
+    {devices}
     <memballoon model='none'/>
   </devices>
 </domain>
