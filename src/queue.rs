@@ -92,6 +92,14 @@ impl<'a> Output<'a> {
         Self { data, shared: None }
     }
 
+    /// Output that is already shared: queues keep pieces of it, uncopied.
+    pub fn shared(data: &'a Bytes) -> Self {
+        Self {
+            data,
+            shared: Some(data.clone()),
+        }
+    }
+
     /// The last `n` bytes, shared.
     fn shared_tail(&mut self, n: usize) -> Bytes {
         let all = self

@@ -413,7 +413,7 @@ impl Relay {
             boot.output(&data).await;
         }
         let stats = &self.stats;
-        let mut out = Output::new(&data);
+        let mut out = Output::shared(&data);
         let mut woke = false;
         self.clients.retain(
             |c| match c.queue.push(&mut out, |d| c.socket.try_write(d)) {
