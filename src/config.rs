@@ -7,7 +7,10 @@ use std::{fs, path::Path};
 
 use serde::Deserialize;
 
-use crate::rotator::{self, Policy};
+use crate::logs::{
+    name::LogName,
+    policy::{self, Policy},
+};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
@@ -251,8 +254,7 @@ impl Config {
             .map_err(|why| format!("libvirt.max-backups {why}"))?;
         for root in &v.roots {
             let shown = root.display().to_string();
-            crate::name::LogName::from_path(&shown)
-                .map_err(|why| format!("libvirt.roots: {shown:?}: {why}"))?;
+            LogName::from_path(&shown).map_err(|why| format!("libvirt.roots: {shown:?}: {why}"))?;
         }
         self.socket_mode()?;
         Ok(())
@@ -272,7 +274,7 @@ pub const MAX_MESSAGE_SIZE: usize = 16 * 1024 * 1024;
 
 /// Checks a cap against the bounds the interface documents.
 pub fn check_policy_size(v: i64) -> Result<(), String> {
-    let (lo, hi) = (rotator::MIN_SIZE, rotator::MAX_SIZE);
+    let (lo, hi) = (policy::MIN_SIZE, policy::MAX_SIZE);
     u64::try_from(v)
         .is_ok_and(|v| (lo..=hi).contains(&v))
         .then_some(())
@@ -281,10 +283,10 @@ pub fn check_policy_size(v: i64) -> Result<(), String> {
 
 /// Checks a backup count against the bounds the interface documents.
 pub fn check_policy_backups(v: i64) -> Result<(), String> {
-    (0..=i64::from(rotator::MAX_BACKUPS))
+    (0..=i64::from(policy::MAX_BACKUPS))
         .contains(&v)
         .then_some(())
-        .ok_or_else(|| format!("must be from 0 to {}", rotator::MAX_BACKUPS))
+        .ok_or_else(|| format!("must be from 0 to {}", policy::MAX_BACKUPS))
 }
 
 #[cfg(test)]

@@ -16,17 +16,24 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use crate::{
-    activation::{self, Activation},
     config::Config,
-    console::Consoles,
+    consoles::table::Consoles,
+    error_chain,
     fdstore::FdStore,
-    ops::Ops,
-    registry::{Registry, Wait, error_chain},
-    restart::{self, Saver},
-    server::{self, ConnLimits, Counters},
-    service::{AccessPolicy, Manager},
-    varlink::Varlink,
-    virtlogd::front::Virtlogd,
+    fronts::{
+        server::{self, ConnLimits, Counters},
+        varlink::{
+            framing::Varlink,
+            manager::{AccessPolicy, Manager},
+        },
+        virtlogd::front::{self as libvirt, Virtlogd},
+    },
+    handover::{
+        activation::{self, Activation},
+        restart::{self, Saver},
+    },
+    logs::{log::Wait, registry::Registry},
+    ops::{Ops, Status},
 };
 
 /// The socket's file name in the runtime directory.
@@ -81,7 +88,7 @@ pub fn run(opts: Options, activation: Activation) -> Result<Exit, DaemonError> {
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .max_blocking_threads(crate::log::MAX_JOBS)
+        .max_blocking_threads(crate::logs::log::MAX_JOBS)
         .build()
         .map_err(DaemonError::Runtime)?;
     let exit = runtime.block_on(serve(opts, activation));
@@ -182,7 +189,7 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
     };
     let server = server::accept_loop(
         listener,
-        Arc::new(Varlink { manager }),
+        Arc::new(Varlink { service: manager }),
         conn_limits,
         counters,
         stop_serving.clone(),
@@ -224,7 +231,7 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
     let closing = {
         let registry = registry.clone();
         tokio::spawn(async move {
-            let mut sweep = tokio::time::interval(crate::registry::IDLE_SWEEP);
+            let mut sweep = tokio::time::interval(crate::logs::registry::IDLE_SWEEP);
             loop {
                 sweep.tick().await;
                 registry.close_idle();
@@ -359,7 +366,7 @@ fn libvirt_front(
     let limits = Arc::new(ConnLimits {
         max_connections: l.max_connections,
         max_per_uid: l.max_connections_per_uid,
-        max_message: crate::virtlogd::front::MAX_CALL,
+        max_message: libvirt::MAX_CALL,
         message_timeout: std::time::Duration::from_secs(l.message_timeout),
         // libvirt keeps a connection idle through a whole migration.
         idle_timeout: None,
@@ -448,14 +455,6 @@ impl FdBudget {
 
 /// How long a stop waits for pipes and consoles to finish.
 const STOP_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// What GetStatus reports beyond the live figures.
-#[derive(Debug)]
-pub struct Status {
-    pub started: std::time::SystemTime,
-    /// How many times a guestlogd took over before this one.
-    pub adoptions: u64,
-}
 
 fn create_dir(dir: &Path, mode: u32) -> Result<(), DaemonError> {
     let failed = |source| DaemonError::Dir {

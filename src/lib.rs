@@ -1,39 +1,45 @@
 //! guestlogd: owns the logs and consoles of virtual machines.
 //!
-//! `logdir` opens files inside a log directory without following what was
-//! planted there; `rotator` writes capped files; `registry` holds the logs;
-//! `pipe` feeds them from OpenPipe's pipes; `ops` is what guestlogd does,
-//! whichever front asks; `server` accepts connections and gives each a
-//! task; `varlink` (with `service`) and `virtlogd` are the two fronts;
-//! `daemon` ties them together. `console`, `relay` and `queue` make
-//! consoles, with `writers` (who may type) and `boot` (a console's boot
-//! log) beside the relay.
+//! The layers, top down (`ARCHITECTURE.md` has the map): `fronts` decode
+//! the wire and call `ops`, which is what guestlogd does whichever front
+//! asks; `handover` takes over from a previous guestlogd and saves what
+//! the next one needs; `consoles` relay guests to clients and logs; `logs`
+//! owns every file. `daemon` ties them together for the process's life.
+//! Beside them, `config` is the configuration, and two leaves anyone may
+//! use: `fdstore` holds every descriptor that must outlive this process,
+//! and `ratelimit` bounds log lines an outsider can cause.
 
 #![deny(unsafe_code)]
 
-#[allow(unsafe_code)]
-pub mod activation;
-pub mod api;
-pub mod boot;
 pub mod config;
-pub mod console;
+pub mod consoles;
 pub mod daemon;
 pub mod fdstore;
-pub mod log;
-pub mod logdir;
-pub mod name;
+pub mod fronts;
+pub mod handover;
+pub mod logs;
 pub mod ops;
-#[allow(unsafe_code)]
-pub mod pipe;
-pub mod queue;
 pub mod ratelimit;
-pub mod registry;
-pub mod relay;
-pub mod restart;
-pub mod rotator;
-pub mod server;
-pub mod service;
-pub mod state;
-pub mod varlink;
-pub mod virtlogd;
-pub mod writers;
+
+/// The varlink API's wire types, for clients (`guestlogctl`, tests).
+pub use fronts::varlink::api;
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+/// An error and its sources, joined with ": ".
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}
+
+/// Locks a mutex, taking the data even if a thread panicked while holding
+/// it: every holder leaves the data consistent between calls.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}

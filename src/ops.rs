@@ -2,13 +2,13 @@
 //! log, append, read from a position, rotate, make and remove consoles,
 //! follow a log.
 //!
-//! A front (`service` for varlink, `virtlogd` for libvirt's protocol) only
-//! decodes, checks access, calls one of these and encodes the result, so
-//! the same operation behaves the same from either: the same caps and
-//! rotation, counters, FD store and saved state. Everything here may touch
-//! the disk and blocks: fronts run it on a blocking thread. A change that
+//! A front (`fronts::varlink`, or `fronts::virtlogd` for libvirt's
+//! protocol) only decodes, checks access, calls one of these and encodes
+//! the result, so the same operation behaves the same from either: the
+//! same caps and rotation, counters, FD store and saved state. File work
+//! runs in each log's jobs, never on the caller's task. A change that
 //! stores a descriptor saves the state before returning, so a crash right
-//! after the caller hears of it keeps it (`restart`).
+//! after the caller hears of it keeps it (`handover::restart`).
 
 use std::{os::fd::OwnedFd, path::PathBuf, sync::Arc};
 
@@ -16,14 +16,22 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use crate::{
     config::Limits,
-    console::{Console, ConsoleError, Consoles, Owner, Settings},
-    log::Slot,
-    name::LogName,
-    pipe,
-    queue::{OutputQueue, SlowPolicy},
-    registry::{Log, Registry, RegistryError, Wait},
-    restart::Saver,
-    rotator::{Chunk, Policy, Pos, RotatingFile, RotatorError},
+    consoles::{
+        boot,
+        console::{Console, ConsoleError, Owner, Settings},
+        table::Consoles,
+        writers::Writers,
+    },
+    handover::restart::Saver,
+    logs::{
+        log::{Log, Slot, Wait},
+        name::LogName,
+        pipe,
+        policy::PolicyChange,
+        queue::{OutputQueue, SlowPolicy},
+        registry::{Registry, RegistryError},
+        rotator::{Chunk, Pos, RotatingFile, RotatorError},
+    },
 };
 
 /// Why an operation failed; each front maps it to its own wire error.
@@ -77,35 +85,6 @@ pub struct Opened {
     pub position: Pos,
 }
 
-/// A policy change asked for with a call; `None` keeps what the log has.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct PolicyChange {
-    pub max_size: Option<u64>,
-    pub max_backups: Option<u32>,
-}
-
-impl PolicyChange {
-    /// `p` with this change.
-    pub fn over(self, p: Policy) -> Policy {
-        Policy {
-            max_size: self.max_size.unwrap_or(p.max_size),
-            max_backups: self.max_backups.unwrap_or(p.max_backups),
-        }
-    }
-
-    fn is_some(self) -> bool {
-        self.max_size.is_some() || self.max_backups.is_some()
-    }
-}
-
-/// Applies a call's policy change to a log that may have had another.
-fn apply(f: &mut RotatingFile, change: PolicyChange) -> Result<(), RotatorError> {
-    if change.is_some() {
-        f.set_policy(change.over(f.policy()))?;
-    }
-    Ok(())
-}
-
 /// What CreateConsole asks for, validated.
 #[derive(Debug, Clone)]
 pub struct ConsoleRequest {
@@ -116,9 +95,17 @@ pub struct ConsoleRequest {
     pub slow: SlowPolicy,
     pub owner: Owner,
     pub viewers: bool,
-    pub writers: crate::writers::Writers,
+    pub writers: Writers,
     /// The boot log's name and the bytes it keeps per guest connection.
     pub boot: Option<(LogName, u64)>,
+}
+
+/// What GetStatus reports beyond the live figures.
+#[derive(Debug)]
+pub struct Status {
+    pub started: std::time::SystemTime,
+    /// How many times a guestlogd took over before this one.
+    pub adoptions: u64,
 }
 
 /// The operations, over the daemon's shared state. Cheap to clone.
@@ -155,7 +142,7 @@ impl Ops {
         let position = log
             .run(Wait::Call, move |log, slot| {
                 let f = log.placed_file(slot)?;
-                apply(f, change)?;
+                f.change_policy(change)?;
                 if o.truncate {
                     f.truncate()?;
                     if o.drop_backups {
@@ -295,16 +282,18 @@ impl Ops {
             true => {
                 let log = self.enter(&r.name, r.policy)?;
                 let change = r.policy;
-                self.first_use(&log, move |f| apply(f, change)).await?;
+                self.first_use(&log, move |f| f.change_policy(change))
+                    .await?;
                 Some(log)
             }
         };
         let boot = match &r.boot {
             None => None,
             Some((name, bytes)) => {
-                let change = crate::boot::policy(*bytes);
+                let change = boot::policy(*bytes);
                 let log = self.enter(name, change)?;
-                self.first_use(&log, move |f| apply(f, change)).await?;
+                self.first_use(&log, move |f| f.change_policy(change))
+                    .await?;
                 Some(log)
             }
         };

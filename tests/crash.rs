@@ -188,7 +188,7 @@ async fn a_kill_at_any_instant_keeps_every_new_pipe_console_and_client() {
             .unwrap_or_else(|| panic!("console round {round}: the client or the guest was lost"));
         // What was queued for it died with the process, and it is told so.
         assert!(
-            seen.starts_with(guestlogd::restart::CRASH_MARKER),
+            seen.starts_with(guestlogd::handover::restart::CRASH_MARKER),
             "console round {round}: {seen:?}"
         );
         client.write_all(b"typed\n").unwrap();

@@ -35,7 +35,7 @@ const DROP_IN: &str = concat!(
 /// The test's binary lives in HOSTDIR; everything else is the shipped file.
 const TEST_DROP_IN: &str = "[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart=\n\
     ExecStart=/host/guestlogd --runtime-dir /run/guestlogd --log-dir /var/log/guestlogd\n";
-/// One read of a pipe (src/pipe.rs): the most a kill -9 may lose.
+/// One read of a pipe (src/logs/pipe.rs): the most a kill -9 may lose.
 const PIPE_READ: usize = 256 * 1024;
 
 fn install(lv: &Libvirt) {

@@ -56,7 +56,7 @@ use serde_json::{Value, json};
 use systemd::{SERVICE, Status, Systemd, try_status, wait_status};
 
 /// What one `kill -9` may lose of one stream: the read the dead daemon had
-/// taken and not yet written (src/pipe.rs and src/relay.rs read this much
+/// taken and not yet written (src/logs/pipe.rs and src/consoles/relay.rs read this much
 /// at most).
 const PIPE_READ: u64 = 256 * 1024;
 const CONSOLE_READ: u64 = 64 * 1024;
@@ -1606,7 +1606,7 @@ fn checker_sees_gaps_repeats_and_drops() {
     // What a successor says after a crash announces the gap too.
     let mut k = Checker::new(Parser::Numbered("P01".into()), true);
     k.feed(b"P01 00000000\n");
-    k.feed(guestlogd::restart::CRASH_MARKER.as_bytes());
+    k.feed(guestlogd::handover::restart::CRASH_MARKER.as_bytes());
     k.feed(b"P01 00000005\n");
     assert!(k.gaps[0].marked);
     assert_eq!(k.unmarked_lost(), 0);

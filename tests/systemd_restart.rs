@@ -42,7 +42,7 @@ const SEQ_LINE: usize = 12;
 const PIPE_LINE: usize = 19;
 /// Lines per write into the pipe (one write, below PIPE_BUF).
 const PIPE_BATCH: u64 = 50;
-/// The most a kill -9 may lose: one read buffer (src/pipe.rs, src/relay.rs).
+/// The most a kill -9 may lose: one read buffer (src/logs/pipe.rs, src/consoles/relay.rs).
 const PIPE_READ: usize = 256 * 1024;
 const CONSOLE_READ: usize = 64 * 1024;
 /// Logs big enough never to rotate during the test.

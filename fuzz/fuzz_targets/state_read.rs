@@ -6,5 +6,5 @@
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let _ = guestlogd::state::State::parse(data);
+    let _ = guestlogd::handover::state::State::parse(data);
 });

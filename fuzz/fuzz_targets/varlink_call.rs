@@ -4,7 +4,10 @@
 
 #![no_main]
 
-use guestlogd::{api, service::parse, varlink::RawCall};
+use guestlogd::{
+    api,
+    fronts::varlink::{framing::RawCall, wire::parse},
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -20,5 +23,5 @@ fuzz_target!(|data: &[u8]| {
     let _ = parse::<api::AttachConsoleInput>(p);
     let _ = parse::<api::RemoveConsoleInput>(p);
     let _ = parse::<api::FollowInput>(p);
-    let _ = guestlogd::name::LogName::parse(&call.method);
+    let _ = guestlogd::logs::name::LogName::parse(&call.method);
 });

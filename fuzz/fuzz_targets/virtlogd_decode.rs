@@ -7,7 +7,7 @@
 
 use libfuzzer_sys::fuzz_target;
 
-use guestlogd::virtlogd::{
+use guestlogd::fronts::virtlogd::{
     AppendLogFile, Call, ErrorReply, Frame, GetLogFilePosition, OpenLogFile, Payload, Position,
     Procedure, ReadLogFile, Reply, check_frame,
 };

@@ -4,10 +4,10 @@ use std::{path::PathBuf, process::ExitCode};
 
 use clap::Parser;
 use guestlogd::{
-    activation::{Activation, own_path, reexec},
     config::Config,
     daemon::{self, Exit, Options},
-    registry::error_chain,
+    error_chain,
+    handover::activation::{Activation, own_path, reexec},
 };
 use tracing::error;
 use tracing_subscriber::{EnvFilter, prelude::*};

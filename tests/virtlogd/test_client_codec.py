@@ -1,5 +1,5 @@
 """Self-test of client.py: its encoder against the golden frames that the
-Rust codec's tests (src/virtlogd/tests/mod.rs) pin, and its receive path over a
+Rust codec's tests (src/fronts/virtlogd/tests/mod.rs) pin, and its receive path over a
 socketpair, FD passing included. Run: python3 tests/virtlogd/test_client_codec.py
 """
 
@@ -18,7 +18,7 @@ PATH = "/var/log/libvirt/qemu/vm1.log"
 SWTPM_PATH = "/var/log/libvirt/qemu/vm1-swtpm.log"
 INODE, OFFSET = 0x12D687, 0x1F40
 
-# The same hex as the *_HEX constants in src/virtlogd/tests/mod.rs.
+# The same hex as the *_HEX constants in src/fronts/virtlogd/tests/mod.rs.
 GOLDEN = {
     "open_call": "00000064875393190000000100000001000000000000000000000000"
                  "0000000471656d75c7a5fdbdedaf9455926ad65c16db180900000003766d3100"
@@ -50,7 +50,7 @@ GOLDEN = {
 
 
 # Captured from a real virtlogd 11.3 (see the VIRTLOGD_* constants in
-# src/virtlogd/tests/captured.rs for how); the Rust encoder reproduces each exactly.
+# src/fronts/virtlogd/tests/captured.rs for how); the Rust encoder reproduces each exactly.
 CAPTURED = {
     "VIRTLOGD_UNKNOWN_PROC": "0000008087539319000000010000000500000001000000000000000100000027"
                              "000000070000000100000014756e6b6e6f776e2070726f6365647572653a2035"

@@ -12,7 +12,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use guestlogd::{api::ManagerError, daemon::SOCKET, registry::error_chain};
+use guestlogd::{api::ManagerError, daemon::SOCKET, error_chain};
 use nix::sys::termios::{self, SetArg, Termios};
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},

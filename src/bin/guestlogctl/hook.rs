@@ -31,7 +31,7 @@ use std::{
     time::Duration,
 };
 
-use guestlogd::{api::ManagerError, daemon::SOCKET, name::LogName};
+use guestlogd::{api::ManagerError, daemon::SOCKET, logs::name::LogName};
 use serde_json::json;
 use tokio::io::AsyncReadExt;
 use zlink::tokio::unix::{Connection, Stream};

@@ -17,7 +17,7 @@ use clap::{Parser, Subcommand};
 use guestlogd::{
     api::{FollowOutput, ListLogsOutput, Manager as _, ManagerError, Position},
     daemon::SOCKET,
-    registry::error_chain,
+    error_chain,
 };
 use serde::Serialize;
 use zlink::{Call, tokio::unix::Connection};

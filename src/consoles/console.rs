@@ -1,0 +1,213 @@
+//! What one console is: its settings, its figures, the handle that stops
+//! it, and what passes between its relay and the rest of the daemon
+//! (clients handed to it, connections adopted from a previous guestlogd,
+//! client output left for the next one). Plain types: the table
+//! (`table`) makes consoles and the relay (`relay`) runs them.
+
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed},
+    },
+};
+
+use serde::{Deserialize, Serialize};
+use tokio::{
+    net::{UnixListener, UnixStream},
+    sync::{mpsc, oneshot},
+    task::JoinHandle,
+};
+use tokio_util::sync::CancellationToken;
+
+use super::writers::{Who, Writers};
+use crate::{
+    lock,
+    logs::{log::Log, name::LogName, queue::SlowPolicy, registry::Registry},
+};
+
+/// Who owns a console's sockets, and their mode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub mode: u32,
+}
+
+impl Default for Owner {
+    fn default() -> Self {
+        Self {
+            uid: None,
+            gid: None,
+            mode: 0o600,
+        }
+    }
+}
+
+/// Everything CreateConsole decided, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub name: LogName,
+    /// The log the guest's output goes to, if any.
+    pub log: Option<Arc<Log>>,
+    pub replay: usize,
+    pub slow: SlowPolicy,
+    pub owner: Owner,
+    pub viewers: bool,
+    /// A client's queue, in bytes.
+    pub queue: usize,
+    /// The most clients, and separately the most viewers.
+    pub max_clients: usize,
+    /// For the descriptor store and the saved state.
+    pub registry: Arc<Registry>,
+    pub writers: Writers,
+    /// The boot log (`boot`), if any, and how much of each boot it keeps.
+    pub boot: Option<Arc<Log>>,
+    pub boot_bytes: u64,
+}
+
+/// A console's figures, shared by its relay task and ListLogs.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub guest_connected: AtomicBool,
+    pub clients: AtomicUsize,
+    pub viewers: AtomicUsize,
+    pub bytes_from_guest: AtomicU64,
+    pub bytes_to_guest: AtomicU64,
+    pub bytes_dropped_for_clients: AtomicU64,
+    /// With one writer: the writer's descriptor name and credentials.
+    pub writer: Mutex<Option<(String, Who)>>,
+    /// Every client's credentials, by descriptor name, for the saved state:
+    /// a client made by AttachConsole has the daemon as its socket peer.
+    pub peers: Mutex<BTreeMap<String, Who>>,
+}
+
+/// A running console.
+#[derive(Debug)]
+pub struct Console {
+    pub name: LogName,
+    pub guest_socket: PathBuf,
+    pub client_socket: PathBuf,
+    pub view_socket: Option<PathBuf>,
+    pub log_path: Option<PathBuf>,
+    pub boot_log_path: Option<PathBuf>,
+    /// The log, for the figures of its followers.
+    pub log: Option<Arc<Log>>,
+    pub stats: Arc<Stats>,
+    pub settings: Settings,
+    pub(super) stop: CancellationToken,
+    /// Set by RemoveConsole: the relay closes everything instead of handing
+    /// it over.
+    pub(super) removing: AtomicBool,
+    /// The relay task; taken by whoever waits for it to end.
+    pub(super) task: Mutex<Option<JoinHandle<Handover>>>,
+    /// AttachConsole's way to the relay.
+    pub(super) attach: mpsc::Sender<AttachRequest>,
+}
+
+/// A client handed to the relay by AttachConsole.
+#[derive(Debug)]
+pub struct AttachRequest {
+    pub stream: UnixStream,
+    pub who: Who,
+    pub viewer: bool,
+    pub force: bool,
+    /// Whether the client may write, or the client limit that refused it.
+    pub reply: oneshot::Sender<Result<bool, usize>>,
+}
+
+/// What a previous guestlogd passed on for one console.
+#[derive(Debug, Default)]
+pub struct Adopted {
+    pub guest: Option<tokio::net::UnixStream>,
+    pub clients: Vec<AdoptedClient>,
+    /// With one writer: the writer's descriptor name.
+    pub writer: Option<String>,
+}
+
+#[derive(Debug)]
+pub struct AdoptedClient {
+    pub fd_name: String,
+    pub stream: tokio::net::UnixStream,
+    pub viewer: bool,
+    pub pending: Vec<u8>,
+    /// Its credentials as saved; else its socket peer's.
+    pub who: Option<Who>,
+}
+
+/// Why a console could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    #[error("a console named {0} exists")]
+    Exists(LogName),
+    #[error("{0} consoles exist already")]
+    Limit(usize),
+    #[error("cannot set up {path}")]
+    Socket {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why AttachConsole could not attach.
+#[derive(Debug, thiserror::Error)]
+pub enum AttachError {
+    #[error("no console {0}")]
+    NoSuchConsole(LogName),
+    #[error("the console has {0} clients already")]
+    Limit(usize),
+    #[error("cannot make a connection to attach")]
+    Socket(#[source] std::io::Error),
+}
+
+/// A console's listening sockets.
+#[derive(Debug)]
+pub struct Listeners {
+    pub guest: UnixListener,
+    pub client: UnixListener,
+    pub view: Option<UnixListener>,
+}
+
+/// What a console's relay leaves for the next guestlogd: client output
+/// it had queued, by client descriptor name.
+pub type Handover = BTreeMap<String, Pending>;
+
+/// A client's unsent output.
+#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pending {
+    /// Base64.
+    pub data: String,
+    /// Bytes it had already lost, still to be announced.
+    pub dropped: u64,
+}
+
+impl Console {
+    /// Stops the relay and waits for it.
+    pub(super) async fn stop(&self) -> Handover {
+        self.stop.cancel();
+        let task = lock(&self.task).take();
+        match task {
+            Some(task) => task.await.unwrap_or_default(),
+            None => Handover::default(),
+        }
+    }
+
+    /// Whether RemoveConsole is closing this console for good.
+    pub fn removing(&self) -> bool {
+        self.removing.load(Relaxed)
+    }
+
+    /// The socket files, for removal when the console ends.
+    pub fn sockets(&self) -> impl Iterator<Item = &Path> {
+        [
+            Some(&self.guest_socket),
+            Some(&self.client_socket),
+            self.view_socket.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .map(PathBuf::as_path)
+    }
+}

@@ -1,0 +1,450 @@
+//! A console's relay: one task owns the guest connection, the log and the
+//! client table (`clients`).
+//!
+//! The relay reads the guest, writes what it read to the log (a slow disk
+//! thus slows the guest, through the socket, and loses nothing), then
+//! passes it to every client without waiting (`clients`). Input from
+//! clients is written to the guest without blocking. Neither the guest nor
+//! the log ever waits for a client, and a guest with no client and no log
+//! is still read, so it never stalls.
+//!
+//! Beside that path: the boot log (`boot`) gets the first bytes after each
+//! guest connection.
+
+use std::{
+    cell::RefCell,
+    collections::VecDeque,
+    io,
+    os::fd::AsFd,
+    sync::{Arc, atomic::Ordering::Relaxed},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use tokio::{
+    net::{UnixListener, UnixStream},
+    sync::mpsc,
+};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::{
+    boot::BootLog,
+    clients::{Clients, Start},
+    console::{Adopted, AttachRequest, Console, Handover, Listeners, Settings, Stats},
+    writers::Who,
+};
+use crate::{
+    error_chain,
+    logs::{log::Wait, queue::Output},
+};
+
+/// The most read from the guest at once.
+const CHUNK: usize = 64 * 1024;
+/// Client input waiting for the guest to read it; past this, clients that
+/// type wait (only they do).
+const INPUT_CAP: usize = 64 * 1024;
+
+thread_local! {
+    static BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; CHUNK]);
+}
+
+struct Relay {
+    settings: Settings,
+    stats: Arc<Stats>,
+    guest: Option<UnixStream>,
+    /// Client input not yet taken by the guest.
+    input: VecDeque<Bytes>,
+    input_bytes: usize,
+    clients: Clients,
+    /// The latest output, for replay, when there is no log to read it from.
+    ring: VecDeque<u8>,
+    /// The guest connection's name in the descriptor store.
+    guest_name: String,
+    boot: Option<BootLog>,
+}
+
+/// How an attach went.
+enum Attach {
+    /// Attached; whether it may write.
+    Attached(bool),
+    /// Refused: the console has this many clients (or viewers) already.
+    Full(usize),
+}
+
+/// Runs a console until `stop`. Then, when the console is removed or the
+/// daemon stops for good, it closes every connection and removes the
+/// sockets; when the daemon hands over to a successor, it leaves every
+/// connection open in the descriptor store and returns the clients'
+/// unsent output.
+pub async fn run(
+    settings: Settings,
+    listeners: Listeners,
+    adopted: Adopted,
+    stats: Arc<Stats>,
+    stop: CancellationToken,
+    console: Arc<Console>,
+    mut attach_rx: mpsc::Receiver<AttachRequest>,
+) -> Handover {
+    let (input_tx, mut input_rx) = mpsc::channel(64);
+    let guest_name = format!("console/{}/guest", settings.name);
+    let boot = settings
+        .boot
+        .clone()
+        .map(|log| BootLog::resume(log, settings.boot_bytes));
+    let mut relay = Relay {
+        settings: settings.clone(),
+        stats: stats.clone(),
+        guest: None,
+        input: VecDeque::new(),
+        input_bytes: 0,
+        clients: Clients::new(settings.clone(), stats.clone(), input_tx),
+        ring: VecDeque::new(),
+        guest_name,
+        boot,
+    };
+    if let Some(guest) = adopted.guest {
+        relay.guest = Some(guest);
+        relay.stats.guest_connected.store(true, Relaxed);
+    }
+    // The writer a previous guestlogd had joins first, so it stays the
+    // writer; the others in the order they first attached (their ids grow),
+    // so that the longest attached still takes over when the writer leaves.
+    let mut clients = adopted.clients;
+    clients.sort_by_key(|c| {
+        let id = c
+            .fd_name
+            .rsplit('/')
+            .next()
+            .and_then(|n| n.parse::<u64>().ok());
+        (Some(&c.fd_name) != adopted.writer.as_ref(), id)
+    });
+    for c in clients {
+        let who = c.who.or_else(|| Who::of(&c.stream)).unwrap_or_default();
+        relay
+            .attach(c.stream, c.viewer, Some((c.fd_name, c.pending)), who, false)
+            .await;
+    }
+    let l = listeners;
+    let left = relay.clients.left();
+    // A listener whose accept fails (out of FDs) rests a while; the others,
+    // and above all the guest's output, go on meanwhile.
+    let (mut guest_rest, mut client_rest, mut view_rest) =
+        (Rest::default(), Rest::default(), Rest::default());
+    loop {
+        let wake = [&guest_rest, &client_rest, &view_rest]
+            .iter()
+            .filter_map(|r| r.until)
+            .min();
+        tokio::select! {
+            biased;
+            () = stop.cancelled() => break,
+            r = l.guest.accept(), if guest_rest.until.is_none() => match r {
+                Ok((s, _)) => {
+                    guest_rest.clear();
+                    relay.connect_guest(s).await;
+                }
+                Err(e) => guest_rest.failed(e),
+            },
+            r = readable(&relay.guest) => match r {
+                Ok(()) => {
+                    if relay.read_guest().await {
+                        // A busy guest keeps this task ready forever, and the
+                        // writers it just woke wait in this worker's slot:
+                        // let them send before reading more.
+                        tokio::task::yield_now().await;
+                    }
+                }
+                Err(_) => relay.guest_gone(),
+            },
+            r = l.client.accept(), if client_rest.until.is_none() => match r {
+                Ok((s, _)) => {
+                    client_rest.clear();
+                    let who = Who::of(&s).unwrap_or_default();
+                    relay.attach(s, false, None, who, false).await;
+                }
+                Err(e) => client_rest.failed(e),
+            },
+            r = accept(&l.view), if view_rest.until.is_none() => match r {
+                Ok(s) => {
+                    view_rest.clear();
+                    let who = Who::of(&s).unwrap_or_default();
+                    relay.attach(s, true, None, who, false).await;
+                }
+                Err(e) => view_rest.failed(e),
+            },
+            () = sleep_until(wake), if wake.is_some() => {
+                let now = tokio::time::Instant::now();
+                for r in [&mut guest_rest, &mut client_rest, &mut view_rest] {
+                    if r.until.is_some_and(|t| t <= now) {
+                        r.until = None;
+                    }
+                }
+            }
+            Some(data) = input_rx.recv(), if relay.input_bytes < INPUT_CAP => {
+                // Input typed while no guest is connected is dropped (the
+                // client was told): it must never reach a later guest.
+                if relay.guest.is_some() {
+                    relay.input_bytes += data.len();
+                    relay.input.push_back(data);
+                    relay.write_guest();
+                }
+            }
+            r = writable(&relay.guest), if !relay.input.is_empty() => match r {
+                Ok(()) => relay.write_guest(),
+                Err(_) => relay.guest_gone(),
+            },
+            () = left.notified() => relay.clients.forget_gone(),
+            Some(r) = attach_rx.recv() => {
+                let answer = match relay.attach(r.stream, r.viewer, None, r.who, r.force).await {
+                    Attach::Attached(writer) => Ok(writer),
+                    Attach::Full(max) => Err(max),
+                };
+                // A caller that gave up meanwhile: its end closes, and the
+                // client with it.
+                let _ = r.reply.send(answer);
+            }
+        }
+    }
+    let registry = relay.settings.registry.clone();
+    if registry.handing_over() && !console.removing() {
+        return relay.hand_over().await;
+    }
+    // What the guest has sent is taken and logged before the console ends.
+    relay.drain_guest().await;
+    relay.clients.close().await;
+    let store = registry.store();
+    store.remove(&relay.guest_name);
+    for kind in ["guest-listen", "client-listen", "view-listen"] {
+        store.remove(&format!("console/{}/{kind}", console.name));
+    }
+    for path in console.sockets() {
+        let _ = std::fs::remove_file(path);
+    }
+    registry.touch();
+    info!("console closed");
+    Handover::default()
+}
+
+impl Relay {
+    /// A (re)connecting guest replaces the old connection once the old
+    /// one's output has been taken.
+    async fn connect_guest(&mut self, guest: UnixStream) {
+        let store = self.settings.registry.store().clone();
+        if self.guest.is_some() {
+            self.drain_guest().await;
+            store.remove(&self.guest_name);
+            crate::limited!(info, "guest reconnected");
+        } else {
+            crate::limited!(info, "guest connected");
+        }
+        // No polling: a guest that hung up may have left output unread.
+        store.add(self.guest_name.clone(), guest.as_fd(), false);
+        self.settings.registry.touch();
+        // After the old connection's output was taken: that belongs to
+        // the boot before.
+        if let Some(boot) = &mut self.boot {
+            boot.guest_connected().await;
+        }
+        self.guest = Some(guest);
+        self.stats.guest_connected.store(true, Relaxed);
+    }
+
+    fn guest_gone(&mut self) {
+        // Input queued for this guest is for this guest only.
+        self.input.clear();
+        self.input_bytes = 0;
+        if self.guest.take().is_some() {
+            crate::limited!(info, "guest disconnected");
+            self.settings.registry.store().remove(&self.guest_name);
+            self.settings.registry.touch();
+        }
+        self.stats.guest_connected.store(false, Relaxed);
+    }
+
+    /// Stops without closing anything: output already read is in the log,
+    /// output not yet read stays in the kernel, and what clients have not
+    /// been sent is sent now where it fits, else returned.
+    async fn hand_over(mut self) -> Handover {
+        let handover = self.clients.hand_over().await;
+        info!("console handed over");
+        handover
+    }
+
+    /// One read from the guest, passed on at once. True if a client's
+    /// writer task was woken to send some of it.
+    async fn read_guest(&mut self) -> bool {
+        match self.take_guest_output() {
+            Some(data) => self.output(data).await,
+            None => false,
+        }
+    }
+
+    /// One read from the guest, out of the thread's buffer (the log's job
+    /// runs on another thread); `None` if it had nothing or left.
+    fn take_guest_output(&mut self) -> Option<Bytes> {
+        BUFFER.with_borrow_mut(|buf| {
+            let guest = self.guest.as_ref()?;
+            match guest.try_read(buf) {
+                Ok(0) => self.guest_gone(),
+                Ok(n) => return Some(Bytes::copy_from_slice(&buf[..n])),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    debug!(error = %e, "guest read failed");
+                    self.guest_gone();
+                }
+            }
+            None
+        })
+    }
+
+    /// Reads until the guest has nothing more to give right now.
+    async fn drain_guest(&mut self) {
+        loop {
+            let before = self.stats.bytes_from_guest.load(Relaxed);
+            self.read_guest().await;
+            if self.guest.is_none() || self.stats.bytes_from_guest.load(Relaxed) == before {
+                return;
+            }
+        }
+    }
+
+    /// Guest output: to the log first, then to every client, straight to
+    /// its socket if it keeps up, else into its queue. True if a client's
+    /// writer task was woken.
+    async fn output(&mut self, data: Bytes) -> bool {
+        self.stats
+            .bytes_from_guest
+            .fetch_add(data.len() as u64, Relaxed);
+        match &self.settings.log {
+            // A refused write is counted and logged by the log itself. The
+            // guest is not read again until it is done: a slow disk slows
+            // the guest, and what was read is never only in memory twice.
+            Some(log) => {
+                let _ = log.write(Wait::Forever, data.clone()).await;
+            }
+            None => self.remember(&data),
+        }
+        if let Some(boot) = &mut self.boot {
+            boot.output(&data).await;
+        }
+        self.clients.push(&mut Output::shared(&data))
+    }
+
+    fn remember(&mut self, data: &[u8]) {
+        let cap = self.settings.replay;
+        if cap == 0 {
+            return;
+        }
+        let data = &data[data.len().saturating_sub(cap)..];
+        let excess = (self.ring.len() + data.len()).saturating_sub(cap);
+        self.ring.drain(..excess);
+        self.ring.extend(data);
+    }
+
+    /// Writes queued input without blocking; what the guest does not take
+    /// now waits for it to become writable.
+    fn write_guest(&mut self) {
+        let Some(guest) = &self.guest else { return };
+        while let Some(front) = self.input.front_mut() {
+            match guest.try_write(front) {
+                Ok(n) => {
+                    self.stats.bytes_to_guest.fetch_add(n as u64, Relaxed);
+                    self.input_bytes -= n;
+                    if n == front.len() {
+                        self.input.pop_front();
+                    } else {
+                        *front = front.slice(n..);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    debug!(error = %e, "guest write failed");
+                    return self.guest_gone();
+                }
+            }
+        }
+    }
+
+    /// Starts a client (or, with `viewer`, a read-only watcher): first the
+    /// replay (or, for one carried over, what was queued for it), then live
+    /// output. `force` takes the writer's place.
+    async fn attach(
+        &mut self,
+        stream: UnixStream,
+        viewer: bool,
+        adopted: Option<(String, Vec<u8>)>,
+        who: Who,
+        force: bool,
+    ) -> Attach {
+        if let Some(max) = self.clients.refuse_if_full(&stream, viewer, who) {
+            return Attach::Full(max);
+        }
+        self.clients.forget_gone();
+        let start = match adopted {
+            Some((fd_name, pending)) => Start::Adopted { fd_name, pending },
+            None => Start::Replay(self.replay().await),
+        };
+        Attach::Attached(self.clients.add(stream, viewer, start, who, force))
+    }
+
+    async fn replay(&self) -> Vec<u8> {
+        let n = self.settings.replay;
+        match &self.settings.log {
+            Some(_) if n == 0 => Vec::new(),
+            Some(log) => log.tail(Wait::Forever, n).await.unwrap_or_else(|e| {
+                warn!(error = %error_chain(&e), "cannot read the replay");
+                Vec::new()
+            }),
+            None => self.ring.iter().copied().collect(),
+        }
+    }
+}
+
+/// Counts a client while either of its tasks runs; when both end, the
+async fn readable(guest: &Option<UnixStream>) -> io::Result<()> {
+    match guest {
+        Some(g) => g.readable().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn writable(guest: &Option<UnixStream>) -> io::Result<()> {
+    match guest {
+        Some(g) => g.writable().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn accept(l: &Option<UnixListener>) -> io::Result<UnixStream> {
+    match l {
+        Some(l) => l.accept().await.map(|(s, _)| s),
+        None => std::future::pending().await,
+    }
+}
+
+/// A listener resting after failed accepts: 10 ms, doubling to 1 s.
+#[derive(Default)]
+struct Rest {
+    until: Option<tokio::time::Instant>,
+    backoff: Duration,
+}
+
+impl Rest {
+    fn failed(&mut self, e: io::Error) {
+        crate::limited!(warn, error = %e, "accept failed");
+        self.backoff = (self.backoff * 2).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        self.until = Some(tokio::time::Instant::now() + self.backoff);
+    }
+
+    fn clear(&mut self) {
+        self.backoff = Duration::ZERO;
+    }
+}
+
+async fn sleep_until(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}

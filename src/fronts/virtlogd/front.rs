@@ -1,0 +1,324 @@
+//! The libvirt front: libvirt's log manager protocol on a connection of its
+//! own task (`server`), answered by the same operations as varlink (`ops`).
+//!
+//! Per connection, calls are answered in order, one at a time, as virtlogd
+//! does; nothing is ever sent unasked (libvirt's client drops a connection
+//! that gets an unsolicited message). Only uid 0 is served (libvirt's
+//! system instance); any other peer is dropped before a byte is read, and
+//! nothing changes.
+//!
+//! A pipe's write end goes out the way libvirt's client takes it: after
+//! the whole REPLY_WITH_FDS frame, in a `sendmsg` of its own carrying one
+//! data byte (0) and one SCM_RIGHTS with one descriptor.
+
+use std::{os::fd::BorrowedFd, path::PathBuf, sync::Arc};
+
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    AppendLogFile, Call, ErrorReply, Frame, GetLogFilePosition, OPEN_TRUNCATE, OpenLogFile,
+    Position, ReadLogFile, Reply, STRING_MAX, check_frame, errors,
+};
+use crate::{
+    error_chain,
+    fronts::server::{Conn, ConnError, Framing, Front},
+    limited,
+    logs::{
+        name::LogName,
+        policy::{Policy, PolicyChange},
+        rotator::Pos,
+    },
+    ops::{OpError, Ops, PipeOptions},
+};
+
+/// The largest frame a libvirt caller sends: AppendLogFile's message is an
+/// XDR string of at most 4 MiB, and the rest of a call is small.
+pub const MAX_CALL: usize = STRING_MAX + 64 * 1024;
+
+/// The libvirt front.
+#[derive(Debug)]
+pub struct Virtlogd {
+    pub ops: Ops,
+    /// Directories under which libvirt may name logs.
+    pub roots: Vec<PathBuf>,
+    /// The policy of the logs it opens: libvirt's own defaults unless the
+    /// config says otherwise.
+    pub policy: Policy,
+}
+
+/// Where a frame ends, for `server::Conn`.
+pub fn frame(buf: &[u8]) -> Framing {
+    match check_frame(buf) {
+        Ok(super::Framing::Ready(len)) => Framing::Message { len, consume: len },
+        Ok(super::Framing::NeedMore(_)) => Framing::Incomplete,
+        Err(e) => Framing::Bad(e.to_string()),
+    }
+}
+
+/// What one call produced: a reply or an error reply, and the pipe's write
+/// end for OpenLogFile.
+type Answer = (Result<Reply, ErrorReply>, Option<std::os::fd::OwnedFd>);
+
+impl Front for Virtlogd {
+    async fn serve(self: Arc<Self>, mut conn: Conn, shutdown: CancellationToken) -> ConnError {
+        if conn.peer.uid != 0 {
+            limited!(
+                warn,
+                uid = conn.peer.uid,
+                pid = conn.peer.pid,
+                "libvirt protocol: only uid 0 may connect; dropped"
+            );
+            return ConnError::Refused;
+        }
+        loop {
+            let (header, call) = tokio::select! {
+                () = shutdown.cancelled() => return ConnError::Shutdown,
+                m = conn.next_message(frame) => match m {
+                    Err(e) => return e,
+                    Ok(bytes) => match Frame::parse(bytes) {
+                        // A frame that does not parse: libvirt closes.
+                        Err(e) => return ConnError::BadMessage(e.to_string()),
+                        Ok(f) => (f.header, Call::decode(&f)),
+                    },
+                },
+            };
+            let (reply, fd) = match call {
+                Ok(call) => self.answer(call).await,
+                Err(e) => match e.reply() {
+                    Some(reply) => (Err(reply), None),
+                    None => return ConnError::BadMessage(e.to_string()),
+                },
+            };
+            let bytes = match reply {
+                Ok(reply) => match reply.encode(header.serial) {
+                    Ok(b) => b,
+                    // Our own replies always fit; say so rather than hang.
+                    Err(e) => {
+                        ErrorReply::new(errors::INTERNAL_ERROR, errors::FROM_LOGGING, e.to_string())
+                            .encode(&header)
+                    }
+                },
+                Err(e) => e.encode(&header),
+            };
+            if let Err(e) = conn.send(&bytes, &[]).await {
+                return e;
+            }
+            if let Some(fd) = fd
+                && let Err(e) = conn.send(&[0], &[fd]).await
+            {
+                return e;
+            }
+        }
+    }
+
+    fn refuse(&self, _fd: BorrowedFd<'_>, _limit: &str, _max: usize) {
+        // libvirt's client takes any unasked message as a broken
+        // connection; closing says as much.
+    }
+
+    fn name(&self) -> &'static str {
+        "libvirt"
+    }
+}
+
+impl Virtlogd {
+    async fn answer(&self, call: Call) -> Answer {
+        let answered = match call {
+            Call::OpenLogFile(c) => self.open(c).await,
+            Call::GetLogFilePosition(c) => self.position(c).await.map(|r| (r, None)),
+            Call::ReadLogFile(c) => self.read(c).await.map(|r| (r, None)),
+            Call::AppendLogFile(c) => self.append(c).await.map(|r| (r, None)),
+        };
+        match answered {
+            Ok((reply, fd)) => (Ok(reply), fd),
+            Err(e) => (Err(e), None),
+        }
+    }
+
+    /// A path libvirt names, as a log: absolute, normal, under a root.
+    fn log(&self, path: &[u8]) -> Result<LogName, ErrorReply> {
+        let shown = String::from_utf8_lossy(path);
+        let invalid = |why: String| {
+            ErrorReply::new(
+                errors::INVALID_ARG,
+                errors::FROM_LOGGING,
+                format!("invalid argument: log file path '{shown}': {why}"),
+            )
+        };
+        let text = std::str::from_utf8(path).map_err(|_| invalid("is not UTF-8".into()))?;
+        let name = LogName::from_path(text).map_err(|e| invalid(e.to_string()))?;
+        // A name that ends like a backup (`.0` …) could be another log's
+        // backup in the same directory.
+        let file = text.rsplit('/').next().unwrap_or_default();
+        let ext = file.rsplit_once('.').map(|(_, e)| e);
+        if ext.is_some_and(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit())) {
+            return Err(invalid("ends like a log backup (.N)".into()));
+        }
+        let inside = self.roots.iter().any(|root| {
+            name.as_path()
+                .and_then(|p| p.strip_prefix(root).ok())
+                .is_some_and(|rest| !rest.as_os_str().is_empty())
+        });
+        if !inside {
+            return Err(invalid(format!(
+                "is not under an allowed root ({})",
+                self.roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )));
+        }
+        Ok(name)
+    }
+
+    async fn open(
+        &self,
+        c: OpenLogFile,
+    ) -> Result<(Reply, Option<std::os::fd::OwnedFd>), ErrorReply> {
+        let name = self.log(&c.path)?;
+        let truncate = c.flags & OPEN_TRUNCATE != 0;
+        let options = PipeOptions {
+            policy: PolicyChange {
+                max_size: Some(self.policy.max_size),
+                max_backups: Some(self.policy.max_backups),
+            },
+            truncate,
+            drop_backups: truncate,
+            exclusive: true,
+        };
+        let opened = self
+            .ops
+            .open_pipe(&name, options)
+            .await
+            .map_err(to_reply_any)?;
+        let reply = Reply::Opened(wire_pos(opened.position));
+        Ok((reply, Some(opened.fd)))
+    }
+
+    async fn position(&self, c: GetLogFilePosition) -> Result<Reply, ErrorReply> {
+        no_flags(c.flags, "virLogHandlerDomainGetLogFilePosition")?;
+        let name = self.log(&c.path)?;
+        let pos = self
+            .ops
+            .position(&name)
+            .await
+            .map_err(|e| to_reply(&name, e))?;
+        Ok(Reply::Position(wire_pos(pos)))
+    }
+
+    async fn read(&self, c: ReadLogFile) -> Result<Reply, ErrorReply> {
+        no_flags(c.flags, "virLogHandlerDomainReadLogFile")?;
+        let name = self.log(&c.path)?;
+        if c.maxlen > STRING_MAX as u64 {
+            return Err(ErrorReply::new(
+                errors::INTERNAL_ERROR,
+                errors::FROM_LOGGING,
+                format!(
+                    "internal error: Requested data len {} is larger than maximum {STRING_MAX}",
+                    c.maxlen
+                ),
+            ));
+        }
+        let from = Pos {
+            inode: c.pos.inode,
+            offset: c.pos.offset,
+        };
+        let max = c.maxlen as usize;
+        let mut data = Vec::new();
+        let mut at = Some(from);
+        while data.len() < max {
+            let chunk = self
+                .ops
+                .read(&name, at, max - data.len())
+                .await
+                .map_err(to_reply_any)?;
+            data.extend_from_slice(&chunk.data);
+            if chunk.eof || chunk.data.is_empty() {
+                break;
+            }
+            at = Some(chunk.next);
+        }
+        // virtlogd's data is a C string: it ends at the first NUL.
+        if let Some(nul) = data.iter().position(|b| *b == 0) {
+            data.truncate(nul);
+        }
+        Ok(Reply::Data(data))
+    }
+
+    async fn append(&self, c: AppendLogFile) -> Result<Reply, ErrorReply> {
+        no_flags(c.flags, "virLogHandlerDomainAppendLogFile")?;
+        let name = self.log(&c.path)?;
+        // A log this front makes gets its policy, as OpenLogFile's do.
+        let policy = PolicyChange {
+            max_size: Some(self.policy.max_size),
+            max_backups: Some(self.policy.max_backups),
+        };
+        self.ops
+            .append(&name, c.message, policy)
+            .await
+            .map_err(to_reply_any)?;
+        Ok(Reply::Appended(0))
+    }
+}
+
+fn no_flags(flags: u32, function: &str) -> Result<(), ErrorReply> {
+    if flags == 0 {
+        return Ok(());
+    }
+    // As virtlogd words it (virCheckFlags).
+    Err(ErrorReply {
+        str1: Some(function.to_owned()),
+        str2: Some("flags".to_owned()),
+        str3: None,
+        int1: 0,
+        int2: 0,
+        ..ErrorReply::new(
+            errors::INVALID_ARG,
+            errors::FROM_LOGGING,
+            format!("unsupported flags ({flags:#x}) in function {function}"),
+        )
+    })
+}
+
+fn to_reply(name: &LogName, e: OpError) -> ErrorReply {
+    match e {
+        OpError::NoSuchLog(_) => ErrorReply::new(
+            errors::INTERNAL_ERROR,
+            errors::FROM_LOGGING,
+            format!("internal error: No open log file {name}"),
+        ),
+        e => to_reply_any(e),
+    }
+}
+
+/// libvirt shows `message` to the user as it is, so it says what failed.
+fn to_reply_any(e: OpError) -> ErrorReply {
+    match &e {
+        OpError::Busy(name) => ErrorReply::system_error(
+            nix::libc::EBUSY,
+            format!("Cannot open log file: '{name}': Device or resource busy"),
+        ),
+        OpError::NoSuchLog(name) => ErrorReply::new(
+            errors::INTERNAL_ERROR,
+            errors::FROM_LOGGING,
+            format!("internal error: No open log file {name}"),
+        ),
+        OpError::Limit { what, max } => ErrorReply::new(
+            errors::OPERATION_DENIED,
+            errors::FROM_LOGGING,
+            format!("operation forbidden: guestlogd's limit of {max} {what} is reached"),
+        ),
+        _ => {
+            limited!(warn, error = %error_chain(&e), "libvirt call failed");
+            ErrorReply::system_error(nix::libc::EIO, format!("guestlogd: {}", error_chain(&e)))
+        }
+    }
+}
+
+fn wire_pos(p: Pos) -> Position {
+    Position {
+        inode: p.inode,
+        offset: p.offset,
+    }
+}

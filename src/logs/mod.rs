@@ -1,0 +1,28 @@
+//! The logs: every file guestlogd writes, from a validated name down to
+//! the bytes on disk.
+//!
+//! Owns: log names (`name`), the checked directory access that never
+//! follows what was planted (`logdir`), the capped rotating file
+//! (`rotator`) and its `policy`, each log with its jobs and followers
+//! (`log`), where files live (`places`), the registry of every known log
+//! (`registry`), the pipes that feed logs (`pipe`), and the bounded queue
+//! of one reader of output (`queue`), which a log's followers and a
+//! console's clients both use.
+//!
+//! Invariants: every file operation runs as a job on a blocking thread,
+//! one at a time per log; no lock is held across file I/O that another
+//! log needs; nothing here knows a console, a front or the saved state.
+//!
+//! May use: `fdstore`, `ratelimit` and the crate root's helpers; nothing
+//! else of the crate.
+
+pub mod log;
+pub mod logdir;
+pub mod name;
+#[allow(unsafe_code)]
+pub mod pipe;
+pub mod places;
+pub mod policy;
+pub mod queue;
+pub mod registry;
+pub mod rotator;

@@ -1,0 +1,239 @@
+//! Pipes from OpenPipe: each read end is pumped into its log by one task.
+//!
+//! A task waits for the pipe to be readable, then runs a job in its log's
+//! turn, on a blocking thread, that reads what the pipe holds (`CHUNK`
+//! bytes at a time) and writes each read to the log before the next:
+//! nothing waits in user space, where a crash would lose it, a slow disk
+//! slows the writer through the pipe instead of growing a buffer, and a
+//! disk that hangs holds this pipe's job, not an async worker. The read
+//! buffer belongs to the blocking thread, not the pipe, so an idle pipe
+//! costs no buffer at all.
+
+use std::{
+    cell::RefCell,
+    io,
+    os::fd::{AsFd, AsRawFd, OwnedFd},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use nix::{
+    fcntl::{FcntlArg, OFlag, fcntl},
+    unistd::pipe2,
+};
+use tokio::io::{Interest, unix::AsyncFd};
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::{log::Wait, registry::PipeGuard};
+
+/// Requests to read the pipe dry, each answered once it is.
+type Requests = tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<()>>;
+
+/// The most read at once: at least the 64 KiB the issue asks for, and
+/// twice what `cat` uses.
+const CHUNK: usize = 256 * 1024;
+/// The kernel-side buffer asked for, so a writer can run ahead of a slow
+/// disk by this much. Best effort: the kernel may refuse.
+const PIPE_SIZE: i32 = 1024 * 1024;
+
+thread_local! {
+    static BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; CHUNK]);
+}
+
+/// Creates a pipe whose read end feeds `guard`'s log until every writer has
+/// closed it, and returns the write end. Must run inside the runtime.
+pub fn open(
+    guard: PipeGuard,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> io::Result<OwnedFd> {
+    let (read, write) = pipe2(OFlag::O_CLOEXEC)?;
+    if let Err(e) = fcntl(&read, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE)) {
+        debug!(error = %e, "pipe size stays at the kernel default");
+    }
+    let store = guard.registry().store();
+    let name = format!("pipe/{}/{}", guard.log().name().fd_part(), store.id());
+    // No polling: a pipe whose writers are gone may still hold data.
+    store.add(name.clone(), read.as_fd(), false);
+    adopt(name, read, guard, tracker, shutdown)?;
+    Ok(write)
+}
+
+/// Feeds `guard`'s log from the read end of a pipe stored as `name` (by
+/// `open`, or by a previous guestlogd) until every writer has closed it.
+pub fn adopt(
+    name: String,
+    read: OwnedFd,
+    guard: PipeGuard,
+    tracker: &TaskTracker,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    // Only our end is non-blocking; the writer keeps ordinary semantics.
+    fcntl(&read, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
+    // SAFETY: an `OwnedFd` keeps its descriptor open, and names the same
+    // one, for as long as the `AsyncFd` that owns it lives.
+    let read = unsafe { AsyncFd::register_with_interest(read, Interest::READABLE) }
+        .map(Arc::new)
+        .map_err(io::Error::from)?;
+    let span = info_span!("pipe", log = %guard.log().name(), fd = read.as_raw_fd());
+    // A few waiting requests are plenty: one dry read answers them all.
+    let (drains, requests) = tokio::sync::mpsc::channel(4);
+    guard.log().add_drain(drains);
+    tracker.spawn(pump(name, read, guard, requests, shutdown).instrument(span));
+    Ok(())
+}
+
+/// Moves bytes from the pipe to the log until EOF, an error, or shutdown.
+/// A shutdown that hands over leaves unread bytes in the kernel for the
+/// next guestlogd; a final one first takes whatever the pipe holds.
+async fn pump(
+    name: String,
+    read: Arc<AsyncFd<OwnedFd>>,
+    guard: PipeGuard,
+    mut drains: Requests,
+    shutdown: CancellationToken,
+) {
+    debug!("pipe opened");
+    loop {
+        let ready = tokio::select! {
+            // A stop comes first: a writer that keeps its pipe full must
+            // not keep this task from seeing it (each job yields, so the
+            // pipe is always ready again).
+            biased;
+            () = shutdown.cancelled() => {
+                if guard.registry().handing_over() {
+                    debug!("pipe handed over");
+                    return;
+                }
+                let deadline = *DRAIN_DEADLINE.get_or_init(|| Instant::now() + DRAIN_FOR);
+                if read_dry(&read, &guard, deadline).await.is_none() {
+                    let left = unread(read.get_ref());
+                    warn!(left, "stopping with bytes still in a pipe: its writer kept writing");
+                }
+                break;
+            }
+            Some(done) = drains.recv() => {
+                // Asked for the log's end: what the writer put in the pipe
+                // before asking must be in the log first.
+                let eof = read_dry(&read, &guard, Instant::now() + DRAIN_FOR).await.is_some_and(|eof| eof);
+                let _ = done.send(());
+                if eof {
+                    break;
+                }
+                continue;
+            }
+            ready = read.readable() => ready,
+        };
+        let mut ready = match ready {
+            Ok(r) => r,
+            Err(e) => {
+                warn!(error = %e, "pipe poll failed");
+                break;
+            }
+        };
+        match transfer(&read, &guard, Until::More).await {
+            Moved::Eof => break,
+            Moved::Dry => ready.clear_ready(),
+            Moved::More => {}
+            Moved::Failed(e) => {
+                warn!(error = %e, "pipe read failed");
+                break;
+            }
+        }
+    }
+    let registry = guard.registry();
+    registry.store().remove(&name);
+    registry.touch();
+    debug!("pipe closed");
+}
+
+/// How long a final stop may spend draining pipes, over all of them: a
+/// writer that keeps writing must not hold the stop for ever.
+pub const DRAIN_FOR: Duration = Duration::from_secs(5);
+
+/// When the drain of a final stop ends, set by the first pipe to drain.
+static DRAIN_DEADLINE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+
+/// Reads until the pipe is empty or at EOF (`Some(true)`), before
+/// `deadline`: `None` if the writer kept it full until then.
+async fn read_dry(
+    read: &Arc<AsyncFd<OwnedFd>>,
+    guard: &PipeGuard,
+    deadline: Instant,
+) -> Option<bool> {
+    match transfer(read, guard, Until::Dry(deadline)).await {
+        Moved::Eof => Some(true),
+        Moved::Dry => Some(false),
+        Moved::More => None,
+        Moved::Failed(e) => {
+            crate::limited!(warn, error = %e, "pipe read failed while reading it dry");
+            Some(false)
+        }
+    }
+}
+
+nix::ioctl_read_bad!(fionread, nix::libc::FIONREAD, nix::libc::c_int);
+
+/// Bytes waiting in a pipe.
+fn unread(fd: &OwnedFd) -> usize {
+    let mut n: nix::libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int, the bytes readable now.
+    match unsafe { fionread(fd.as_raw_fd(), &mut n) } {
+        Ok(_) => n.max(0) as usize,
+        Err(_) => 0,
+    }
+}
+
+/// How long one job reads.
+#[derive(Debug, Clone, Copy)]
+enum Until {
+    /// A few reads, then the job ends so other logs' jobs get threads.
+    More,
+    /// Until the pipe is dry, or the deadline.
+    Dry(Instant),
+}
+
+/// What a job left of the pipe.
+#[derive(Debug)]
+enum Moved {
+    Eof,
+    Dry,
+    More,
+    Failed(io::Error),
+}
+
+/// Reads a job's budget at most: each is written at once.
+const JOB_READS: usize = 16;
+
+/// Reads from the pipe and writes each read to the log at once, in the
+/// log's turn on a blocking thread.
+async fn transfer(read: &Arc<AsyncFd<OwnedFd>>, guard: &PipeGuard, until: Until) -> Moved {
+    let read = read.clone();
+    let job = guard.log().run(Wait::Forever, move |log, slot| {
+        Ok(BUFFER.with_borrow_mut(|buf| {
+            for k in 0.. {
+                match until {
+                    Until::More if k == JOB_READS => return Moved::More,
+                    Until::Dry(deadline) if Instant::now() >= deadline => return Moved::More,
+                    _ => {}
+                }
+                let n = match nix::unistd::read(read.get_ref(), buf) {
+                    Err(nix::errno::Errno::EINTR) => continue,
+                    Err(nix::errno::Errno::EAGAIN) => return Moved::Dry,
+                    Err(e) => return Moved::Failed(e.into()),
+                    Ok(0) => return Moved::Eof,
+                    Ok(n) => n,
+                };
+                // A refused write is counted and logged by the log; the
+                // pipe goes on, since the next write may succeed.
+                let _ = log.write_in(slot, &buf[..n]);
+            }
+            Moved::More
+        }))
+    });
+    match job.await {
+        Ok(moved) => moved,
+        Err(e) => Moved::Failed(io::Error::other(e)),
+    }
+}
