@@ -111,6 +111,10 @@ pub struct Limits {
     /// Varlink connections one uid may hold at once; root is exempt, so
     /// one local user cannot take every slot.
     pub max_connections_per_uid: usize,
+    /// Slots of `max_connections` that only uid 0 may take, so that however
+    /// many uids hold connections, libvirt and its hook (root) are served.
+    /// Unset: a sixteenth of `max_connections`, at most 16.
+    pub root_connections: Option<usize>,
     /// Seconds a varlink connection may sit with no call in progress
     /// before it is closed; 0 never closes an idle connection.
     pub idle_timeout: u64,
@@ -119,6 +123,14 @@ pub struct Limits {
     /// Seconds a reply may wait for the caller to read any of it; past
     /// that the caller is taken to be stuck and its connection is closed.
     pub write_timeout: u64,
+}
+
+impl Limits {
+    /// The slots only root may take.
+    pub fn root_reserve(&self) -> usize {
+        self.root_connections
+            .unwrap_or((self.max_connections / 16).min(16))
+    }
 }
 
 impl Default for Limits {
@@ -132,6 +144,7 @@ impl Default for Limits {
             max_clients: 16,
             client_queue: 256 * 1024,
             max_connections_per_uid: 64,
+            root_connections: None,
             idle_timeout: 600,
             message_timeout: 5,
             write_timeout: 30,
@@ -233,6 +246,9 @@ impl Config {
                  max-consoles and max-clients must be at least 1"
                     .into(),
             );
+        }
+        if l.root_connections.is_some_and(|n| n >= l.max_connections) {
+            return Err("limits.root-connections must be less than max-connections".into());
         }
         if !(1..=3600).contains(&l.message_timeout) || !(1..=3600).contains(&l.write_timeout) {
             return Err(

@@ -125,6 +125,7 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
     let conn_limits = Arc::new(ConnLimits {
         max_connections: limits.max_connections,
         max_per_uid: limits.max_connections_per_uid,
+        root_only: limits.root_reserve(),
         max_message: limits.max_message_size,
         message_timeout: secs(limits.message_timeout),
         idle_timeout: (limits.idle_timeout > 0).then(|| secs(limits.idle_timeout)),
@@ -366,6 +367,7 @@ fn libvirt_front(
     let limits = Arc::new(ConnLimits {
         max_connections: l.max_connections,
         max_per_uid: l.max_connections_per_uid,
+        root_only: l.root_reserve(),
         max_message: libvirt::MAX_CALL,
         message_timeout: std::time::Duration::from_secs(l.message_timeout),
         // libvirt keeps a connection idle through a whole migration.

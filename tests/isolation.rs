@@ -148,20 +148,25 @@ async fn a_caller_that_never_reads_stalls_only_itself() {
 /// Runs the hostile peer against the daemon at `socket` (RUNDIR/NAME, in
 /// the daemon's test directory, where the script is put).
 fn peer_at(socket: &Path, nobody: bool, args: &[&str]) -> Value {
+    peer_as(socket, nobody.then_some(65534), args)
+}
+
+/// Runs the hostile peer as `uid` (and its gid), or as root.
+fn peer_as(socket: &Path, uid: Option<u32>, args: &[&str]) -> Value {
     let dir = socket.parent().unwrap().parent().unwrap();
     let script = dir.join("peer.py");
-    std::fs::write(&script, PEER).unwrap();
-    let mut cmd = if nobody {
-        let mut c = Command::new("setpriv");
-        c.args([
-            "--reuid=65534",
-            "--regid=65534",
-            "--clear-groups",
-            "/usr/bin/python3",
-        ]);
-        c
-    } else {
-        Command::new("/usr/bin/python3")
+    if !script.exists() {
+        std::fs::write(&script, PEER).unwrap();
+    }
+    let mut cmd = match uid {
+        Some(uid) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={uid}"))
+                .arg(format!("--regid={uid}"))
+                .args(["--clear-groups", "/usr/bin/python3"]);
+            c
+        }
+        None => Command::new("/usr/bin/python3"),
     };
     let out = cmd
         .arg(&script)
@@ -233,6 +238,47 @@ async fn half_messages_time_out_and_one_uid_cannot_take_every_slot() {
     })
     .await;
     assert_eq!(c["open"], 1, "{c}");
+}
+
+/// Four local uids each holding their share of idle connections take
+/// every slot but root's: root (libvirt, its hook) is still answered.
+#[tokio::test]
+async fn uids_holding_every_share_leave_roots_slots() {
+    if skip() {
+        return;
+    }
+    // The default limits: 256 slots, 64 per uid, the last 16 root's.
+    let d = Daemon::start("[socket]\nmode = \"0666\"\n");
+    status(&d).await;
+    let before = fd_count(d.pid());
+    let sock = d.socket();
+    let holders: Vec<_> = (60001..=60004)
+        .map(|uid| {
+            let sock = sock.clone();
+            std::thread::spawn(move || peer_as(&sock, Some(uid), &["idle", "64", "8"]))
+        })
+        .collect();
+    // Once the daemon holds what the four could take, root calls.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fd_count(d.pid()) < before + 230 {
+        assert!(Instant::now() < deadline, "the holders never connected");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let s = status(&d).await;
+    assert!(s["connections"]["open"].as_u64().unwrap() >= 240, "{s}");
+    let fates: Vec<Value> = holders
+        .into_iter()
+        .flat_map(|h| h.join().unwrap().as_array().unwrap().clone())
+        .collect();
+    let refused: Vec<_> = fates.iter().filter(|f| f["state"] == "refused").collect();
+    let open = fates.iter().filter(|f| f["state"] == "open").count();
+    assert_eq!((open, refused.len()), (240, 16), "{fates:?}");
+    let reply: Value = serde_json::from_str(refused[0]["reply"].as_str().unwrap()).unwrap();
+    assert_eq!(
+        reply,
+        json!({"error": "io.guestlogd.Manager.LimitReached",
+               "parameters": {"limit": "connections", "max": 256}})
+    );
 }
 
 #[tokio::test]

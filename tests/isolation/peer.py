@@ -9,6 +9,8 @@ Run as any uid (the tests use setpriv to run it as nobody); stdlib only.
   peer.py fds SOCK N                  send half a message with N FDs
   peer.py flood SOCK N JSON           send N copies in one write, as fast
                                       as the socket takes them
+  peer.py idle SOCK COUNT HOLD        open COUNT connections that send
+                                      nothing, and hold them HOLD seconds
 
 Each prints one JSON line saying what the daemon did: for every connection,
 "closed" (EOF, with the seconds it took), "refused" (with the reply) or
@@ -114,6 +116,11 @@ def main():
         out = fate(s, time.monotonic(), 10)
         out["sent"] = sent
         print(json.dumps(out))
+    elif mode == "idle":
+        count, hold = int(sys.argv[3]), float(sys.argv[4])
+        start = time.monotonic()
+        conns = [connect(path) for _ in range(count)]
+        print(json.dumps([fate(s, start, hold) for s in conns]))
     else:
         sys.exit(f"unknown mode {mode}")
 

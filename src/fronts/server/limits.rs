@@ -14,6 +14,8 @@ pub struct ConnLimits {
     pub max_connections: usize,
     /// Connections one non-root uid may hold at once.
     pub max_per_uid: usize,
+    /// Of `max_connections`, the slots only uid 0 may take.
+    pub root_only: usize,
     /// The largest message a peer may send, in bytes.
     pub max_message: usize,
     /// From a message's first byte to its last.
@@ -85,6 +87,11 @@ pub(super) fn take_slot(
     if t.all >= limits.max_connections {
         return Err(Refusal::All);
     }
+    // Non-root uids share what root's reserve leaves, so that however many
+    // of them hold connections, root (libvirt, its hook) is still served.
+    if uid != 0 && t.all + limits.root_only >= limits.max_connections {
+        return Err(Refusal::All);
+    }
     let mine = t.by_uid.get(&uid).copied().unwrap_or(0);
     if uid != 0 && mine >= limits.max_per_uid {
         return Err(Refusal::Uid);
@@ -105,6 +112,7 @@ mod tests {
         ConnLimits {
             max_connections: 3,
             max_per_uid: 2,
+            root_only: 0,
             max_message: 4096,
             message_timeout: Duration::from_secs(1),
             idle_timeout: None,
@@ -126,5 +134,26 @@ mod tests {
         assert_eq!(taken.lock().unwrap().by_uid.get(&1000), Some(&2));
         drop(_c);
         assert_eq!(taken.lock().unwrap().by_uid.get(&0), None);
+    }
+
+    #[test]
+    fn the_last_slots_are_roots() {
+        let taken = Arc::new(Mutex::new(Taken::default()));
+        let l = ConnLimits {
+            max_connections: 6,
+            root_only: 2,
+            ..limits()
+        };
+        let held: Vec<_> = [1, 1, 2, 2]
+            .into_iter()
+            .map(|uid| take_slot(&taken, &l, uid).ok().unwrap())
+            .collect();
+        // Four uids' worth is all non-root may hold: the rest is root's.
+        assert!(matches!(take_slot(&taken, &l, 3), Err(Refusal::All)));
+        let _r1 = take_slot(&taken, &l, 0).ok().unwrap();
+        let _r2 = take_slot(&taken, &l, 0).ok().unwrap();
+        assert!(matches!(take_slot(&taken, &l, 0), Err(Refusal::All)));
+        drop(held);
+        assert!(take_slot(&taken, &l, 3).is_ok());
     }
 }

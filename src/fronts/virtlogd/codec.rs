@@ -19,7 +19,7 @@ pub const PROGRAM: u32 = 0x8753_9319;
 /// `VIR_LOG_MANAGER_PROTOCOL_PROGRAM_VERSION`.
 pub const VERSION: u32 = 1;
 /// OpenLogFile's only flag: truncate the file (virtlogd also deletes its
-/// backups). Other bits are ignored by virtlogd.
+/// backups). virtlogd ignores other bits; the front refuses them.
 pub const OPEN_TRUNCATE: u32 = 1;
 
 /// The procedures of the program.

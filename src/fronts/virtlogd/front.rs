@@ -176,6 +176,7 @@ impl Virtlogd {
         &self,
         c: OpenLogFile,
     ) -> Result<(Reply, Option<std::os::fd::OwnedFd>), ErrorReply> {
+        check_flags(c.flags, OPEN_TRUNCATE, "virLogHandlerDomainOpenLogFile")?;
         let name = self.log(&c.path)?;
         let truncate = c.flags & OPEN_TRUNCATE != 0;
         let options = PipeOptions {
@@ -263,10 +264,18 @@ impl Virtlogd {
 }
 
 fn no_flags(flags: u32, function: &str) -> Result<(), ErrorReply> {
+    check_flags(flags, 0, function)
+}
+
+/// Refuses flags outside `supported` before anything is made. libvirt
+/// sends OpenLogFile only 0 or TRUNCATE; virtlogd ignores other bits there,
+/// but a bit we do not know may mean something we would not do, so it is
+/// refused as libvirt's virCheckFlags words it.
+fn check_flags(flags: u32, supported: u32, function: &str) -> Result<(), ErrorReply> {
+    let flags = flags & !supported;
     if flags == 0 {
         return Ok(());
     }
-    // As virtlogd words it (virCheckFlags).
     Err(ErrorReply {
         str1: Some(function.to_owned()),
         str2: Some("flags".to_owned()),
