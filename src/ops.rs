@@ -18,7 +18,7 @@ use crate::{
     config::Limits,
     consoles::{
         boot,
-        console::{Console, ConsoleError, Owner, Settings},
+        console::{Console, ConsoleError, Domain, Owner, RemoveError, Settings},
         table::Consoles,
         writers::Writers,
     },
@@ -43,6 +43,13 @@ pub enum OpError {
     NoSuchConsole(LogName),
     #[error("a console {0} exists already")]
     ConsoleExists(LogName),
+    #[error("console {name} belongs to another domain")]
+    ConsoleOwned {
+        name: LogName,
+        owner: Option<Domain>,
+    },
+    #[error("the log {0} exists and is not this console's boot log")]
+    BootLogTaken(LogName),
     #[error("the limit of {max} {what} is reached")]
     Limit { what: &'static str, max: usize },
     #[error(transparent)]
@@ -98,6 +105,8 @@ pub struct ConsoleRequest {
     pub writers: Writers,
     /// The boot log's name and the bytes it keeps per guest connection.
     pub boot: Option<(LogName, u64)>,
+    /// The domain the console belongs to.
+    pub domain: Option<Domain>,
 }
 
 /// What GetStatus reports beyond the live figures.
@@ -260,10 +269,12 @@ impl Ops {
         Ok(result?)
     }
 
-    /// Refuses a console that cannot be made, before anything is created.
-    pub fn check_console(&self, name: &LogName) -> Result<(), OpError> {
-        if self.consoles.get(name).is_some() {
-            return Err(OpError::ConsoleExists(name.clone()));
+    /// Refuses a console that cannot be made, before anything is created:
+    /// one that exists (`ConsoleOwned` if it belongs to a domain other
+    /// than `domain`), and one past the limit.
+    pub fn check_console(&self, name: &LogName, domain: Option<&Domain>) -> Result<(), OpError> {
+        if let Some(existing) = self.consoles.get(name) {
+            return Err(exists(name.clone(), existing.settings.domain.clone(), domain));
         }
         if self.consoles.all().len() >= self.consoles.max() {
             return Err(OpError::Limit {
@@ -276,7 +287,12 @@ impl Ops {
 
     /// Makes a console and its log. Must run inside the runtime.
     pub async fn create_console(&self, r: ConsoleRequest) -> Result<Arc<Console>, OpError> {
-        self.check_console(&r.name)?;
+        self.check_console(&r.name, r.domain.as_ref())?;
+        if let Some((boot_name, _)) = &r.boot
+            && self.registry.get(boot_name).is_some_and(|l| !l.is_boot())
+        {
+            return Err(OpError::BootLogTaken(boot_name.clone()));
+        }
         let log = match r.log {
             false => None,
             true => {
@@ -292,6 +308,7 @@ impl Ops {
             Some((name, bytes)) => {
                 let change = boot::policy(*bytes);
                 let log = self.enter(name, change)?;
+                log.mark_boot();
                 self.first_use(&log, move |f| f.change_policy(change))
                     .await?;
                 Some(log)
@@ -313,9 +330,10 @@ impl Ops {
                 writers: r.writers,
                 boot,
                 boot_bytes: r.boot.as_ref().map_or(0, |(_, n)| *n),
+                domain: r.domain.clone(),
             })
             .map_err(|source| match source {
-                ConsoleError::Exists(name) => OpError::ConsoleExists(name),
+                ConsoleError::Exists { name, owner } => exists(name, owner, r.domain.as_ref()),
                 ConsoleError::Limit(max) => OpError::Limit {
                     what: "consoles",
                     max,
@@ -327,18 +345,31 @@ impl Ops {
     }
 
     /// Closes a console's connections and removes its sockets; its log
-    /// stays.
-    pub async fn remove_console(&self, name: &LogName) -> Result<(), OpError> {
-        if self.consoles.remove(name).await {
-            Ok(())
-        } else {
-            Err(OpError::NoSuchConsole(name.clone()))
-        }
+    /// stays. With `owner`, only if the console belongs to that domain.
+    pub async fn remove_console(&self, name: &LogName, owner: Option<&str>) -> Result<(), OpError> {
+        self.consoles
+            .remove(name, owner)
+            .await
+            .map_err(|e| match e {
+                RemoveError::NoSuchConsole(name) => OpError::NoSuchConsole(name),
+                RemoveError::Owned { name, owner } => OpError::ConsoleOwned { name, owner },
+            })
     }
 
     fn existing(&self, name: &LogName) -> Result<Arc<Log>, OpError> {
         self.registry
             .get(name)
             .ok_or_else(|| OpError::NoSuchLog(name.clone()))
+    }
+}
+
+/// A console that exists: the same domain's (or, for a call that names
+/// none, anyone's) is `ConsoleExists`; another's is `ConsoleOwned`.
+fn exists(name: LogName, owner: Option<Domain>, asked: Option<&Domain>) -> OpError {
+    match asked {
+        Some(d) if owner.as_ref().is_none_or(|o| o.uuid != d.uuid) => {
+            OpError::ConsoleOwned { name, owner }
+        }
+        _ => OpError::ConsoleExists(name),
     }
 }

@@ -376,7 +376,7 @@ async fn real_guest_reaches_every_client_and_the_log() {
     let log_path = d.log_path("vm");
     // The generated client, with every option left to its default.
     let reply = conn
-        .create_console("vm", None, None, None, None, None, None, None, None, None)
+        .create_console("vm", None, None, None, None, None, None, None, None, None, None)
         .await
         .unwrap()
         .unwrap();
@@ -889,6 +889,7 @@ async fn socket_owner_and_mode_decide_who_can_connect() {
             Some(true),
             None,
             None,
+            None,
         )
         .await
         .unwrap()
@@ -1107,6 +1108,7 @@ async fn list_logs_counts_a_scripted_exchange() {
             writer: None,
             boot_log_path: None,
             boot_bytes: 0,
+            domain: None,
         }
     );
 

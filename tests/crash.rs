@@ -167,7 +167,7 @@ async fn a_kill_at_any_instant_keeps_every_new_pipe_console_and_client() {
         let name = format!("c{round}");
         let mut c = zlink::tokio::unix::connect(&socket).await.unwrap();
         let created = c
-            .create_console(&name, None, None, None, None, None, None, None, None, None)
+            .create_console(&name, None, None, None, None, None, None, None, None, None, None)
             .await
             .unwrap()
             .unwrap();
@@ -202,4 +202,67 @@ async fn a_kill_at_any_instant_keeps_every_new_pipe_console_and_client() {
         ));
     }
     println!("consoles: 10 of 10 kept their guest, client and log across a kill");
+}
+
+/// A crash in the middle of a boot keeps that boot: the successor goes on
+/// filling the boot log from where its file is, not from the size the
+/// last saved state knew, so the boot log is exactly the first bootBytes
+/// of the guest's output, never rotated.
+#[tokio::test]
+async fn a_crash_mid_boot_keeps_the_boot_log_of_that_boot() {
+    if let Some(why) = systemd::unavailable() {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let (sd, socket) = Systemd::with_guestlogd(env!("CARGO_BIN_EXE_guestlogd"));
+    let st = wait_status(&socket, "activation", |_| true).await;
+    let mut c = zlink::tokio::unix::connect(&socket).await.unwrap();
+    let created = create_console(
+        &mut c,
+        json!({"name": "b", "bootBytes": 8192, "replayBytes": 0}),
+    )
+    .await;
+    let mut guest =
+        UnixStream::connect(sd.inside(created["guestSocket"].as_str().unwrap())).unwrap();
+    let log = sd.host().join("log");
+    // 6,000 bytes of numbered lines, then 6,000 more after the kill.
+    let lines: String = (0..480).map(|i| format!("boot line {i:04} .........\n")).collect();
+    assert_eq!(lines.len(), 6000 * 2);
+    let (first, second) = lines.split_at(6000);
+    guest.write_all(first.as_bytes()).unwrap();
+    let last_of_first = first.lines().last().unwrap();
+    assert!(wait_file(&log.join("b.boot.log"), last_of_first));
+    kill9(host_pid(st.pid));
+    let old = st.pid;
+    wait_status(&socket, "after the kill", |s| s.pid != old).await;
+    guest.write_all(second.as_bytes()).unwrap();
+    assert!(wait_file(&log.join("b.log"), lines.lines().last().unwrap()));
+    let boot = std::fs::read(log.join("b.boot.log")).unwrap();
+    assert!(
+        boot == lines.as_bytes()[..8192],
+        "the boot log ({} bytes) is not the boot's first 8192 bytes: it begins {:?}",
+        boot.len(),
+        String::from_utf8_lossy(&boot[..boot.len().min(50)])
+    );
+    assert!(!log.join("b.boot.log.0").exists());
+    let mut c = zlink::tokio::unix::connect(&socket).await.unwrap();
+    let listed = c.list_logs().await.unwrap().unwrap();
+    let entry = listed.logs.iter().find(|l| l.name == "b.boot").unwrap();
+    assert_eq!((entry.size, entry.rotations), (8192, 0), "{entry:?}");
+}
+
+/// CreateConsole with `params`, answered.
+async fn create_console(
+    c: &mut zlink::tokio::unix::Connection,
+    params: serde_json::Value,
+) -> serde_json::Value {
+    let call = zlink::Call::new(json!({
+        "method": "io.guestlogd.Manager.CreateConsole",
+        "parameters": params,
+    }));
+    let (reply, _) = c
+        .call_method::<_, serde_json::Value, guestlogd::api::ManagerError>(&call, vec![])
+        .await
+        .unwrap();
+    reply.unwrap().into_parameters().unwrap()
 }

@@ -21,7 +21,7 @@ use crate::{
     error_chain,
     logs::{
         log::{Log, Wait},
-        name::{LogName, NameError},
+        name::{BOOT_SUFFIX, LogName, NameError},
         policy::PolicyChange,
     },
 };
@@ -33,7 +33,7 @@ const MIN_CAP: u64 = 4096;
 
 /// The boot log's name for a console.
 pub fn name(console: &LogName) -> Result<LogName, NameError> {
-    LogName::try_from(format!("{console}.boot").as_str())
+    LogName::try_from(format!("{console}{BOOT_SUFFIX}").as_str())
 }
 
 /// A policy that never rotates what `bytes` of output can write.
@@ -56,8 +56,15 @@ pub struct BootLog {
 impl BootLog {
     /// Picks up where the file is: a console taken over from a previous
     /// guestlogd keeps filling the boot log of the same guest connection.
-    pub fn resume(log: Arc<Log>, limit: u64) -> Self {
-        let written = log.snapshot().size;
+    /// The size is the file's own, measured in the log's job: after a
+    /// crash the saved state's is stale, and trusting it would write past
+    /// the limit and rotate the boot away.
+    pub async fn resume(log: Arc<Log>, limit: u64) -> Self {
+        let written = match log.with_file(Wait::Forever, |f| Ok(f.size())).await {
+            Ok(size) => size,
+            // Writes fail the same way; the log counts and reports them.
+            Err(_) => log.snapshot().size,
+        };
         Self {
             log,
             limit,
@@ -120,7 +127,7 @@ mod tests {
             .entry(&name, Some(policy(10).over(Policy::default())))
             .unwrap();
         let path = dir.path().join("vm-serial0.boot.log");
-        let mut boot = BootLog::resume(log.clone(), 10);
+        let mut boot = BootLog::resume(log.clone(), 10).await;
         boot.guest_connected().await;
         for data in [&b"0123"[..], b"456789abc", b"more"] {
             boot.output(&Bytes::copy_from_slice(data)).await;
@@ -131,7 +138,7 @@ mod tests {
         boot.output(&Bytes::from_static(b"second\n")).await;
         assert_eq!(std::fs::read(&path).unwrap(), b"second\n");
         // A successor picks up where the file is.
-        let mut again = BootLog::resume(log.clone(), 10);
+        let mut again = BootLog::resume(log.clone(), 10).await;
         again.output(&Bytes::from_static(b"123456")).await;
         assert_eq!(std::fs::read(&path).unwrap(), b"second\n123");
         let s = log.snapshot();

@@ -45,6 +45,45 @@ impl Default for Owner {
     }
 }
 
+/// The libvirt domain a console belongs to: its UUID decides who owns the
+/// console; its name is for people.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Domain {
+    pub uuid: String,
+    pub name: String,
+}
+
+/// Why a domain was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DomainError {
+    #[error("the UUID is not in libvirt's form (8-4-4-4-12 lowercase hex digits)")]
+    Uuid,
+    #[error("the name must be 1 to 255 bytes with no control character")]
+    Name,
+}
+
+impl Domain {
+    /// A domain as libvirt names it: its UUID in canonical form (which
+    /// makes one domain one string) and a printable name.
+    pub fn new(uuid: &str, name: &str) -> Result<Self, DomainError> {
+        let groups: Vec<&str> = uuid.split('-').collect();
+        let canonical = groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+            && groups
+                .iter()
+                .all(|g| g.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')));
+        if !canonical {
+            return Err(DomainError::Uuid);
+        }
+        if name.is_empty() || name.len() > 255 || name.chars().any(char::is_control) {
+            return Err(DomainError::Name);
+        }
+        Ok(Self {
+            uuid: uuid.to_owned(),
+            name: name.to_owned(),
+        })
+    }
+}
+
 /// Everything CreateConsole decided, validated.
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -65,6 +104,8 @@ pub struct Settings {
     /// The boot log (`boot`), if any, and how much of each boot it keeps.
     pub boot: Option<Arc<Log>>,
     pub boot_bytes: u64,
+    /// The domain the console belongs to, if any.
+    pub domain: Option<Domain>,
 }
 
 /// A console's figures, shared by its relay task and ListLogs.
@@ -139,8 +180,12 @@ pub struct AdoptedClient {
 /// Why a console could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum ConsoleError {
-    #[error("a console named {0} exists")]
-    Exists(LogName),
+    #[error("a console named {name} exists")]
+    Exists {
+        name: LogName,
+        /// The domain the existing console belongs to.
+        owner: Option<Domain>,
+    },
     #[error("{0} consoles exist already")]
     Limit(usize),
     #[error("cannot set up {path}")]
@@ -148,6 +193,18 @@ pub enum ConsoleError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+}
+
+/// Why RemoveConsole removed nothing.
+#[derive(Debug, thiserror::Error)]
+pub enum RemoveError {
+    #[error("no console {0}")]
+    NoSuchConsole(LogName),
+    #[error("console {name} belongs to another domain")]
+    Owned {
+        name: LogName,
+        owner: Option<Domain>,
     },
 }
 

@@ -88,10 +88,10 @@ pub async fn run(
 ) -> Handover {
     let (input_tx, mut input_rx) = mpsc::channel(64);
     let guest_name = format!("console/{}/guest", settings.name);
-    let boot = settings
-        .boot
-        .clone()
-        .map(|log| BootLog::resume(log, settings.boot_bytes));
+    let boot = match settings.boot.clone() {
+        Some(log) => Some(BootLog::resume(log, settings.boot_bytes).await),
+        None => None,
+    };
     let mut relay = Relay {
         settings: settings.clone(),
         stats: stats.clone(),

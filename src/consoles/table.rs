@@ -32,7 +32,7 @@ use tracing::{Instrument, info, info_span};
 use super::{
     console::{
         Adopted, AttachError, AttachRequest, Console, ConsoleError, Handover, Listeners, Owner,
-        Settings, Stats,
+        RemoveError, Settings, Stats,
     },
     relay,
     writers::Who,
@@ -87,8 +87,11 @@ impl Consoles {
     ) -> Result<Arc<Console>, ConsoleError> {
         // Held throughout, so two calls cannot create one name twice.
         let mut map = lock(&self.map);
-        if map.contains_key(&settings.name) {
-            return Err(ConsoleError::Exists(settings.name));
+        if let Some(existing) = map.get(&settings.name) {
+            return Err(ConsoleError::Exists {
+                owner: existing.settings.domain.clone(),
+                name: settings.name,
+            });
         }
         if map.len() >= self.max {
             return Err(ConsoleError::Limit(self.max));
@@ -211,16 +214,28 @@ impl Consoles {
     }
 
     /// Stops a console, waits until its connections are closed and its
-    /// sockets removed, then forgets it. `false` if there was none.
-    pub async fn remove(&self, name: &LogName) -> bool {
-        let Some(console) = self.get(name) else {
-            return false;
+    /// sockets removed, then forgets it. With `owner`, only a console that
+    /// belongs to the domain of that UUID.
+    pub async fn remove(&self, name: &LogName, owner: Option<&str>) -> Result<(), RemoveError> {
+        let console = {
+            let map = lock(&self.map);
+            let console = map
+                .get(name)
+                .ok_or_else(|| RemoveError::NoSuchConsole(name.clone()))?;
+            let domain = &console.settings.domain;
+            if owner.is_some_and(|uuid| domain.as_ref().is_none_or(|d| d.uuid != uuid)) {
+                return Err(RemoveError::Owned {
+                    name: name.clone(),
+                    owner: domain.clone(),
+                });
+            }
+            console.removing.store(true, Relaxed);
+            console.clone()
         };
-        console.removing.store(true, Relaxed);
         console.stop().await;
         lock(&self.map).remove(name);
         console.settings.registry.touch();
-        true
+        Ok(())
     }
 
     /// Stops every console and waits for them, at shutdown; returns what

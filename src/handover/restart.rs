@@ -103,8 +103,12 @@ pub fn adopt(
             size: log.size,
             backups: log.backups,
         };
-        if let Err(e) = registry.restore(&log.name, log.policy, counters) {
-            warn!(log = log.name, error = %error_chain(&e), "cannot reopen a log");
+        match registry.restore(&log.name, log.policy, counters) {
+            Ok(restored) if log.boot => restored.mark_boot(),
+            Ok(_) => {}
+            Err(e) => {
+                warn!(log = log.name, error = %error_chain(&e), "cannot reopen a log");
+            }
         }
     }
     for name in store.names() {
@@ -258,11 +262,11 @@ fn adopt_console(
     };
     let boot = if saved.boot_bytes > 0 {
         let boot_name = boot::name(&name).map_err(|e| e.to_string())?;
-        Some(
-            registry
-                .get(&boot_name)
-                .ok_or("its boot log was not restored")?,
-        )
+        let boot = registry
+            .get(&boot_name)
+            .ok_or("its boot log was not restored")?;
+        boot.mark_boot();
+        Some(boot)
     } else {
         None
     };
@@ -283,6 +287,7 @@ fn adopt_console(
         writers: saved.writers,
         boot,
         boot_bytes: saved.boot_bytes,
+        domain: saved.domain.clone(),
     };
     let console = consoles
         .adopt(settings, listeners, adopted)
@@ -351,6 +356,7 @@ impl Saver {
                     followers_dropped: l.followers_dropped(),
                     size: s.size,
                     backups: s.backups,
+                    boot: l.is_boot(),
                 }
             })
             .collect();
@@ -376,6 +382,7 @@ impl Saver {
                     writer: lock(&c.stats.writer).as_ref().map(|(n, _)| n.clone()),
                     peers: lock(&c.stats.peers).clone(),
                     boot_bytes: if st.boot.is_some() { st.boot_bytes } else { 0 },
+                    domain: st.domain.clone(),
                 }
             })
             .collect();

@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::{
     consoles::{
-        console::Pending,
+        console::{Domain, Pending},
         writers::{Who, Writers},
     },
     logs::{policy::Policy, queue::SlowPolicy},
@@ -57,6 +57,9 @@ pub struct LogState {
     pub size: u64,
     #[serde(default)]
     pub backups: u64,
+    /// A console's boot log.
+    #[serde(default)]
+    pub boot: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -89,6 +92,9 @@ pub struct ConsoleState {
     /// The boot log's size per guest connection; 0 for none.
     #[serde(default)]
     pub boot_bytes: u64,
+    /// The domain the console belongs to.
+    #[serde(default)]
+    pub domain: Option<Domain>,
 }
 
 /// Why a stored state could not be read.
@@ -163,6 +169,7 @@ mod tests {
                 size: 0,
                 backups: 0,
                 followers_dropped: 0,
+                boot: false,
             }],
             consoles: vec![],
             fds: vec!["pipe/vm/1".into()],

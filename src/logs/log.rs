@@ -74,6 +74,8 @@ pub struct Log {
     /// The file was opened once: a log that never was is forgotten when
     /// its first opening fails, so a refused call leaves nothing behind.
     opened_once: AtomicBool,
+    /// A console's boot log (`consoles::boot`), not a log of its own.
+    boot: AtomicBool,
     /// When the log was last used, in seconds since the registry began.
     last_used: AtomicU64,
     epoch: Instant,
@@ -161,6 +163,7 @@ impl Log {
             stats,
             open: AtomicBool::new(false),
             opened_once: AtomicBool::new(false),
+            boot: AtomicBool::new(false),
             last_used: AtomicU64::new(0),
             epoch,
             pipes: AtomicUsize::new(0),
@@ -294,6 +297,15 @@ impl Log {
             // close(2) may flush, and block on a slow disk.
             tokio::task::spawn_blocking(move || drop((file, slot)));
         }
+    }
+
+    /// Marks the log as a console's boot log.
+    pub fn mark_boot(&self) {
+        self.boot.store(true, Relaxed);
+    }
+
+    pub fn is_boot(&self) -> bool {
+        self.boot.load(Relaxed)
     }
 
     pub fn is_open(&self) -> bool {

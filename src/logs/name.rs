@@ -21,6 +21,11 @@ pub const MAX_LEN: usize = 128;
 /// stay within systemd's 255-byte FD names, with room for `pipe/` and an id.
 pub const MAX_PATH_LEN: usize = 160;
 
+/// Plain names that end in this are consoles' boot logs
+/// (`consoles::boot`): no caller may make a log or console so named, so a
+/// boot log can never be another log.
+pub const BOOT_SUFFIX: &str = ".boot";
+
 /// A name that passed the name rule.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct LogName(String);
@@ -44,6 +49,8 @@ pub enum NameError {
     NotNormal,
     #[error("the path holds {0:?}; only printable ASCII other than : % and space is allowed")]
     BadPathChar(char),
+    #[error("names ending in \"{BOOT_SUFFIX}\" are reserved for consoles' boot logs")]
+    Reserved,
 }
 
 impl LogName {
@@ -82,6 +89,21 @@ impl LogName {
         } else {
             Self::try_from(name)
         }
+    }
+
+    /// A plain name a caller may give a new log or console: any but the
+    /// boot logs' reserved names.
+    pub fn new_plain(name: &str) -> Result<Self, NameError> {
+        let n = Self::try_from(name)?;
+        if n.is_boot() {
+            return Err(NameError::Reserved);
+        }
+        Ok(n)
+    }
+
+    /// Whether this is a boot log's name.
+    pub fn is_boot(&self) -> bool {
+        !self.is_path() && self.0.ends_with(BOOT_SUFFIX)
     }
 
     /// Whether this log is addressed by its file's path.

@@ -121,7 +121,7 @@ pub async fn create(conn: &mut Connection, a: CreateArgs) -> Result<(), CtlError
 }
 
 pub async fn remove(conn: &mut Connection, name: &str) -> Result<(), CtlError> {
-    conn.remove_console(name)
+    conn.remove_console(name, None)
         .await
         .map_err(CtlError::Call)?
         .map_err(CtlError::Refused)
@@ -153,6 +153,10 @@ pub fn console_status(all: ListLogsOutput, name: &str) -> Result<(), CtlError> {
     };
     let opt = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
     println!("name           {}", c.name);
+    match &c.domain {
+        Some(d) => println!("domain         {} ({})", d.name, d.uuid),
+        None => println!("domain         -"),
+    }
     println!("guest socket   {}", c.guest_socket);
     println!("client socket  {}", c.client_socket);
     println!("view socket    {}", opt(&c.view_socket));

@@ -10,10 +10,22 @@
 //! hook's stdout as a new domain XML at `migrate` and `restore`, so this
 //! hook never prints there.
 //!
-//! The rules, so that a domain cannot take another's console:
+//! The rules, so that a domain touches only its own consoles:
+//! - Each console is made with the domain's UUID and name (`domain`), and
+//!   that decides who owns it: `prepare` refuses a console that exists and
+//!   belongs to another domain (or to none), and `release` removes only the
+//!   consoles the domain owns. A name that merely starts with the domain's
+//!   name decides nothing.
 //! - NAME must be a valid console name that starts with `DOMAIN-`
 //!   (`DOMAIN-serial0` by convention); a path in the console directory that
 //!   breaks this is refused, and libvirt does not start the domain.
+//! - A path that reaches the console directory any other way than as
+//!   `RUNDIR/consoles/NAME.guest` (through `..`, a symlink, or an alias
+//!   such as `/proc/self/root/…`) is refused: QEMU would connect through it
+//!   all the same, so it is never ignored.
+//! - A domain gets at most `--max-consoles` consoles (16); a domain that
+//!   asks for more is refused before any is made, and a `prepare` that
+//!   fails removes the consoles it made.
 //! - The sockets belong to the user QEMU runs as: the `<label>` of the
 //!   domain's `<seclabel model='dac'>` if it has one (`+UID:+GID` or
 //!   `USER:GROUP`), else `user`/`group` of qemu.conf, else libvirt's
@@ -70,6 +82,9 @@ pub struct HookArgs {
     /// Seconds the whole hook may take.
     #[arg(long, default_value_t = 5)]
     timeout: u64,
+    /// The most consoles one domain may have.
+    #[arg(long, default_value_t = 16)]
+    max_consoles: usize,
 }
 
 /// Why the hook refused or failed.
@@ -105,6 +120,14 @@ pub enum HookError {
     Call(#[source] zlink::Error),
     #[error("guestlogd consoles: guestlogd refused console {name}: {error:?}")]
     Daemon { name: String, error: ManagerError },
+    #[error(
+        "guestlogd consoles: domain {domain}: console {name} belongs to {owner}; remove it (guestlogctl remove {name}) if that is stale"
+    )]
+    Owned {
+        domain: String,
+        name: String,
+        owner: String,
+    },
 }
 
 /// A console the domain's XML asks for.
@@ -120,6 +143,8 @@ pub struct Plan {
     pub consoles: Vec<Wanted>,
     /// The DAC label QEMU runs under, e.g. "+64055:+64055".
     pub dac_label: Option<String>,
+    /// The domain's UUID, from `<uuid>`.
+    pub uuid: Option<String>,
 }
 
 pub async fn run(runtime_dir: &Path, a: HookArgs) -> Result<(), HookError> {
@@ -136,19 +161,48 @@ pub async fn run(runtime_dir: &Path, a: HookArgs) -> Result<(), HookError> {
         if plan.consoles.is_empty() {
             return Ok(());
         }
+        let refuse = |reason: String| HookError::Refused {
+            domain: a.domain.clone(),
+            reason,
+        };
+        let uuid = plan
+            .uuid
+            .clone()
+            .ok_or_else(|| refuse("the domain XML has no <uuid>".into()))?;
         let mut conn = connect(&socket).await?;
         if creating {
+            if plan.consoles.len() > a.max_consoles {
+                return Err(refuse(format!(
+                    "{} consoles asked for; a domain may have at most {} (--max-consoles)",
+                    plan.consoles.len(),
+                    a.max_consoles
+                )));
+            }
             let (uid, gid) = match a.owner {
                 Some((uid, Some(gid))) => (uid, gid),
                 Some((uid, None)) => (uid, owner(&plan, &a.qemu_conf)?.1),
                 None => owner(&plan, &a.qemu_conf)?,
             };
+            let mut made = Vec::new();
             for c in &plan.consoles {
-                create(&mut conn, c, &a, uid, gid).await?;
+                match create(&mut conn, c, &a, &uuid, uid, gid).await {
+                    Ok(new) => {
+                        if new {
+                            made.push(c);
+                        }
+                    }
+                    Err(e) => {
+                        // The domain will not start: what this run made goes.
+                        for c in made {
+                            let _ = remove(&mut conn, c, &a.domain, &uuid).await;
+                        }
+                        return Err(e);
+                    }
+                }
             }
         } else {
             for c in &plan.consoles {
-                remove(&mut conn, c).await?;
+                remove(&mut conn, c, &a.domain, &uuid).await?;
             }
         }
         Ok(())
@@ -195,22 +249,35 @@ async fn connect(path: &Path) -> Result<Connection, HookError> {
     }
 }
 
+/// Makes a console for the domain; true if it is new, false if the domain
+/// had it already (a `prepare` after a crash, or a second port on the same
+/// path).
 async fn create(
     conn: &mut Connection,
     c: &Wanted,
     a: &HookArgs,
+    uuid: &str,
     uid: u32,
     gid: u32,
-) -> Result<(), HookError> {
+) -> Result<bool, HookError> {
     let params = json!({
         "name": c.name,
         "owner": {"uid": uid, "gid": gid, "mode": 0o600},
         "viewers": !a.no_viewers,
         "writers": a.writers.as_str(),
         "bootBytes": a.boot_bytes,
+        "domain": {"uuid": uuid, "name": a.domain},
     });
     match call(conn, "CreateConsole", params).await? {
-        Ok(()) | Err(ManagerError::ConsoleExists { .. }) => Ok(()),
+        Ok(()) => Ok(true),
+        Err(ManagerError::ConsoleExists { .. }) => Ok(false),
+        Err(ManagerError::ConsoleOwned { owner, .. }) => Err(HookError::Owned {
+            domain: a.domain.clone(),
+            name: c.name.clone(),
+            owner: owner.map_or("no domain (it was made by hand)".into(), |o| {
+                format!("domain {} ({})", o.name, o.uuid)
+            }),
+        }),
         Err(error) => Err(HookError::Daemon {
             name: c.name.clone(),
             error,
@@ -218,9 +285,24 @@ async fn create(
     }
 }
 
-async fn remove(conn: &mut Connection, c: &Wanted) -> Result<(), HookError> {
-    match call(conn, "RemoveConsole", json!({"name": c.name})).await? {
+/// Removes the domain's console; one that is gone, or that belongs to
+/// another domain, is left alone (said on stderr for the latter).
+async fn remove(
+    conn: &mut Connection,
+    c: &Wanted,
+    domain: &str,
+    uuid: &str,
+) -> Result<(), HookError> {
+    let params = json!({"name": c.name, "domainUuid": uuid});
+    match call(conn, "RemoveConsole", params).await? {
         Ok(()) | Err(ManagerError::NoSuchConsole { .. }) => Ok(()),
+        Err(ManagerError::ConsoleOwned { .. }) => {
+            eprintln!(
+                "guestlogd consoles: domain {domain}: console {} belongs to another domain; left alone",
+                c.name
+            );
+            Ok(())
+        }
         Err(error) => Err(HookError::Daemon {
             name: c.name.clone(),
             error,
@@ -282,6 +364,13 @@ pub fn plan(xml: &str, domain: &str, console_dir: &Path) -> Result<Plan, HookErr
         };
         let p = Path::new(path);
         if p.parent() != Some(console_dir) {
+            if reaches(p, console_dir) {
+                return Err(refuse(format!(
+                    "{path} reaches guestlogd's console directory through \"..\", a symlink \
+                     or an alias; name it as {}/NAME.guest",
+                    console_dir.display()
+                )));
+            }
             continue;
         }
         let file = p.file_name().and_then(|f| f.to_str()).unwrap_or_default();
@@ -290,7 +379,7 @@ pub fn plan(xml: &str, domain: &str, console_dir: &Path) -> Result<Plan, HookErr
                 "{path} is in guestlogd's console directory but is not NAME.guest"
             )));
         };
-        if let Err(e) = LogName::try_from(name) {
+        if let Err(e) = LogName::new_plain(name) {
             return Err(refuse(format!(
                 "{path}: {name:?} is not a console name: {e}"
             )));
@@ -308,6 +397,11 @@ pub fn plan(xml: &str, domain: &str, console_dir: &Path) -> Result<Plan, HookErr
             });
         }
     }
+    out.uuid = root
+        .children()
+        .find(|n| n.has_tag_name("uuid"))
+        .and_then(|n| n.text())
+        .map(|t| t.trim().to_ascii_lowercase());
     out.dac_label = root
         .children()
         .find(|n| n.has_tag_name("seclabel") && n.attribute("model") == Some("dac"))
@@ -317,6 +411,43 @@ pub fn plan(xml: &str, domain: &str, console_dir: &Path) -> Result<Plan, HookErr
         .map(|t| t.trim().to_owned())
         .filter(|t| !t.is_empty());
     Ok(out)
+}
+
+/// Whether `path`, named other than as `console_dir/FILE`, would reach a
+/// file in `console_dir` all the same: through `..` or `.`, a symlink on the
+/// way (the file itself included), or an alias of a directory such as
+/// `/proc/self/root`. Judged both by the names alone and by the file
+/// system, so a path whose file does not exist yet is caught too.
+fn reaches(path: &Path, console_dir: &Path) -> bool {
+    let dir = std::fs::canonicalize(console_dir).unwrap_or_else(|_| console_dir.to_owned());
+    let lexical = normalize(path);
+    if lexical.parent() == Some(console_dir) || lexical.parent() == Some(&dir) {
+        return true;
+    }
+    if let Ok(real) = std::fs::canonicalize(path)
+        && real.parent() == Some(&dir)
+    {
+        return true;
+    }
+    path.parent()
+        .and_then(|p| std::fs::canonicalize(p).ok())
+        .is_some_and(|real| real == dir)
+}
+
+/// `path` with `.` and `..` taken away by name alone.
+fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                out.pop();
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// The uid and gid QEMU runs as: the DAC label, else qemu.conf, else
@@ -443,8 +574,8 @@ mod tests {
         let p = plan(&xml, "vm1", Path::new(DIR)).unwrap();
         assert_eq!(p.dac_label.as_deref(), Some("+64055:+994"));
         let plan_ = Plan {
-            consoles: vec![],
             dac_label: p.dac_label,
+            ..Plan::default()
         };
         assert_eq!(
             owner(&plan_, Path::new("/nonexistent")).unwrap(),
@@ -510,5 +641,52 @@ mod tests {
             let e = plan(&port(path), "vm1", Path::new(DIR)).unwrap_err();
             assert!(matches!(e, HookError::Refused { .. }), "{path}: {e:?}");
         }
+    }
+
+    #[test]
+    fn refuses_paths_that_reach_the_console_directory_another_way() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("consoles");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("vm2-serial0.guest"), b"").unwrap();
+        let elsewhere = tmp.path().join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        std::os::unix::fs::symlink(dir.join("vm2-serial0.guest"), elsewhere.join("link.guest"))
+            .unwrap();
+        std::os::unix::fs::symlink(&dir, tmp.path().join("dirlink")).unwrap();
+        let d = dir.display();
+        let t = tmp.path().display();
+        for path in [
+            format!("{d}/../consoles/vm2-serial0.guest"),
+            format!("{t}/elsewhere/link.guest"),
+            format!("{t}/dirlink/vm2-serial0.guest"),
+            format!("{t}/dirlink/not-yet-made.guest"),
+            format!("/proc/self/root{d}/vm2-serial0.guest"),
+        ] {
+            let xml = domain(
+                &format!("<serial type='unix'><source mode='connect' path='{path}'/></serial>"),
+                "",
+            );
+            let e = plan(&xml, "vm1", &dir).unwrap_err();
+            assert!(
+                matches!(&e, HookError::Refused { reason, .. } if reason.contains("reaches")),
+                "{path}: {e:?}"
+            );
+        }
+        // Elsewhere is not our business.
+        let xml = domain(
+            &format!("<serial type='unix'><source mode='connect' path='{t}/elsewhere/x.sock'/></serial>"),
+            "",
+        );
+        assert_eq!(plan(&xml, "vm1", &dir).unwrap().consoles, []);
+    }
+
+    #[test]
+    fn reads_the_domains_uuid() {
+        let xml = domain("", "<uuid>4DEA22B3-1D52-D8F3-2516-782E98AB3FA0</uuid>");
+        assert_eq!(
+            plan(&xml, "vm1", Path::new(DIR)).unwrap().uuid.as_deref(),
+            Some("4dea22b3-1d52-d8f3-2516-782e98ab3fa0")
+        );
     }
 }

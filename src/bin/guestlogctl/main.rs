@@ -143,8 +143,9 @@ async fn run(args: Args) -> Result<(), CtlError> {
         Command::Consoles => {
             let out = list(&mut conn).await?;
             println!(
-                "{:<32} {:>5} {:>7} {:>7} {:>7} {:>12} {:>10} {:>9}  LOG",
+                "{:<32} {:<24} {:>5} {:>7} {:>7} {:>7} {:>12} {:>10} {:>9}  LOG",
                 "NAME",
+                "DOMAIN",
                 "GUEST",
                 "CLIENTS",
                 "VIEWERS",
@@ -155,8 +156,9 @@ async fn run(args: Args) -> Result<(), CtlError> {
             );
             for c in out.consoles {
                 println!(
-                    "{:<32} {:>5} {:>7} {:>7} {:>7} {:>12} {:>10} {:>9}  {}",
+                    "{:<32} {:<24} {:>5} {:>7} {:>7} {:>7} {:>12} {:>10} {:>9}  {}",
                     c.name,
+                    c.domain.as_ref().map_or("-", |d| d.name.as_str()),
                     if c.guest_connected { "yes" } else { "no" },
                     c.clients,
                     c.viewers,

@@ -25,8 +25,8 @@ use super::{
     framing::{self, RawCall, Service},
     introspect::varlink_call,
     wire::{
-        Empty, WireError, any_log, empty, encoded_len, id, int, invalid, limit, log_name, parse,
-        policy, ranged, replay_bytes, to_value, wire_pos,
+        Empty, WireError, any_log, domain, domain_uuid, empty, encoded_len, id, int, invalid,
+        limit, log_name, parse, policy, ranged, replay_bytes, to_value, wire_domain, wire_pos,
     },
 };
 use crate::{
@@ -257,6 +257,7 @@ impl Manager {
                     } else {
                         0
                     }),
+                    domain: c.settings.domain.clone().map(wire_domain),
                 }
             })
             .collect();
@@ -356,8 +357,9 @@ impl Manager {
                 ));
             }
         };
+        let domain = p.domain.map(|d| domain("domain", d)).transpose()?;
         // Refused before any work is queued, so a refused call changes nothing.
-        self.ops.check_console(&name)?;
+        self.ops.check_console(&name, domain.as_ref())?;
         let request = ConsoleRequest {
             name,
             log: p.log != Some(false),
@@ -368,6 +370,7 @@ impl Manager {
             viewers: p.viewers == Some(true),
             writers,
             boot,
+            domain,
         };
         let ops = self.ops.clone();
         Ok(Box::pin(async move {
@@ -386,9 +389,14 @@ impl Manager {
 
     fn remove_console(&self, p: api::RemoveConsoleInput) -> Result<Job, WireError> {
         let name = log_name(&p.name)?;
+        let owner = p
+            .domain_uuid
+            .as_deref()
+            .map(|u| domain_uuid("domainUuid", u))
+            .transpose()?;
         let ops = self.ops.clone();
         Ok(Box::pin(async move {
-            ops.remove_console(&name).await?;
+            ops.remove_console(&name, owner.as_deref()).await?;
             Ok((empty(), vec![]))
         }))
     }

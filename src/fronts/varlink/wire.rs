@@ -9,7 +9,9 @@ use zlink::varlink_service;
 
 use super::api::{self, ManagerError};
 use crate::{
-    config, error_chain, limited,
+    config,
+    consoles::console::Domain,
+    error_chain, limited,
     logs::{
         name::{self, LogName},
         policy::PolicyChange,
@@ -50,6 +52,16 @@ impl From<OpError> for WireError {
             OpError::NoSuchLog(n) => ManagerError::NoSuchLog { name: name(n) },
             OpError::NoSuchConsole(n) => ManagerError::NoSuchConsole { name: name(n) },
             OpError::ConsoleExists(n) => ManagerError::ConsoleExists { name: name(n) },
+            OpError::ConsoleOwned { name: n, owner } => ManagerError::ConsoleOwned {
+                name: name(n),
+                owner: owner.map(wire_domain),
+            },
+            OpError::BootLogTaken(n) => {
+                return invalid(
+                    "bootBytes",
+                    format!("the boot log's name {n} is taken by a log that is not a boot log"),
+                );
+            }
             OpError::Limit { what, max } => return limit(what, max),
             e @ (OpError::File(_)
             | OpError::Pipe(_)
@@ -62,6 +74,25 @@ impl From<OpError> for WireError {
             }
         }
         .into()
+    }
+}
+
+/// A domain as the wire gives it, validated.
+pub(super) fn domain(parameter: &str, d: api::ConsoleDomain) -> Result<Domain, WireError> {
+    Domain::new(&d.uuid, &d.name).map_err(|e| invalid(parameter, e.to_string()))
+}
+
+/// A domain UUID alone, as RemoveConsole takes it.
+pub(super) fn domain_uuid(parameter: &str, uuid: &str) -> Result<String, WireError> {
+    Domain::new(uuid, "-")
+        .map(|d| d.uuid)
+        .map_err(|e| invalid(parameter, e.to_string()))
+}
+
+pub(super) fn wire_domain(d: Domain) -> api::ConsoleDomain {
+    api::ConsoleDomain {
+        uuid: d.uuid,
+        name: d.name,
     }
 }
 
@@ -132,7 +163,7 @@ pub(super) fn id(parameter: &str, v: i64) -> Result<u32, WireError> {
 
 /// A plain name: what calls that create a log or console take.
 pub(super) fn log_name(name: &str) -> Result<LogName, WireError> {
-    LogName::try_from(name).map_err(|e| bad_name(name, e))
+    LogName::new_plain(name).map_err(|e| bad_name(name, e))
 }
 
 /// A plain name or a path-addressed log's path: what calls that look up
