@@ -234,14 +234,10 @@ impl Ops {
 
     /// The log called `name`, entered if new: no I/O.
     fn enter(&self, name: &LogName, change: PolicyChange) -> Result<Arc<Log>, OpError> {
-        let defaults = self.registry.defaults();
-        let (log, _) = self
-            .registry
-            .entry(name, Some(change.over(defaults)))
-            .map_err(|e| match e {
-                RegistryError::Full(max) => OpError::Limit { what: "logs", max },
-                RegistryError::File(e) => OpError::File(e),
-            })?;
+        let (log, _) = self.registry.entry(name, change).map_err(|e| match e {
+            RegistryError::Full(max) => OpError::Limit { what: "logs", max },
+            RegistryError::File(e) => OpError::File(e),
+        })?;
         Ok(log)
     }
 
@@ -274,7 +270,11 @@ impl Ops {
     /// than `domain`), and one past the limit.
     pub fn check_console(&self, name: &LogName, domain: Option<&Domain>) -> Result<(), OpError> {
         if let Some(existing) = self.consoles.get(name) {
-            return Err(exists(name.clone(), existing.settings.domain.clone(), domain));
+            return Err(exists(
+                name.clone(),
+                existing.settings.domain.clone(),
+                domain,
+            ));
         }
         if self.consoles.all().len() >= self.consoles.max() {
             return Err(OpError::Limit {

@@ -291,3 +291,56 @@ async fn bad_console_options_are_refused_and_change_nothing() {
     let out = conn.list_logs().await.unwrap().unwrap();
     assert!(out.logs.is_empty() && out.consoles.is_empty(), "{out:?}");
 }
+
+/// A boot log can never be another log: names ending in `.boot` are
+/// reserved, so no caller can make `x.boot` before console `x` takes it as
+/// its boot log, nor write into a boot log as into a plain log.
+#[tokio::test]
+async fn boot_log_names_are_reserved() {
+    let d = Daemon::start("");
+    let mut conn = zlink::tokio::unix::connect(d.socket()).await.unwrap();
+    for (method, params) in [
+        ("CreateConsole", json!({"name": "x.boot", "maxBackups": 3})),
+        ("AppendLog", json!({"name": "x.boot", "message": "planted"})),
+        ("OpenPipe", json!({"name": "x.boot"})),
+    ] {
+        match call_with_fds(&mut conn, method, params).await {
+            (Err(ManagerError::InvalidName { name, reason }), fds) => {
+                assert!(fds.is_empty());
+                assert_eq!(name, "x.boot");
+                assert!(reason.contains("reserved"), "{reason}");
+            }
+            other => panic!("{method}: {other:?}"),
+        }
+    }
+    assert!(!d.log_dir().join("x.boot.log").exists());
+    // The console's own boot log is made, and read like any log.
+    call(
+        &mut conn,
+        "CreateConsole",
+        json!({"name": "x", "bootBytes": 4096}),
+    )
+    .await
+    .unwrap();
+    let g = guest(&d, "x");
+    g.send("booting\n");
+    wait_info(&d, "x", "the boot", |c| c.bytes_from_guest == 8).await;
+    let r = call(
+        &mut conn,
+        "ReadLog",
+        json!({"name": "x.boot", "text": true}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r["text"], "booting\n");
+    // Still not a name to append to.
+    assert!(matches!(
+        call(
+            &mut conn,
+            "AppendLog",
+            json!({"name": "x.boot", "message": "m"})
+        )
+        .await,
+        Err(ManagerError::InvalidName { .. })
+    ));
+}

@@ -167,7 +167,9 @@ async fn a_kill_at_any_instant_keeps_every_new_pipe_console_and_client() {
         let name = format!("c{round}");
         let mut c = zlink::tokio::unix::connect(&socket).await.unwrap();
         let created = c
-            .create_console(&name, None, None, None, None, None, None, None, None, None, None)
+            .create_console(
+                &name, None, None, None, None, None, None, None, None, None, None,
+            )
             .await
             .unwrap()
             .unwrap();
@@ -226,7 +228,9 @@ async fn a_crash_mid_boot_keeps_the_boot_log_of_that_boot() {
         UnixStream::connect(sd.inside(created["guestSocket"].as_str().unwrap())).unwrap();
     let log = sd.host().join("log");
     // 6,000 bytes of numbered lines, then 6,000 more after the kill.
-    let lines: String = (0..480).map(|i| format!("boot line {i:04} .........\n")).collect();
+    let lines: String = (0..480)
+        .map(|i| format!("boot line {i:04} .........\n"))
+        .collect();
     assert_eq!(lines.len(), 6000 * 2);
     let (first, second) = lines.split_at(6000);
     guest.write_all(first.as_bytes()).unwrap();

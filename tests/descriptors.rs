@@ -154,3 +154,75 @@ async fn past_max_logs_unused_logs_are_forgotten_and_logs_in_use_never() {
         }
     }
 }
+
+/// A log forgotten under `max-logs` comes back with its own policy, also
+/// across a re-exec, and nothing brings it back deleting its backups.
+#[tokio::test]
+async fn a_forgotten_log_comes_back_with_its_policy_and_its_backups() {
+    let d = Daemon::start("[limits]\nmax-logs = 16\n");
+    let mut c = connect(&d).await;
+    let (reply, mut fds) = call_with_fds(
+        &mut c,
+        "OpenPipe",
+        json!({"name": "keep", "maxSize": 4096, "maxBackups": 8}),
+    )
+    .await;
+    reply.unwrap();
+    let mut pipe = std::fs::File::from(fds.remove(0));
+    // 9 × 4096 bytes of 64-byte lines: every backup full.
+    for k in 0..576 {
+        pipe.write_all(format!("{k:063}\n").as_bytes()).unwrap();
+    }
+    drop(pipe);
+    let backup = |k: u32| d.log_dir().join(format!("keep.log.{k}"));
+    wait_until("eight backups", || backup(7).exists());
+    // Pushed out by others once the pipe is gone.
+    let mut gone = false;
+    for k in 0..400 {
+        let name = format!("other-{k}");
+        call(&mut c, "AppendLog", json!({"name": name, "message": "x"}))
+            .await
+            .unwrap();
+        let list = call(&mut c, "ListLogs", json!({})).await.unwrap();
+        if !list["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["name"] == "keep")
+        {
+            gone = true;
+            break;
+        }
+    }
+    assert!(gone, "the log was never forgotten");
+    // Its policy is in the saved state a successor reads.
+    nix::sys::signal::kill(Pid::from_raw(d.pid() as i32), Signal::SIGUSR1).unwrap();
+    wait_until("the successor to serve", || {
+        d.stderr().matches(" ready ").count() >= 2
+    });
+    let mut c = connect(&d).await;
+    call(
+        &mut c,
+        "AppendLog",
+        json!({"name": "keep", "message": "back again"}),
+    )
+    .await
+    .unwrap();
+    for k in 0..8 {
+        assert!(backup(k).exists(), "keep.log.{k} was deleted");
+    }
+    let list = call(&mut c, "ListLogs", json!({})).await.unwrap();
+    let keep = list["logs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "keep")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (&keep["maxSize"], &keep["maxBackups"]),
+        (&json!(4096), &json!(8)),
+        "{keep}"
+    );
+    assert_eq!(keep["backups"], 8, "{keep}");
+}

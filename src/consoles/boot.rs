@@ -123,9 +123,7 @@ mod tests {
         let console = LogName::try_from("vm-serial0").unwrap();
         let name = name(&console).unwrap();
         assert_eq!(name.as_str(), "vm-serial0.boot");
-        let (log, _) = r
-            .entry(&name, Some(policy(10).over(Policy::default())))
-            .unwrap();
+        let (log, _) = r.entry(&name, policy(10)).unwrap();
         let path = dir.path().join("vm-serial0.boot.log");
         let mut boot = BootLog::resume(log.clone(), 10).await;
         boot.guest_connected().await;

@@ -25,7 +25,7 @@ use base64::Engine as _;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
-use super::state::{self, ConsoleState, LogState, State};
+use super::state::{self, ConsoleState, ForgottenLog, LogState, State};
 use crate::{
     config::Limits,
     consoles::{
@@ -109,6 +109,11 @@ pub fn adopt(
             Err(e) => {
                 warn!(log = log.name, error = %error_chain(&e), "cannot reopen a log");
             }
+        }
+    }
+    for f in &saved.forgotten {
+        if let Err(e) = registry.restore_forgotten(&f.name, f.policy) {
+            warn!(log = f.name, error = %error_chain(&e), "cannot remember a forgotten log");
         }
     }
     for name in store.names() {
@@ -398,6 +403,14 @@ impl Saver {
             consoles,
             fds,
             planned,
+            forgotten: registry
+                .forgotten()
+                .into_iter()
+                .map(|(name, policy)| ForgottenLog {
+                    name: name.to_string(),
+                    policy,
+                })
+                .collect(),
         };
         let fd = match state.to_memfd() {
             Ok(fd) => fd,

@@ -40,6 +40,16 @@ pub struct State {
     /// Saved at a planned stop, with the clients' unsent output; a state
     /// without it is a crash's, and that output is gone.
     pub planned: bool,
+    /// The policies of logs forgotten under `max-logs`, so that one that
+    /// comes back gets its own.
+    pub forgotten: Vec<ForgottenLog>,
+}
+
+/// A forgotten log's policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ForgottenLog {
+    pub name: String,
+    pub policy: Policy,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -174,6 +184,10 @@ mod tests {
             consoles: vec![],
             fds: vec!["pipe/vm/1".into()],
             planned: true,
+            forgotten: vec![ForgottenLog {
+                name: "old".into(),
+                policy: Policy::default(),
+            }],
         };
         assert_eq!(State::read(state.to_memfd().unwrap()).unwrap(), state);
         assert_eq!(seq(&fd_name(42)), Some(42));

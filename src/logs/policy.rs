@@ -45,3 +45,13 @@ impl PolicyChange {
         self.max_size.is_some() || self.max_backups.is_some()
     }
 }
+
+impl From<Policy> for PolicyChange {
+    /// A change to exactly `p`.
+    fn from(p: Policy) -> Self {
+        Self {
+            max_size: Some(p.max_size),
+            max_backups: Some(p.max_backups),
+        }
+    }
+}

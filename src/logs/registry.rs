@@ -6,7 +6,10 @@
 //! directories are opened outside the cache's lock. The registry is
 //! bounded by `max-logs`: when it is full, the logs no one uses and that
 //! were used least recently are forgotten (their files stay; their
-//! counters go); when every log is in use, a new one is refused.
+//! counters go); when every log is in use, a new one is refused. A
+//! forgotten log's policy is remembered (`Forgotten`, as many as `max-logs`
+//! more), so that a call that brings it back without naming a policy gets
+//! the one it had, not the defaults.
 
 use std::{
     collections::BTreeMap,
@@ -24,7 +27,7 @@ use super::{
     log::{Counters, Log},
     name::LogName,
     places::Places,
-    policy::Policy,
+    policy::{Policy, PolicyChange},
     rotator::RotatorError,
 };
 use crate::{fdstore::FdStore, lock};
@@ -57,6 +60,46 @@ pub struct Registry {
     changed: Notify,
     /// A planned stop hands descriptors over instead of finishing them.
     handing_over: AtomicBool,
+    /// The policies of logs forgotten under `max_logs`.
+    forgotten: Mutex<Forgotten>,
+}
+
+/// The policies of forgotten logs, the most recently forgotten kept: at
+/// most `max` of them, so memory stays bounded (about 200 bytes each)
+/// however many logs pass through. One forgotten too long ago comes back
+/// with the defaults; its backups stay all the same, since only an
+/// explicit policy change removes any (`RotatingFile::set_policy`).
+#[derive(Debug, Default)]
+struct Forgotten {
+    policies: BTreeMap<LogName, (u64, Policy)>,
+    /// The same entries by when they were forgotten.
+    order: BTreeMap<u64, LogName>,
+    next: u64,
+    max: usize,
+}
+
+impl Forgotten {
+    fn remember(&mut self, name: LogName, policy: Policy) {
+        self.take(&name);
+        if self.max == 0 {
+            return;
+        }
+        while self.policies.len() >= self.max {
+            let Some((_, oldest)) = self.order.pop_first() else {
+                break;
+            };
+            self.policies.remove(&oldest);
+        }
+        self.next += 1;
+        self.order.insert(self.next, name.clone());
+        self.policies.insert(name, (self.next, policy));
+    }
+
+    fn take(&mut self, name: &LogName) -> Option<Policy> {
+        let (seq, policy) = self.policies.remove(name)?;
+        self.order.remove(&seq);
+        Some(policy)
+    }
 }
 
 /// A pipe's place under `max_pipes`, given back when dropped.
@@ -129,6 +172,10 @@ impl Registry {
             store,
             changed: Notify::new(),
             handing_over: AtomicBool::new(false),
+            forgotten: Mutex::new(Forgotten {
+                max: max_logs.max(1),
+                ..Forgotten::default()
+            }),
         }
     }
 
@@ -163,32 +210,56 @@ impl Registry {
         policy: Policy,
         counters: Counters,
     ) -> Result<Arc<Log>, RegistryError> {
-        let name = LogName::parse(name).map_err(|e| RotatorError::Open {
+        let name = self.saved_name(name)?;
+        self.enter(&name, PolicyChange::from(policy), counters)
+            .map(|(log, _)| log)
+    }
+
+    /// Remembers the policy of a log a previous guestlogd had forgotten.
+    pub fn restore_forgotten(&self, name: &str, policy: Policy) -> Result<(), RegistryError> {
+        let name = self.saved_name(name)?;
+        if self.get(&name).is_none() {
+            lock(&self.forgotten).remember(name, policy);
+        }
+        Ok(())
+    }
+
+    fn saved_name(&self, name: &str) -> Result<LogName, RegistryError> {
+        Ok(LogName::parse(name).map_err(|e| RotatorError::Open {
             path: self.places.dir().join(name),
             source: std::io::Error::new(std::io::ErrorKind::InvalidData, e),
-        })?;
-        self.enter(&name, Some(policy), counters)
-            .map(|(log, _)| log)
+        })?)
+    }
+
+    /// The policies of forgotten logs, for the saved state.
+    pub fn forgotten(&self) -> Vec<(LogName, Policy)> {
+        lock(&self.forgotten)
+            .policies
+            .iter()
+            .map(|(name, (_, p))| (name.clone(), *p))
+            .collect()
     }
 
     pub fn get(&self, name: &LogName) -> Option<Arc<Log>> {
         lock(&self.logs).get(name).cloned()
     }
 
-    /// The log called `name`, entered with `policy` (else the defaults) if
-    /// it is new; true if it is. No I/O: its file opens in its first job.
+    /// The log called `name`, entered if it is new (true then) with
+    /// `change` over the policy it had when it was forgotten, else over the
+    /// defaults. An existing log is returned as it is: applying `change` to
+    /// it is its caller's job. No I/O: its file opens in its first job.
     pub fn entry(
         &self,
         name: &LogName,
-        policy: Option<Policy>,
+        change: PolicyChange,
     ) -> Result<(Arc<Log>, bool), RegistryError> {
-        self.enter(name, policy, Counters::default())
+        self.enter(name, change, Counters::default())
     }
 
     fn enter(
         &self,
         name: &LogName,
-        policy: Option<Policy>,
+        change: PolicyChange,
         counters: Counters,
     ) -> Result<(Arc<Log>, bool), RegistryError> {
         let mut logs = lock(&self.logs);
@@ -201,14 +272,20 @@ impl Registry {
             if forgotten.is_empty() {
                 return Err(RegistryError::Full(self.max_logs));
             }
+            let mut memory = lock(&self.forgotten);
+            for log in &forgotten {
+                memory.remember(log.name().clone(), log.snapshot().policy);
+            }
+            drop(memory);
             // Dropping a log closes its file, which may block on the disk.
             tokio::task::spawn_blocking(move || drop(forgotten));
         }
+        let base = lock(&self.forgotten).take(name).unwrap_or(self.defaults);
         let log = Arc::new(Log::new(
             name.clone(),
             path,
             self.places.clone(),
-            policy.unwrap_or(self.defaults),
+            change.over(base),
             counters,
             self.epoch,
         ));

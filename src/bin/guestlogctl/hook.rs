@@ -675,7 +675,9 @@ mod tests {
         }
         // Elsewhere is not our business.
         let xml = domain(
-            &format!("<serial type='unix'><source mode='connect' path='{t}/elsewhere/x.sock'/></serial>"),
+            &format!(
+                "<serial type='unix'><source mode='connect' path='{t}/elsewhere/x.sock'/></serial>"
+            ),
             "",
         );
         assert_eq!(plan(&xml, "vm1", &dir).unwrap().consoles, []);

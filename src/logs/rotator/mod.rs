@@ -68,8 +68,10 @@ pub struct RotatingFile {
 
 impl RotatingFile {
     /// Opens `BASE` in `dir` for appending, creating it if needed. A file
-    /// found over its cap is rotated first, and backups beyond the policy
-    /// are removed.
+    /// found over its cap is rotated first. Backups beyond the policy are
+    /// left as they are: only an explicit policy change (`set_policy`)
+    /// removes them, so a log opened again with a policy that was lost (a
+    /// forgotten log's, say) never loses history.
     pub fn open(dir: Arc<LogDir>, base: BaseName, policy: Policy) -> Result<Self, RotatorError> {
         let path = dir.display(base.as_str());
         let open_failed = |source| RotatorError::Open {
@@ -93,7 +95,10 @@ impl RotatingFile {
             bytes_dropped: 0,
             skipped: Vec::new(),
         };
-        log.set_policy(policy)?;
+        log.count_backups();
+        if log.size > policy.max_size {
+            log.rotate()?;
+        }
         Ok(log)
     }
 
@@ -139,13 +144,18 @@ impl RotatingFile {
                 }
             }
         }
-        self.backups = (0..policy.max_backups)
-            .filter(|k| matches!(self.dir.probe(&self.base.backup(*k)), Ok(Entry::Ours)))
-            .count() as u32;
+        self.count_backups();
         if self.size > policy.max_size {
             self.rotate()?;
         }
         Ok(())
+    }
+
+    /// The backups the policy keeps that are there and ours.
+    fn count_backups(&mut self) {
+        self.backups = (0..self.policy.max_backups)
+            .filter(|k| matches!(self.dir.probe(&self.base.backup(*k)), Ok(Entry::Ours)))
+            .count() as u32;
     }
 
     /// Appends `data`, rotating as often as the cap requires. On error the

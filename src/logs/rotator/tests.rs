@@ -89,8 +89,42 @@ fn a_file_over_its_cap_is_rotated_on_open() {
         fs::metadata(dir.path().join("vm.log.0")).unwrap().len(),
         10_000
     );
-    assert!(!dir.path().join("vm.log.7").exists());
+    // Beyond the policy: left for an explicit policy change to remove.
+    assert!(dir.path().join("vm.log.7").exists());
     assert_eq!(log.backups(), 1);
+}
+
+#[test]
+fn only_an_explicit_policy_change_removes_backups() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let mut log = open(dir.path(), 4096, 8);
+        for _ in 0..9 {
+            log.write(&[b'x'; 4096]).unwrap();
+        }
+        assert_eq!(log.backups(), 8);
+    }
+    // Opened again with a smaller policy (a forgotten log's was lost):
+    // nothing is removed, and rotating keeps what lies beyond.
+    let mut log = open(dir.path(), 4096, 3);
+    assert_eq!(log.backups(), 3);
+    log.rotate().unwrap();
+    for k in 0..8 {
+        assert!(
+            dir.path().join(format!("vm.log.{k}")).exists(),
+            "vm.log.{k}"
+        );
+    }
+    // Asked for: then they go.
+    log.set_policy(Policy {
+        max_size: 4096,
+        max_backups: 3,
+    })
+    .unwrap();
+    let left: Vec<bool> = (0..8)
+        .map(|k| dir.path().join(format!("vm.log.{k}")).exists())
+        .collect();
+    assert_eq!(left, [true, true, true, false, false, false, false, false]);
 }
 
 #[test]
