@@ -656,11 +656,37 @@ def rotation_checks():
         no_such(p + ".2", "max-backups = 2")
         cl.close()
 
+    def reads_ending_mid_line_near_the_cap():
+        # 70-byte lines, each written in two parts with the first part
+        # read by the daemon before the second is sent: a read then ends
+        # mid-line, and for the line that crosses the cap, just below it.
+        p = os.path.join(Q, "midline.log")
+        cl = connect()
+        _, fd = open_log(cl, p)
+        lines = [b"line %05d of seventy bytes, sent in two writes a read apart ........\n"
+                 % i for i in range(150)]
+        expect(all(len(l) == 70 for l in lines), "70-byte lines")
+        for line in lines:
+            for part in (line[:30], line[30:]):
+                write_all(fd, part)
+                # Answered once the daemon has read the pipe dry.
+                cl.get_log_file_position(p)
+        os.close(fd)
+        cl.close()
+        for f in (p + ".1", p + ".0"):
+            data = read(f)
+            expect(data.endswith(b"\n"), f"{f} does not end at a line end: {data[-40:]!r}")
+        kept = read(p + ".1") + read(p + ".0") + read(p)
+        expect(b"".join(lines).endswith(kept), "what is kept is the tail of what was written")
+        for l in kept.split(b"\n")[1:-1]:
+            eq(len(l), 69, f"a line cut in two: {l!r}")
+
     run([
         ("20 KB through a pipe, cap 4096", write_20k),
         ("PATH <= cap, PATH.0 and PATH.1, no PATH.2", files),
         ("the files kept hold the tail of the stream, in order", kept_is_the_tail),
         ("a log AppendLogFile makes rotates at the cap too", append_made_log_has_the_policy),
+        ("reads that end mid-line below the cap never split a line", reads_ending_mid_line_near_the_cap),
     ])
 
 

@@ -176,6 +176,19 @@ impl RotatingFile {
             } else {
                 cut(&data[..room], self.size > 0 && self.ends_in_newline)
             };
+            // No line end in the window, which reaches back into the file:
+            // a read ended mid-line just below the cap. The line's start
+            // moves to the next file rather than the line being split.
+            if !fits && n == room && room < LINE_WINDOW && !self.ends_in_newline {
+                match self.rotate_moving_partial_line(LINE_WINDOW - room) {
+                    Ok(true) => continue,
+                    Ok(false) => {}
+                    Err(e) => {
+                        self.bytes_dropped += data.len() as u64;
+                        return Err(e);
+                    }
+                }
+            }
             if let Err(source) = self.append(&data[..n]) {
                 self.bytes_dropped += data.len() as u64;
                 return Err(RotatorError::Write {
@@ -193,6 +206,45 @@ impl RotatingFile {
             }
         }
         Ok(())
+    }
+
+    /// Rotates for a write that would split a line begun within the last
+    /// `back` bytes of the current file: that line's start moves to the new
+    /// file. False, with nothing done, when those bytes hold no line end
+    /// (a line longer than the window is cut as usual) or there are no
+    /// backups to keep the order in. The bytes are written to the new file
+    /// before they are taken off the backup, and any failure in between
+    /// puts things back as a plain cut: a line may stay split, but no byte
+    /// is lost or written twice.
+    fn rotate_moving_partial_line(&mut self, back: usize) -> Result<bool, RotatorError> {
+        let back = (back as u64).min(self.size);
+        if back == 0 || self.policy.max_backups == 0 {
+            return Ok(false);
+        }
+        let mut tail = vec![0; back as usize];
+        if self.file.read_exact_at(&mut tail, self.size - back).is_err() {
+            return Ok(false);
+        }
+        let Some(end) = tail.iter().rposition(|b| *b == b'\n') else {
+            return Ok(false);
+        };
+        let carry = tail.split_off(end + 1);
+        let keep = self.size - carry.len() as u64;
+        let Ok(old) = self.file.try_clone() else {
+            return Ok(false);
+        };
+        self.rotate()?;
+        let moved = self.append(&carry).is_ok() && old.set_len(keep).is_ok();
+        if moved {
+            // The same bytes, in another file: not written twice.
+            self.bytes_written -= carry.len() as u64;
+        } else {
+            self.bytes_written -= self.size;
+            let _ = self.file.set_len(0);
+            self.size = 0;
+            self.ends_in_newline = false;
+        }
+        Ok(true)
     }
 
     /// Writes all of `data`, keeping `size` equal to the file's length even

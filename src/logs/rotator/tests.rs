@@ -68,6 +68,29 @@ fn cuts_after_the_last_newline_near_the_cap() {
 }
 
 #[test]
+fn a_read_that_ended_mid_line_below_the_cap_moves_the_line_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 100, 2);
+    let first = [&[b'a'; 79][..], b"\n"].concat();
+    log.write(&first).unwrap();
+    // A read ends mid-line, 5 bytes below the cap.
+    log.write(&[b'b'; 15]).unwrap();
+    log.write(b"bbbbbbbbbb\n").unwrap();
+    assert_eq!(fs::read(dir.path().join("vm.log.0")).unwrap(), first);
+    let line = [&[b'b'; 25][..], b"\n"].concat();
+    assert_eq!(fs::read(dir.path().join("vm.log")).unwrap(), line);
+    assert_eq!(log.size(), 26);
+    assert_eq!(log.bytes_written(), 106);
+    assert_eq!(read_all(&mut log, 7), [first, line].concat());
+    // A line longer than the window is still cut at the cap.
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = open(dir.path(), 100, 2);
+    log.write(&[b'c'; 95]).unwrap();
+    log.write(b"ccccccccccc\n").unwrap();
+    assert_eq!(log.size(), 7);
+}
+
+#[test]
 fn no_backups_truncates_in_place() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = open(dir.path(), 4096, 0);
