@@ -142,8 +142,17 @@ impl Ops {
         // Claimed before the file is touched: a refused caller must not
         // truncate it under the writer that has it.
         let guard = if o.exclusive {
-            slot.bind_exclusive(log.clone())
-                .map_err(|_| OpError::Busy(name.clone()))?
+            match slot.bind_exclusive(log.clone()) {
+                Ok(guard) => guard,
+                Err(slot) => {
+                    // The pipe that holds the log may have ended a moment
+                    // ago (its QEMU exited) with its end not yet read: it
+                    // is finished first, and only a live one is busy.
+                    log.finish_ended_pipes(DRAIN_LIMIT).await;
+                    slot.bind_exclusive(log.clone())
+                        .map_err(|_| OpError::Busy(name.clone()))?
+                }
+            }
         } else {
             slot.bind(log.clone())
         };

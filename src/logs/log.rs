@@ -90,13 +90,24 @@ pub struct Log {
     /// at once, even if the log is never written again.
     followers: Mutex<Vec<Weak<OutputQueue>>>,
     followers_dropped: AtomicU64,
-    /// One per pipe task feeding this log: asks it to read its pipe dry.
-    drains: Mutex<Vec<DrainRequests>>,
+    /// One per pipe task feeding this log: asks it to read its pipe dry,
+    /// or to finish if its writers are gone.
+    drains: Mutex<Vec<PipeRequests>>,
 }
 
-/// Where a pipe task takes requests to read its pipe dry; each request is
-/// answered when it has.
-pub type DrainRequests = tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<()>>;
+/// Where a pipe task takes requests; each is answered once done.
+pub type PipeRequests = tokio::sync::mpsc::Sender<PipeRequest>;
+
+/// What a pipe task can be asked, beside its own work.
+#[derive(Debug)]
+pub enum PipeRequest {
+    /// Read the pipe dry: what its writers put in it before now is then in
+    /// the log.
+    Drain(tokio::sync::oneshot::Sender<()>),
+    /// If every writer has closed the pipe, read it to its end and finish,
+    /// answering true once the pipe no longer counts against the log.
+    FinishIfEnded(tokio::sync::oneshot::Sender<bool>),
+}
 
 /// The figures ListLogs shows and a reopened file starts from.
 #[derive(Debug, Default)]
@@ -430,8 +441,9 @@ impl Log {
         self.with_file(wait, move |f| f.tail(n)).await
     }
 
-    /// Lets a pipe task be asked to read its pipe dry (`drain_pipes`).
-    pub fn add_drain(&self, requests: DrainRequests) {
+    /// Lets a pipe task be asked to read its pipe dry (`drain_pipes`) or
+    /// to finish (`finish_ended_pipes`).
+    pub fn add_drain(&self, requests: PipeRequests) {
         let mut drains = lock(&self.drains);
         drains.retain(|d| !d.is_closed());
         drains.push(requests);
@@ -446,7 +458,25 @@ impl Log {
             .iter()
             .filter_map(|d| {
                 let (done, wait) = tokio::sync::oneshot::channel();
-                d.try_send(done).ok().map(|()| wait)
+                d.try_send(PipeRequest::Drain(done)).ok().map(|()| wait)
+            })
+            .collect();
+        let all = futures_util::future::join_all(waits);
+        let _ = tokio::time::timeout(limit, all).await;
+    }
+
+    /// Finishes, within `limit`, every pipe into this log whose writers
+    /// have all closed it but whose end its task has not read yet (a QEMU
+    /// that just exited): their bytes go into the log and they stop
+    /// counting against it. Pipes with a writer left are not touched.
+    pub async fn finish_ended_pipes(&self, limit: Duration) {
+        let waits: Vec<_> = lock(&self.drains)
+            .iter()
+            .filter_map(|d| {
+                let (done, wait) = tokio::sync::oneshot::channel();
+                d.try_send(PipeRequest::FinishIfEnded(done))
+                    .ok()
+                    .map(|()| wait)
             })
             .collect();
         let all = futures_util::future::join_all(waits);

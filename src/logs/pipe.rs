@@ -25,10 +25,13 @@ use tokio::io::{Interest, unix::AsyncFd};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug, info_span, warn};
 
-use super::{log::Wait, registry::PipeGuard};
+use super::{
+    log::{PipeRequest, Wait},
+    registry::PipeGuard,
+};
 
-/// Requests to read the pipe dry, each answered once it is.
-type Requests = tokio::sync::mpsc::Receiver<tokio::sync::oneshot::Sender<()>>;
+/// Requests to read the pipe dry or finish it, each answered once done.
+type Requests = tokio::sync::mpsc::Receiver<PipeRequest>;
 
 /// The most read at once: at least the 64 KiB the issue asks for, and
 /// twice what `cat` uses.
@@ -95,6 +98,8 @@ async fn pump(
     shutdown: CancellationToken,
 ) {
     debug!("pipe opened");
+    // Answered once the pipe has ended and no longer counts in its log.
+    let mut finished: Option<tokio::sync::oneshot::Sender<bool>> = None;
     loop {
         let ready = tokio::select! {
             // A stop comes first: a writer that keeps its pipe full must
@@ -113,16 +118,33 @@ async fn pump(
                 }
                 break;
             }
-            Some(done) = drains.recv() => {
-                // Asked for the log's end: what the writer put in the pipe
-                // before asking must be in the log first.
-                let eof = read_dry(&read, &guard, Instant::now() + DRAIN_FOR).await.is_some_and(|eof| eof);
-                let _ = done.send(());
-                if eof {
-                    break;
+            Some(request) = drains.recv() => match request {
+                PipeRequest::Drain(done) => {
+                    // Asked for the log's end: what the writer put in the
+                    // pipe before asking must be in the log first.
+                    let eof = read_dry(&read, &guard, Instant::now() + DRAIN_FOR).await.is_some_and(|eof| eof);
+                    let _ = done.send(());
+                    if eof {
+                        break;
+                    }
+                    continue;
                 }
-                continue;
-            }
+                PipeRequest::FinishIfEnded(done) => {
+                    // Asked by a new OpenLogFile while this pipe still held
+                    // the log: with every writer gone (its QEMU exited) the
+                    // pipe has ended, only this task has not read its end.
+                    if !hung_up(read.get_ref()) {
+                        let _ = done.send(false);
+                        continue;
+                    }
+                    if read_dry(&read, &guard, Instant::now() + DRAIN_FOR).await == Some(true) {
+                        finished = Some(done);
+                        break;
+                    }
+                    let _ = done.send(false);
+                    continue;
+                }
+            },
             ready = read.readable() => ready,
         };
         let mut ready = match ready {
@@ -142,10 +164,24 @@ async fn pump(
             }
         }
     }
-    let registry = guard.registry();
+    let registry = guard.registry().clone();
     registry.store().remove(&name);
     registry.touch();
+    drop(guard);
+    if let Some(done) = finished {
+        let _ = done.send(true);
+    }
     debug!("pipe closed");
+}
+
+/// Whether every writer has closed the pipe (POLLHUP on its read end).
+fn hung_up(fd: &OwnedFd) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLHUP))
 }
 
 /// How long a final stop may spend draining pipes, over all of them: a
