@@ -140,6 +140,7 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
     let store = Arc::new(FdStore::new(systemd));
     let registry = Arc::new(Registry::new(
         opts.log_dir.clone(),
+        config.libvirt.roots.clone(),
         config.log.policy(),
         limits.max_pipes,
         limits.max_logs,

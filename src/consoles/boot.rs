@@ -109,6 +109,7 @@ mod tests {
     fn registry(dir: &std::path::Path) -> Registry {
         Registry::new(
             dir.to_owned(),
+            Vec::new(),
             Policy::default(),
             16,
             64,

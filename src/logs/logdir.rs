@@ -14,8 +14,12 @@
 //!   descriptor, which act on names and never follow them;
 //! - nothing is ever changed by path: no chmod, chown or truncate by name.
 //!
-//! Only the directory's own path is resolved, once, by `LogDir::open`, with
-//! `O_NOFOLLOW` on its last component; the path is kept for messages only.
+//! Only the directory's own path is resolved, once: by `LogDir::open`, with
+//! `O_NOFOLLOW` on its last component, for the log directory the config
+//! names; by `LogDir::open_beneath` for a directory libvirt names, resolved
+//! from its root's descriptor with `openat2` so that no symlink anywhere
+//! below the root is followed and nothing outside it is reached. The path
+//! is kept for messages only.
 
 use std::{
     fmt,
@@ -33,6 +37,20 @@ use nix::{
 };
 
 use super::name::LogName;
+
+/// The directory `rel` beneath `root`, resolved as `open_beneath` says.
+fn resolve_beneath(root: &Path, rel: &Path) -> Result<OwnedFd, Errno> {
+    use nix::fcntl::{OpenHow, ResolveFlag, openat2};
+    let dir = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let root = nix::fcntl::open(root, dir, Mode::empty())?;
+    if rel.as_os_str().is_empty() {
+        return Ok(root);
+    }
+    let how = OpenHow::new()
+        .flags(dir | OFlag::O_NOFOLLOW)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    openat2(root.as_fd(), rel, how)
+}
 
 /// The longest `BaseName`: with `.N.next` or `.63` around it, every name we
 /// derive stays far below the 255-byte limit of a path component.
@@ -55,6 +73,8 @@ pub struct LogDir {
     path: PathBuf,
     /// Whose files we accept: the files we create are this uid's.
     owner: Uid,
+    /// For a directory opened beneath a root: the root and the path below.
+    beneath: Option<(PathBuf, PathBuf)>,
 }
 
 /// What was found at a name where one of our log files belongs.
@@ -136,6 +156,29 @@ impl LogDir {
             fd,
             path: path.to_owned(),
             owner: geteuid(),
+            beneath: None,
+        })
+    }
+
+    /// Opens the directory `rel` (relative, possibly empty) beneath `root`:
+    /// `rel` is resolved from the root's descriptor with no symlink
+    /// anywhere on the way (`RESOLVE_NO_SYMLINKS`) and never leaving the
+    /// root (`RESOLVE_BENEATH`: no `..` out, no absolute jump, no
+    /// `/proc` magic link). A directory a user below the root replaced by
+    /// a symlink is refused, not followed. The root itself is the
+    /// config's, trusted, and opened as its path says.
+    pub fn open_beneath(root: &Path, rel: &Path) -> Result<Self, LogDirError> {
+        let path = root.join(rel);
+        let failed = |e: Errno| LogDirError {
+            path: path.clone(),
+            source: e.into(),
+        };
+        let fd = resolve_beneath(root, rel).map_err(failed)?;
+        Ok(Self {
+            fd,
+            path: path.clone(),
+            owner: geteuid(),
+            beneath: Some((root.to_owned(), rel.to_owned())),
         })
     }
 
@@ -197,7 +240,11 @@ impl LogDir {
     /// Whether the path this directory was opened at still leads to it: a
     /// directory removed and made again is another directory.
     pub fn still_at_path(&self) -> bool {
-        let (Ok(at), Ok(open)) = (nix::sys::stat::lstat(&self.path), fstat(&self.fd)) else {
+        let at = match &self.beneath {
+            Some((root, rel)) => resolve_beneath(root, rel).and_then(|fd| fstat(&fd)),
+            None => nix::sys::stat::lstat(&self.path),
+        };
+        let (Ok(at), Ok(open)) = (at, fstat(&self.fd)) else {
             return false;
         };
         (at.st_dev, at.st_ino) == (open.st_dev, open.st_ino)

@@ -1,6 +1,10 @@
 //! `Places`: where log files live — the log directory, and the
 //! directories of libvirt's path-addressed logs — each opened once and
 //! reopened if it was replaced.
+//!
+//! A path-addressed log's directory is opened beneath the root it lies
+//! under (`LogDir::open_beneath`): no symlink below the root is followed,
+//! and a path under no root is refused here too, whatever a front checked.
 
 use std::{
     collections::BTreeMap,
@@ -20,14 +24,17 @@ use crate::lock;
 #[derive(Debug)]
 pub struct Places {
     dir: PathBuf,
+    /// The directories under which path-addressed logs may live.
+    roots: Vec<PathBuf>,
     log_dir: Mutex<Option<Arc<LogDir>>>,
     path_dirs: Mutex<BTreeMap<PathBuf, Arc<LogDir>>>,
 }
 
 impl Places {
-    pub fn new(dir: PathBuf) -> Self {
+    pub fn new(dir: PathBuf, roots: Vec<PathBuf>) -> Self {
         Self {
             dir,
+            roots,
             log_dir: Mutex::new(None),
             path_dirs: Mutex::default(),
         }
@@ -63,9 +70,25 @@ impl Places {
         {
             return Ok((d, base));
         }
-        let opened = Arc::new(LogDir::open(parent)?);
+        let (root, rel) = self.root_of(parent).ok_or_else(|| RotatorError::Open {
+            path: path.to_owned(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "not under an allowed root",
+            ),
+        })?;
+        let opened = Arc::new(LogDir::open_beneath(root, rel)?);
         lock(&self.path_dirs).insert(parent.to_owned(), opened.clone());
         Ok((opened, base))
+    }
+
+    /// The root `dir` lies in (the deepest, if roots nest), and the path
+    /// below it.
+    fn root_of<'a>(&'a self, dir: &'a Path) -> Option<(&'a Path, &'a Path)> {
+        self.roots
+            .iter()
+            .filter_map(|root| Some((root.as_path(), dir.strip_prefix(root).ok()?)))
+            .min_by_key(|(_, rel)| rel.components().count())
     }
 
     /// The log directory, opened on first use (and retried after a

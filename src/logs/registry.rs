@@ -154,15 +154,17 @@ impl PipeGuard {
 }
 
 impl Registry {
+    /// A registry of logs in `dir`, and of libvirt's logs under `roots`.
     pub fn new(
         dir: PathBuf,
+        roots: Vec<PathBuf>,
         defaults: Policy,
         max_pipes: usize,
         max_logs: usize,
         store: Arc<FdStore>,
     ) -> Self {
         Self {
-            places: Arc::new(Places::new(dir)),
+            places: Arc::new(Places::new(dir, roots)),
             defaults,
             logs: Mutex::new(BTreeMap::new()),
             max_logs: max_logs.max(1),

@@ -417,7 +417,19 @@ def main_checks():
         os.chmod(target, 0o644)
         link = os.path.join(Q, "link.log")
         os.symlink(target, link)
+        # Directories a user below the root replaced by symlinks elsewhere:
+        # a log two or more levels below the link must not follow it.
+        os.makedirs(os.path.join(OUTSIDE, "sub", "deeper"), exist_ok=True)
+        os.symlink(OUTSIDE, os.path.join(ROOT, "evil"))
+        os.symlink(OUTSIDE, os.path.join(Q, "deep"))
         bad = [
+            ("a symlinked directory two levels up", os.path.join(ROOT, "evil", "sub", "x.log"),
+             os.path.join(OUTSIDE, "sub", "x.log")),
+            ("a symlinked directory three levels up",
+             os.path.join(Q, "deep", "sub", "deeper", "y.log"),
+             os.path.join(OUTSIDE, "sub", "deeper", "y.log")),
+            ("a symlinked directory right above", os.path.join(ROOT, "evil", "z.log"),
+             os.path.join(OUTSIDE, "z.log")),
             ("outside the roots", os.path.join(OUTSIDE, "x.log"),
              os.path.join(OUTSIDE, "x.log")),
             ("a sibling sharing the root's prefix", ROOT + "2/x.log", ROOT + "2"),

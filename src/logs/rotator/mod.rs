@@ -222,7 +222,11 @@ impl RotatingFile {
             return Ok(false);
         }
         let mut tail = vec![0; back as usize];
-        if self.file.read_exact_at(&mut tail, self.size - back).is_err() {
+        if self
+            .file
+            .read_exact_at(&mut tail, self.size - back)
+            .is_err()
+        {
             return Ok(false);
         }
         let Some(end) = tail.iter().rposition(|b| *b == b'\n') else {
