@@ -8,6 +8,7 @@
 
 mod attach;
 mod consoles;
+mod escape;
 mod hook;
 
 use std::{io::Write, path::PathBuf, process::ExitCode};
@@ -38,9 +39,16 @@ enum Command {
     List,
     /// List the consoles.
     Consoles,
-    /// Print a log's bytes, oldest backup first, to stdout.
-    Read { name: String },
-    /// Print the end of a log; with -f, keep printing what is written.
+    /// Print a log's bytes, oldest backup first, to stdout. On a terminal,
+    /// control characters but newline and tab are shown escaped (\xNN).
+    Read {
+        /// Print the guest's bytes as they are, even to a terminal.
+        #[arg(long)]
+        raw: bool,
+        name: String,
+    },
+    /// Print the end of a log; with -f, keep printing what is written. On a
+    /// terminal, control characters are shown escaped, as by read.
     Tail {
         /// Keep following the log.
         #[arg(short, long)]
@@ -48,6 +56,9 @@ enum Command {
         /// How many of the last bytes to print first.
         #[arg(short = 'c', long, default_value_t = 16384)]
         bytes: usize,
+        /// Print the guest's bytes as they are, even to a terminal.
+        #[arg(long)]
+        raw: bool,
         name: String,
     },
     /// Rotate a log now.
@@ -170,19 +181,21 @@ async fn run(args: Args) -> Result<(), CtlError> {
                 );
             }
         }
-        Command::Read { name } => {
-            let mut stdout = std::io::stdout().lock();
-            read_log(&mut conn, &name, |data| stdout.write_all(data)).await?;
-            stdout.flush().map_err(CtlError::Stdout)?;
+        Command::Read { raw, name } => {
+            let mut out = escape::Output::stdout(raw);
+            read_log(&mut conn, &name, |data| out.write(data)).await?;
+            out.finish().map_err(CtlError::Stdout)?;
         }
         Command::Tail {
             follow: true,
             bytes,
+            raw,
             name,
-        } => follow(&mut conn, &name, bytes).await?,
+        } => follow(&mut conn, &name, bytes, escape::Output::stdout(raw)).await?,
         Command::Tail {
             follow: false,
             bytes,
+            raw,
             name,
         } => {
             // Reads the log through and keeps its end: a log is capped, so
@@ -195,12 +208,11 @@ async fn run(args: Args) -> Result<(), CtlError> {
                 Ok(())
             })
             .await?;
-            let mut stdout = std::io::stdout().lock();
+            let mut out = escape::Output::stdout(raw);
             let (a, b) = end.as_slices();
-            stdout
-                .write_all(a)
-                .and_then(|()| stdout.write_all(b))
-                .and_then(|()| stdout.flush())
+            out.write(a)
+                .and_then(|()| out.write(b))
+                .and_then(|()| out.finish())
                 .map_err(CtlError::Stdout)?;
         }
         Command::Rotate { name } => {
@@ -319,7 +331,12 @@ struct FollowParams<'a> {
 }
 
 /// Prints a log's end, then everything written to it, until interrupted.
-async fn follow(conn: &mut Connection, name: &str, replay: usize) -> Result<(), CtlError> {
+async fn follow(
+    conn: &mut Connection,
+    name: &str,
+    replay: usize,
+    mut stdout: escape::Output,
+) -> Result<(), CtlError> {
     let call = Call::new(FollowCall {
         method: "io.guestlogd.Manager.Follow",
         parameters: FollowParams {
@@ -331,7 +348,6 @@ async fn follow(conn: &mut Connection, name: &str, replay: usize) -> Result<(), 
     conn.send_call(&call, vec![])
         .await
         .map_err(CtlError::Call)?;
-    let mut stdout = std::io::stdout();
     loop {
         let (reply, _) = conn
             .receive_reply::<FollowOutput, ManagerError>()
@@ -350,12 +366,9 @@ async fn follow(conn: &mut Connection, name: &str, replay: usize) -> Result<(), 
         let data = base64::engine::general_purpose::STANDARD
             .decode(out.data)
             .map_err(CtlError::Decode)?;
-        stdout
-            .write_all(&data)
-            .and_then(|()| stdout.flush())
-            .map_err(CtlError::Stdout)?;
+        stdout.write(&data).map_err(CtlError::Stdout)?;
         if reply.continues() != Some(true) {
-            return Ok(());
+            return stdout.finish().map_err(CtlError::Stdout);
         }
     }
 }
