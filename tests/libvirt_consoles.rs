@@ -21,6 +21,8 @@
 
 #[path = "common/libvirt.rs"]
 mod libvirt;
+#[path = "common/libvirt_hook.rs"]
+mod libvirt_hook;
 #[path = "common/systemd.rs"]
 mod systemd;
 
@@ -32,114 +34,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use guestlogd::api::{ConsoleInfo, Manager as _};
 use libvirt::{HARNESS, Libvirt};
-
-const LIMIT: Duration = Duration::from_secs(120);
-const UNIT: &str = "virtlogd.service";
-const DIR: &str = "/run/guestlogd/consoles";
-const LOGS: &str = "/var/log/guestlogd";
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
-/// As tests/libvirt_guestlogd.rs: the binary from HOSTDIR, restarts never
-/// rate-limited.
-const TEST_DROP_IN: &str = "[Unit]\nStartLimitIntervalSec=0\n[Service]\nExecStart=\n\
-    ExecStart=/host/guestlogd --runtime-dir /run/guestlogd --log-dir /var/log/guestlogd\n";
-const HOOK: &str = "/etc/libvirt/hooks/qemu.d/guestlogd";
-
-fn install(lv: &Libvirt) {
-    for bin in [
-        env!("CARGO_BIN_EXE_guestlogd"),
-        env!("CARGO_BIN_EXE_guestlogctl"),
-    ] {
-        let name = std::path::Path::new(bin).file_name().unwrap();
-        std::fs::copy(bin, lv.host().join(name)).unwrap();
-    }
-    let etc = lv.inside("/etc/systemd/system");
-    std::fs::create_dir_all(etc.join("virtlogd.service.d")).unwrap();
-    std::fs::copy(
-        format!("{ROOT}/systemd/virtlogd.service.d/guestlogd.conf"),
-        etc.join("virtlogd.service.d/guestlogd.conf"),
-    )
-    .unwrap();
-    std::fs::write(etc.join("virtlogd.service.d/zz-test.conf"), TEST_DROP_IN).unwrap();
-    std::fs::copy(
-        format!("{ROOT}/systemd/guestlogd-virtlogd.socket"),
-        etc.join("guestlogd-virtlogd.socket"),
-    )
-    .unwrap();
-    // The shipped hook, with the test's binary.
-    let hook = std::fs::read_to_string(format!("{ROOT}/libvirt/hooks/qemu.d/guestlogd"))
-        .unwrap()
-        .replace("/usr/bin/guestlogctl", "/host/guestlogctl");
-    let hooks = lv.inside("/etc/libvirt/hooks/qemu.d");
-    std::fs::create_dir_all(&hooks).unwrap();
-    std::fs::write(hooks.join("guestlogd"), hook).unwrap();
-    lv.run(&["chmod", "0755", HOOK]);
-    lv.systemctl(&["daemon-reload"]);
-    // systemd refuses to start a socket whose service runs already.
-    lv.systemctl(&["stop", UNIT]);
-    lv.systemctl(&["start", "guestlogd-virtlogd.socket"]);
-    lv.systemctl(&["start", UNIT]);
-    // libvirt looks for hooks when it starts.
-    lv.systemctl(&["restart", "libvirtd.service"]);
-}
-
-/// A domain whose only serial port is a unix socket in guestlogd's console
-/// directory (libvirt adds the matching <console>).
-fn unix_domain(lv: &Libvirt, name: &str, port: &str) -> String {
-    let cmdline = lv.read("/var/lib/libvirt/boot/cmdline");
-    let serial =
-        format!("<serial type='unix'><source mode='connect' path='{DIR}/{port}.guest'/></serial>");
-    libvirt::domain_with_devices(name, cmdline.trim(), &serial)
-}
-
-fn create(lv: &Libvirt, name: &str, xml: &str) -> std::process::Output {
-    std::fs::write(lv.host().join(format!("{name}.xml")), xml).unwrap();
-    lv.try_run(&["virsh", "create", &format!("/host/{name}.xml")])
-}
-
-/// Runs the installed hook as libvirt does, with `xml` on stdin.
-fn hook(lv: &Libvirt, xml: &str, domain: &str, op: &str, subop: &str) -> std::process::Output {
-    lv.try_run(&[
-        "sh",
-        "-c",
-        "printf '%s' \"$1\" | \"$2\" \"$3\" \"$4\" \"$5\" -",
-        "sh",
-        xml,
-        HOOK,
-        domain,
-        op,
-        subop,
-    ])
-}
-
-async fn consoles(lv: &Libvirt) -> Vec<ConsoleInfo> {
-    let socket = lv.inside("/run/guestlogd/io.guestlogd.Manager");
-    let mut c = zlink::tokio::unix::connect(&socket).await.unwrap();
-    c.list_logs().await.unwrap().unwrap().consoles
-}
-
-async fn console(lv: &Libvirt, name: &str) -> Option<ConsoleInfo> {
-    consoles(lv).await.into_iter().find(|c| c.name == name)
-}
-
-/// Polls until `ok` holds for the console (or its absence).
-async fn wait_console(
-    lv: &Libvirt,
-    name: &str,
-    what: &str,
-    ok: impl Fn(Option<&ConsoleInfo>) -> bool,
-) -> Option<ConsoleInfo> {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let c = console(lv, name).await;
-        if ok(c.as_ref()) {
-            return c;
-        }
-        assert!(Instant::now() < deadline, "{name}: never {what}: {c:?}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+use libvirt_hook::{
+    DIR, LIMIT, LOGS, UNIT, console, consoles, create, hook, install, unix_domain, wait_console,
+};
 
 /// `guestlogctl attach` inside the instance, its stdin and stdout pipes
 /// (not a terminal: it relays bytes as they are).

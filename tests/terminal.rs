@@ -57,9 +57,13 @@ const SHOWN: &str = "boot ok\r\r\n\\x1b]52;c;ZXZpbA==\\x07\\x1b[2J\\x1b]0;owned\
 async fn read_and_tail_escape_control_characters_on_a_terminal() {
     let d = Daemon::start("");
     let mut c = zlink::tokio::unix::connect(d.socket()).await.unwrap();
-    call(&mut c, "AppendLog", json!({"name": "vm", "message": HOSTILE}))
-        .await
-        .unwrap();
+    call(
+        &mut c,
+        "AppendLog",
+        json!({"name": "vm", "message": HOSTILE}),
+    )
+    .await
+    .unwrap();
 
     for args in [&["read", "vm"][..], &["tail", "vm"]] {
         let (mut child, master) = on_a_terminal(&d, args);

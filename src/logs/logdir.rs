@@ -38,18 +38,49 @@ use nix::{
 
 use super::name::LogName;
 
-/// The directory `rel` beneath `root`, resolved as `open_beneath` says.
+/// The directory `rel` beneath `root`, resolved as `open_beneath` says:
+/// with `openat2` where it is allowed, else one component at a time. A
+/// sandbox may refuse `openat2` (systemd's `RestrictSUIDSGID=`, which
+/// libvirt's virtlogd.service sets, answers ENOSYS because it cannot see
+/// the mode inside `open_how`); the walk gives the same guarantees with
+/// plain `openat`: each step is one name opened with `O_NOFOLLOW |
+/// O_DIRECTORY` from the previous step's descriptor, and `.`, `..` and
+/// absolute paths are refused before any.
 fn resolve_beneath(root: &Path, rel: &Path) -> Result<OwnedFd, Errno> {
+    use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
+
     use nix::fcntl::{OpenHow, ResolveFlag, openat2};
+    static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
     let dir = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
     let root = nix::fcntl::open(root, dir, Mode::empty())?;
     if rel.as_os_str().is_empty() {
         return Ok(root);
     }
-    let how = OpenHow::new()
-        .flags(dir | OFlag::O_NOFOLLOW)
-        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
-    openat2(root.as_fd(), rel, how)
+    if !NO_OPENAT2.load(Relaxed) {
+        let how = OpenHow::new()
+            .flags(dir | OFlag::O_NOFOLLOW)
+            .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+        match openat2(root.as_fd(), rel, how) {
+            Err(Errno::ENOSYS | Errno::EPERM) => NO_OPENAT2.store(true, Relaxed),
+            other => return other,
+        }
+    }
+    walk_beneath(root, rel)
+}
+
+/// `rel` beneath the directory `root`, one component at a time.
+fn walk_beneath(root: OwnedFd, rel: &Path) -> Result<OwnedFd, Errno> {
+    use std::path::Component;
+    let dir = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW;
+    let mut at = root;
+    for c in rel.components() {
+        let Component::Normal(name) = c else {
+            return Err(Errno::EXDEV);
+        };
+        at = openat(at.as_fd(), name, dir, Mode::empty())?;
+    }
+    Ok(at)
 }
 
 /// The longest `BaseName`: with `.N.next` or `.63` around it, every name we
@@ -416,6 +447,36 @@ impl fmt::Display for BaseName {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn beneath_a_root_no_symlink_is_followed_either_way() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (root, outside) = (tmp.path().join("root"), tmp.path().join("outside"));
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        std::fs::create_dir_all(outside.join("sub")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("a/evil")).unwrap();
+        let open_root = || {
+            nix::fcntl::open(
+                &root,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            )
+            .unwrap()
+        };
+        for rel in ["a/b", "a", ""] {
+            assert!(resolve_beneath(&root, Path::new(rel)).is_ok(), "{rel}");
+            assert!(walk_beneath(open_root(), Path::new(rel)).is_ok(), "{rel}");
+        }
+        for rel in ["a/evil/sub", "a/evil", "a/../../outside", "/etc"] {
+            assert!(resolve_beneath(&root, Path::new(rel)).is_err(), "{rel}");
+            assert!(walk_beneath(open_root(), Path::new(rel)).is_err(), "{rel}");
+        }
+        let d = LogDir::open_beneath(&root, Path::new("a/b")).unwrap();
+        assert!(d.still_at_path());
+        std::fs::rename(root.join("a/b"), root.join("a/c")).unwrap();
+        std::os::unix::fs::symlink(root.join("a/c"), root.join("a/b")).unwrap();
+        assert!(!d.still_at_path(), "a directory replaced by a symlink");
+    }
     use std::os::unix::fs::symlink;
 
     #[test]

@@ -186,11 +186,31 @@ pub fn domain_xml(name: &str, cmdline: &str, serial: &str) -> String {
     )
 }
 
+/// A UUID for the domain called `name`, the same for the same name: a
+/// domain started again keeps its identity, as a defined domain does.
+pub fn uuid_of(name: &str) -> String {
+    let mut h: u128 = 0x6c62_272e_07bb_0142_62b8_2175_6295_c58d;
+    for b in name.bytes() {
+        h = (h ^ u128::from(b)).wrapping_mul(0x0000_0000_0100_0000_0000_0000_0000_013b);
+    }
+    let hex = format!("{h:032x}");
+    format!(
+        "{}-{}-{}-{}-{}",
+        &hex[..8],
+        &hex[8..12],
+        &hex[12..16],
+        &hex[16..20],
+        &hex[20..]
+    )
+}
+
 /// The same domain with `devices` (besides no balloon) as its devices.
 pub fn domain_with_devices(name: &str, cmdline: &str, devices: &str) -> String {
+    let uuid = uuid_of(name);
     format!(
         "<domain type='qemu'>
   <name>{name}</name>
+  <uuid>{uuid}</uuid>
   <memory unit='MiB'>256</memory>
   <vcpu>1</vcpu>
   <os>
