@@ -275,15 +275,13 @@ impl Ops {
     }
 
     /// Refuses a console that cannot be made, before anything is created:
-    /// one that exists (`ConsoleOwned` if it belongs to a domain other
-    /// than `domain`), and one past the limit.
+    /// one past the limit, and one that exists. An existing console is
+    /// `ConsoleExists` if it belongs to `domain`, or to no domain (made by
+    /// hand, it then becomes `domain`'s, and that domain's release removes
+    /// it), and `ConsoleOwned` if it belongs to another.
     pub fn check_console(&self, name: &LogName, domain: Option<&Domain>) -> Result<(), OpError> {
         if let Some(existing) = self.consoles.get(name) {
-            return Err(exists(
-                name.clone(),
-                existing.settings.domain.clone(),
-                domain,
-            ));
+            return Err(self.exists(&existing, domain));
         }
         if self.consoles.all().len() >= self.consoles.max() {
             return Err(OpError::Limit {
@@ -292,6 +290,29 @@ impl Ops {
             });
         }
         Ok(())
+    }
+
+    /// What a call that would make `existing` again is told; see
+    /// `check_console`.
+    fn exists(&self, existing: &Console, asked: Option<&Domain>) -> OpError {
+        let name = existing.name.clone();
+        match asked {
+            Some(d) => {
+                let before = existing.domain();
+                if !existing.claim(d) {
+                    return OpError::ConsoleOwned {
+                        name,
+                        owner: existing.domain(),
+                    };
+                }
+                if before.is_none() {
+                    tracing::info!(console = %name, domain = %d.name, uuid = %d.uuid, "console made by hand now belongs to its domain");
+                    self.saver.save_now();
+                }
+                OpError::ConsoleExists(name)
+            }
+            None => OpError::ConsoleExists(name),
+        }
     }
 
     /// Makes a console and its log. Must run inside the runtime.
@@ -342,7 +363,10 @@ impl Ops {
                 domain: r.domain.clone(),
             })
             .map_err(|source| match source {
-                ConsoleError::Exists { name, owner } => exists(name, owner, r.domain.as_ref()),
+                ConsoleError::Exists { name, .. } => match self.consoles.get(&name) {
+                    Some(existing) => self.exists(&existing, r.domain.as_ref()),
+                    None => OpError::ConsoleExists(name),
+                },
                 ConsoleError::Limit(max) => OpError::Limit {
                     what: "consoles",
                     max,
@@ -369,16 +393,5 @@ impl Ops {
         self.registry
             .get(name)
             .ok_or_else(|| OpError::NoSuchLog(name.clone()))
-    }
-}
-
-/// A console that exists: the same domain's (or, for a call that names
-/// none, anyone's) is `ConsoleExists`; another's is `ConsoleOwned`.
-fn exists(name: LogName, owner: Option<Domain>, asked: Option<&Domain>) -> OpError {
-    match asked {
-        Some(d) if owner.as_ref().is_none_or(|o| o.uuid != d.uuid) => {
-            OpError::ConsoleOwned { name, owner }
-        }
-        _ => OpError::ConsoleExists(name),
     }
 }

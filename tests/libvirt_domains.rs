@@ -9,6 +9,9 @@
 //! - a domain that asks for more consoles than `--max-consoles` (16) is
 //!   refused before any is made, and a `prepare` that fails removes the
 //!   consoles it had made.
+//!
+//! A console made by hand becomes the domain's that finds it
+//! (tests/libvirt_consoles.rs, `vm2`).
 
 #[path = "common/libvirt.rs"]
 mod libvirt;
@@ -138,8 +141,19 @@ async fn a_domain_touches_only_its_own_consoles() {
             .any(|c| c.name.starts_with("many-"))
     );
 
-    // --- A prepare that fails removes what it made.
-    lv.run(&["/host/guestlogctl", "create", "half-serial2"]);
+    // --- A prepare that fails removes what it made: the third console
+    // belongs to another domain.
+    let mut c = zlink::tokio::unix::connect(&socket).await.unwrap();
+    let other = serde_json::json!({"uuid": libvirt::uuid_of("other"), "name": "other"});
+    let call = zlink::Call::new(serde_json::json!({
+        "method": "io.guestlogd.Manager.CreateConsole",
+        "parameters": {"name": "half-serial2", "domain": other},
+    }));
+    let (reply, _) = c
+        .call_method::<_, serde_json::Value, guestlogd::api::ManagerError>(&call, vec![])
+        .await
+        .unwrap();
+    reply.unwrap();
     let ports: Vec<String> = (0..3)
         .map(|k| format!("{DIR}/half-serial{k}.guest"))
         .collect();
@@ -153,7 +167,7 @@ async fn a_domain_touches_only_its_own_consoles() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
-        err.contains("console half-serial2 belongs to no domain"),
+        err.contains("console half-serial2 belongs to domain other"),
         "{err}"
     );
     let left: Vec<String> = consoles(&lv)

@@ -104,7 +104,8 @@ pub struct Settings {
     /// The boot log (`boot`), if any, and how much of each boot it keeps.
     pub boot: Option<Arc<Log>>,
     pub boot_bytes: u64,
-    /// The domain the console belongs to, if any.
+    /// The domain the console was made for, if any (`Console::domain`
+    /// says whose it is now).
     pub domain: Option<Domain>,
 }
 
@@ -137,6 +138,9 @@ pub struct Console {
     pub log: Option<Arc<Log>>,
     pub stats: Arc<Stats>,
     pub settings: Settings,
+    /// The domain the console belongs to: the one it was made for, or the
+    /// first whose `prepare` found it made by hand (`claim`).
+    pub(super) owner: Mutex<Option<Domain>>,
     pub(super) stop: CancellationToken,
     /// Set by RemoveConsole: the relay closes everything instead of handing
     /// it over.
@@ -248,6 +252,24 @@ impl Console {
         match task {
             Some(task) => task.await.unwrap_or_default(),
             None => Handover::default(),
+        }
+    }
+
+    /// The domain the console belongs to.
+    pub fn domain(&self) -> Option<Domain> {
+        lock(&self.owner).clone()
+    }
+
+    /// Makes a console that belongs to no domain `domain`'s; true if it is
+    /// `domain`'s now (it was already, or was no one's).
+    pub fn claim(&self, domain: &Domain) -> bool {
+        let mut owner = lock(&self.owner);
+        match &*owner {
+            Some(o) => o.uuid == domain.uuid,
+            None => {
+                *owner = Some(domain.clone());
+                true
+            }
         }
     }
 

@@ -89,7 +89,7 @@ impl Consoles {
         let mut map = lock(&self.map);
         if let Some(existing) = map.get(&settings.name) {
             return Err(ConsoleError::Exists {
-                owner: existing.settings.domain.clone(),
+                owner: existing.domain(),
                 name: settings.name,
             });
         }
@@ -148,6 +148,7 @@ impl Consoles {
             log: settings.log.clone(),
             boot_log_path: settings.boot.as_ref().map(|l| l.path().to_owned()),
             stats: stats.clone(),
+            owner: Mutex::new(settings.domain.clone()),
             settings: settings.clone(),
             stop: stop.clone(),
             removing: AtomicBool::new(false),
@@ -222,11 +223,11 @@ impl Consoles {
             let console = map
                 .get(name)
                 .ok_or_else(|| RemoveError::NoSuchConsole(name.clone()))?;
-            let domain = &console.settings.domain;
+            let domain = console.domain();
             if owner.is_some_and(|uuid| domain.as_ref().is_none_or(|d| d.uuid != uuid)) {
                 return Err(RemoveError::Owned {
                     name: name.clone(),
-                    owner: domain.clone(),
+                    owner: domain,
                 });
             }
             console.removing.store(true, Relaxed);

@@ -387,7 +387,7 @@ impl Saver {
                     writer: lock(&c.stats.writer).as_ref().map(|(n, _)| n.clone()),
                     peers: lock(&c.stats.peers).clone(),
                     boot_bytes: if st.boot.is_some() { st.boot_bytes } else { 0 },
-                    domain: st.domain.clone(),
+                    domain: c.domain(),
                 }
             })
             .collect();

@@ -257,7 +257,7 @@ impl Manager {
                     } else {
                         0
                     }),
-                    domain: c.settings.domain.clone().map(wire_domain),
+                    domain: c.domain().map(wire_domain),
                 }
             })
             .collect();
