@@ -24,6 +24,7 @@ use crate::{
     },
     handover::restart::Saver,
     logs::{
+        journal::Journal,
         log::{Log, Slot, Wait},
         name::LogName,
         pipe,
@@ -118,6 +119,8 @@ pub struct Ops {
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
     pub saver: Arc<Saver>,
+    /// The journal that exporting logs send to.
+    pub journal: Arc<Journal>,
 }
 
 impl Ops {

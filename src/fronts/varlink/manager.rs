@@ -239,8 +239,7 @@ impl Manager {
                     viewers: int(s.viewers.load(Relaxed) as u64),
                     bytes_from_guest: int(s.bytes_from_guest.load(Relaxed)),
                     bytes_to_guest: int(s.bytes_to_guest.load(Relaxed)),
-                    bytes_dropped_for_clients: int(s.bytes_dropped_for_clients.load(Relaxed)
-                        + c.log.as_ref().map_or(0, |l| l.followers_dropped())),
+                    bytes_dropped_for_clients: int(c.bytes_dropped_for_clients()),
                     writers: c.settings.writers.as_str().to_owned(),
                     writer: s
                         .writer

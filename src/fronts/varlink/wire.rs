@@ -78,7 +78,7 @@ pub(super) fn policy(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Empty {}
+pub struct Empty {}
 
 /// Decodes a call's parameters, naming the parameter at fault.
 pub fn parse<T: DeserializeOwned>(parameters: &Option<Value>) -> Result<T, WireError> {
