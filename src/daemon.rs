@@ -449,6 +449,7 @@ fn libvirt_front(
         ops: ops.clone(),
         roots: config.libvirt.roots.clone(),
         policy: config.libvirt.policy(),
+        journal: config.libvirt.journal,
     });
     let (counters, connections) = (Arc::new(Counters::default()), TaskTracker::new());
     tokio::spawn(server::accept_loop(

@@ -24,7 +24,10 @@ use crate::{
     },
     handover::restart::Saver,
     logs::{
-        journal::Journal,
+        journal::{
+            Journal,
+            export::{Kind, Settings as JournalSettings},
+        },
         log::{Log, Slot, Wait},
         name::LogName,
         pipe,
@@ -61,7 +64,7 @@ pub enum OpError {
 }
 
 /// How a new pipe treats its log.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct PipeOptions {
     pub policy: PolicyChange,
     /// Empty the log first.
@@ -71,6 +74,24 @@ pub struct PipeOptions {
     /// Refuse while another pipe feeds the log (virtlogd's EBUSY: an old
     /// QEMU that has not exited yet).
     pub exclusive: bool,
+    /// A change to the log's journal export.
+    pub journal: JournalRequest,
+}
+
+/// What a call asks of a log's journal export.
+#[derive(Debug, Clone, Default)]
+pub struct JournalRequest {
+    /// `Some(true)` exports, `Some(false)` stops; `None` keeps.
+    pub on: Option<bool>,
+    /// The machine, validated; `None` keeps what an earlier call gave.
+    pub vm: Option<Machine>,
+}
+
+/// A virtual machine's name and UUID, validated by the front.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Machine {
+    pub name: Option<String>,
+    pub uuid: Option<String>,
 }
 
 /// How long GetLogFilePosition waits for the pipes to be read dry; a
@@ -99,6 +120,8 @@ pub struct ConsoleRequest {
     pub writers: Writers,
     /// The boot log's name and the bytes it keeps per guest connection.
     pub boot: Option<(LogName, u64)>,
+    /// Export the console's log to the journal.
+    pub journal: JournalRequest,
 }
 
 /// What GetStatus reports beyond the live figures.
@@ -142,16 +165,19 @@ impl Ops {
             slot.bind(log.clone())
         };
         let change = o.policy;
+        self.journal_change(&log, &o.journal, Kind::Pipe);
+        let (truncate, drop_backups) = (o.truncate, o.drop_backups);
         let position = log
             .run(Wait::Call, move |log, slot| {
                 let f = log.placed_file(slot)?;
                 f.change_policy(change)?;
-                if o.truncate {
+                if truncate {
                     f.truncate()?;
-                    if o.drop_backups {
+                    if drop_backups {
                         f.remove_backups()?;
                     }
                 }
+                log.journal_begin(f, truncate);
                 f.end()
             })
             .await;
@@ -285,8 +311,14 @@ impl Ops {
             true => {
                 let log = self.enter(&r.name, r.policy)?;
                 let change = r.policy;
-                self.first_use(&log, move |f| f.change_policy(change))
-                    .await?;
+                self.journal_change(&log, &r.journal, Kind::Console);
+                self.first_use_with(&log, move |log, slot| {
+                    let f = log.placed_file(slot)?;
+                    f.change_policy(change)?;
+                    log.journal_begin(f, false);
+                    Ok(())
+                })
+                .await?;
                 Some(log)
             }
         };
@@ -336,6 +368,39 @@ impl Ops {
             Ok(())
         } else {
             Err(OpError::NoSuchConsole(name.clone()))
+        }
+    }
+
+    /// Applies a call's journal request to `log` (no I/O: the export
+    /// begins at the file's end in the call's job).
+    fn journal_change(&self, log: &Arc<Log>, r: &JournalRequest, kind: Kind) {
+        let before = log.journal().settings();
+        let vm = |before: Option<&JournalSettings>| match &r.vm {
+            Some(m) => (m.name.clone(), m.uuid.clone()),
+            None => before.map_or((None, None), |b| (b.vm_name.clone(), b.vm_uuid.clone())),
+        };
+        match r.on {
+            Some(false) => log.disable_journal(),
+            Some(true) => {
+                let (vm_name, vm_uuid) = vm(before.as_ref());
+                let settings = JournalSettings {
+                    kind,
+                    vm_name,
+                    vm_uuid,
+                };
+                log.enable_journal(&self.journal, settings, None);
+            }
+            None => {
+                if let Some(b) = before.filter(|_| r.vm.is_some() && log.exports()) {
+                    let (vm_name, vm_uuid) = vm(None);
+                    let settings = JournalSettings {
+                        vm_name,
+                        vm_uuid,
+                        ..b
+                    };
+                    log.enable_journal(&self.journal, settings, None);
+                }
+            }
         }
     }
 

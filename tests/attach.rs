@@ -93,7 +93,9 @@ async fn attach_types_to_the_guest_detaches_and_restores_the_terminal() {
     let d = Daemon::start("");
     let mut conn = zlink::tokio::unix::connect(d.socket()).await.unwrap();
     let created = conn
-        .create_console("vm", None, None, None, None, None, None, None, None, None)
+        .create_console(
+            "vm", None, None, None, None, None, None, None, None, None, None, None,
+        )
         .await
         .unwrap()
         .unwrap();

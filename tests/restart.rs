@@ -72,7 +72,9 @@ async fn sigusr1_reexec_twenty_times_loses_nothing() {
     let d = Daemon::start("");
     let mut conn = zlink::tokio::unix::connect(d.socket()).await.unwrap();
     let created = conn
-        .create_console("vm", None, None, None, None, None, None, None, None, None)
+        .create_console(
+            "vm", None, None, None, None, None, None, None, None, None, None, None,
+        )
         .await
         .unwrap()
         .unwrap();

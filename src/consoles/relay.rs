@@ -104,6 +104,7 @@ pub async fn run(
         boot,
     };
     if let Some(guest) = adopted.guest {
+        relay.guest_pid(&guest);
         relay.guest = Some(guest);
         relay.stats.guest_connected.store(true, Relaxed);
     }
@@ -246,8 +247,17 @@ impl Relay {
         if let Some(boot) = &mut self.boot {
             boot.guest_connected().await;
         }
+        self.guest_pid(&guest);
         self.guest = Some(guest);
         self.stats.guest_connected.store(true, Relaxed);
+    }
+
+    /// QEMU's pid, for the journal's OBJECT_PID (0 outside our PID
+    /// namespace: left out).
+    fn guest_pid(&self, guest: &UnixStream) {
+        if let (Some(log), Some(who)) = (&self.settings.log, Who::of(guest)) {
+            log.set_journal_pid(who.pid);
+        }
     }
 
     fn guest_gone(&mut self) {

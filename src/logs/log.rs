@@ -369,6 +369,11 @@ impl Log {
         lock(&self.export).take();
     }
 
+    /// Whether the log exports to the journal.
+    pub fn exports(&self) -> bool {
+        self.journal.on.load(Relaxed)
+    }
+
     /// The export's figures and settings.
     pub fn journal(&self) -> &Arc<Shared> {
         &self.journal
@@ -381,11 +386,12 @@ impl Log {
             .store(u64::try_from(pid).unwrap_or(0), Relaxed);
     }
 
-    /// In a job, after the file was emptied on purpose: the export goes on
-    /// from its new end.
-    pub fn journal_restart(&self, f: &RotatingFile) {
+    /// In a job, when a call enabled the export or emptied the file on
+    /// purpose: the export begins at the file's end (or goes on from
+    /// where it stands).
+    pub fn journal_begin(&self, f: &RotatingFile, emptied: bool) {
         if let (Some(e), Ok(end)) = (lock(&self.export).as_mut(), f.end()) {
-            e.restart_at(end);
+            e.begin_at(end, emptied);
         }
     }
 

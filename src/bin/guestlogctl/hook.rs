@@ -70,6 +70,10 @@ pub struct HookArgs {
     /// Seconds the whole hook may take.
     #[arg(long, default_value_t = 5)]
     timeout: u64,
+    /// Export the consoles' logs to the journal, with the domain's name
+    /// and UUID (VM_NAME, VM_UUID).
+    #[arg(long)]
+    journal: bool,
 }
 
 /// Why the hook refused or failed.
@@ -120,6 +124,8 @@ pub struct Plan {
     pub consoles: Vec<Wanted>,
     /// The DAC label QEMU runs under, e.g. "+64055:+64055".
     pub dac_label: Option<String>,
+    /// The domain's `<uuid>`, for the journal.
+    pub uuid: Option<String>,
 }
 
 pub async fn run(runtime_dir: &Path, a: HookArgs) -> Result<(), HookError> {
@@ -144,7 +150,7 @@ pub async fn run(runtime_dir: &Path, a: HookArgs) -> Result<(), HookError> {
                 None => owner(&plan, &a.qemu_conf)?,
             };
             for c in &plan.consoles {
-                create(&mut conn, c, &a, uid, gid).await?;
+                create(&mut conn, c, &a, uid, gid, plan.uuid.as_deref()).await?;
             }
         } else {
             for c in &plan.consoles {
@@ -201,14 +207,19 @@ async fn create(
     a: &HookArgs,
     uid: u32,
     gid: u32,
+    uuid: Option<&str>,
 ) -> Result<(), HookError> {
-    let params = json!({
+    let mut params = json!({
         "name": c.name,
         "owner": {"uid": uid, "gid": gid, "mode": 0o600},
         "viewers": !a.no_viewers,
         "writers": a.writers.as_str(),
         "bootBytes": a.boot_bytes,
     });
+    if a.journal {
+        params["journal"] = json!(true);
+        params["vm"] = json!({"name": a.domain, "uuid": uuid});
+    }
     match call(conn, "CreateConsole", params).await? {
         Ok(()) | Err(ManagerError::ConsoleExists { .. }) => Ok(()),
         Err(error) => Err(HookError::Daemon {
@@ -308,6 +319,12 @@ pub fn plan(xml: &str, domain: &str, console_dir: &Path) -> Result<Plan, HookErr
             });
         }
     }
+    out.uuid = root
+        .children()
+        .find(|n| n.has_tag_name("uuid"))
+        .and_then(|n| n.text())
+        // One the daemon would refuse is left out, not the domain.
+        .and_then(|t| guestlogd::fronts::varlink::wire::vm_uuid(t.trim()));
     out.dac_label = root
         .children()
         .find(|n| n.has_tag_name("seclabel") && n.attribute("model") == Some("dac"))
@@ -443,6 +460,7 @@ mod tests {
         let p = plan(&xml, "vm1", Path::new(DIR)).unwrap();
         assert_eq!(p.dac_label.as_deref(), Some("+64055:+994"));
         let plan_ = Plan {
+            uuid: None,
             consoles: vec![],
             dac_label: p.dac_label,
         };

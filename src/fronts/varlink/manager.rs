@@ -25,8 +25,8 @@ use super::{
     framing::{self, RawCall, Service},
     introspect::varlink_call,
     wire::{
-        Empty, WireError, any_log, empty, encoded_len, id, int, invalid, limit, log_name, parse,
-        policy, ranged, replay_bytes, to_value, wire_pos,
+        Empty, WireError, any_log, empty, encoded_len, id, int, invalid, journal, limit, log_name,
+        parse, policy, ranged, replay_bytes, to_value, wire_pos,
     },
 };
 use crate::{
@@ -217,6 +217,16 @@ impl Manager {
                     bytes_written: int(s.bytes_written),
                     bytes_dropped: int(s.bytes_dropped),
                     rotations: int(s.rotations),
+                    journal: s.journal.and_then(|j| {
+                        let settings = log.journal().settings()?;
+                        Some(api::LogJournal {
+                            kind: settings.kind.as_str().to_owned(),
+                            vm_name: settings.vm_name,
+                            vm_uuid: settings.vm_uuid,
+                            lines_sent: int(j.lines_sent),
+                            lines_suppressed: int(j.lines_suppressed),
+                        })
+                    }),
                 }
             })
             .collect();
@@ -355,6 +365,13 @@ impl Manager {
                 ));
             }
         };
+        let journal = journal(p.journal, p.vm)?;
+        if journal.on == Some(true) && p.log == Some(false) {
+            return Err(invalid(
+                "journal",
+                "needs the console's log (log: false keeps none)".into(),
+            ));
+        }
         // Refused before any work is queued, so a refused call changes nothing.
         self.ops.check_console(&name)?;
         let request = ConsoleRequest {
@@ -367,6 +384,7 @@ impl Manager {
             viewers: p.viewers == Some(true),
             writers,
             boot,
+            journal,
         };
         let ops = self.ops.clone();
         Ok(Box::pin(async move {
@@ -447,6 +465,7 @@ impl Manager {
         let options = PipeOptions {
             policy: policy(p.max_size, p.max_backups)?,
             truncate: p.truncate == Some(true),
+            journal: journal(p.journal, p.vm)?,
             ..PipeOptions::default()
         };
         let ops = self.ops.clone();

@@ -196,8 +196,15 @@ impl Export {
         *lock(&self.shared.settings) = Some(settings);
     }
 
-    /// Starts again at the file's end: the file was emptied on purpose.
-    pub fn restart_at(&mut self, end: Pos) {
+    /// Begins at `end` if the export has no position yet, or if the file
+    /// was emptied on purpose (`restart`).
+    pub fn begin_at(&mut self, end: Pos, restart: bool) {
+        if self.cursor.is_none() || restart {
+            self.restart_at(end);
+        }
+    }
+
+    fn restart_at(&mut self, end: Pos) {
         self.cursor = Some(end);
         self.scanned = 0;
         self.part = 0;
