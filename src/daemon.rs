@@ -22,8 +22,8 @@ use crate::{
     fdstore::FdStore,
     fronts::{
         metrics::{
+            self,
             families::{FrontTally, Sources},
-            service::Metrics,
         },
         server::{self, ConnLimits, Counters},
         varlink::{
@@ -241,27 +241,18 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
         saver.set_totals(restart::Totals(Box::new(move || sources.totals())));
     }
     saver.save_now();
-    let metrics = match metrics_listener {
-        Some((listener, fd, bound)) => {
-            tokio::spawn(server::accept_loop(
-                listener,
-                Arc::new(Varlink {
-                    service: Metrics { sources },
-                }),
-                Arc::new(ConnLimits {
-                    max_connections: METRICS_CONNECTIONS,
-                    max_per_uid: METRICS_PER_UID,
-                    max_message: 64 * 1024,
-                    ..(*conn_limits).clone()
-                }),
-                metrics_counters,
-                stop_serving.clone(),
-                metrics_connections,
-            ));
-            Some((fd, bound))
-        }
-        None => None,
-    };
+    let metrics = metrics_listener.map(|(listener, fd, bound)| {
+        let (counters, stop) = (metrics_counters, stop_serving.clone());
+        metrics::serve(
+            listener,
+            sources,
+            &conn_limits,
+            counters,
+            stop,
+            metrics_connections,
+        );
+        (fd, bound)
+    });
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
@@ -468,11 +459,6 @@ fn libvirt_front(
         connections,
     }))
 }
-
-/// Connections the metrics socket serves at once, and per non-root uid:
-/// collectors call briefly, and anyone may connect.
-const METRICS_CONNECTIONS: usize = 64;
-const METRICS_PER_UID: usize = 8;
 
 /// The `io.systemd.Metrics` socket systemd passed as `varlink-metrics`,
 /// or else `[metrics] socket` bound here, if either; with a duplicate for

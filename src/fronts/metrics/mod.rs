@@ -15,3 +15,50 @@
 
 pub mod families;
 pub mod service;
+
+use std::sync::Arc;
+
+use tokio::net::UnixListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+
+use super::{
+    server::{ConnLimits, Counters, accept_loop},
+    varlink::framing::Varlink,
+};
+
+/// Connections the metrics socket serves at once, and per non-root uid:
+/// collectors call briefly, and anyone may connect.
+const CONNECTIONS: usize = 64;
+const PER_UID: usize = 8;
+/// Calls here are a method name and no parameters.
+const MAX_MESSAGE: usize = 64 * 1024;
+
+/// Serves `io.systemd.Metrics` on `listener` until `stop`, each
+/// connection a task on `connections`, under the varlink socket's
+/// timeouts and limits of its own.
+pub fn serve(
+    listener: UnixListener,
+    sources: Arc<families::Sources>,
+    limits: &ConnLimits,
+    counters: Arc<Counters>,
+    stop: CancellationToken,
+    connections: TaskTracker,
+) {
+    let limits = Arc::new(ConnLimits {
+        max_connections: CONNECTIONS,
+        max_per_uid: PER_UID,
+        max_message: MAX_MESSAGE,
+        ..limits.clone()
+    });
+    let front = Arc::new(Varlink {
+        service: service::Metrics { sources },
+    });
+    tokio::spawn(accept_loop(
+        listener,
+        front,
+        limits,
+        counters,
+        stop,
+        connections,
+    ));
+}
