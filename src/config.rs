@@ -23,6 +23,54 @@ pub struct Config {
     pub access: Access,
     /// libvirt's log protocol, served in virtlogd's place.
     pub libvirt: Libvirt,
+    /// The `io.systemd.Metrics` socket.
+    pub metrics: Metrics,
+    /// Export of logs to the journal.
+    pub journal: JournalConfig,
+}
+
+/// The metrics socket, when systemd does not pass one
+/// (`guestlogd-metrics.socket`, FD name `varlink-metrics`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct Metrics {
+    /// A path to bind; none serves metrics only under activation.
+    pub socket: Option<std::path::PathBuf>,
+    /// Octal, as in chmod. Anyone may read the metrics by default, as
+    /// systemd's own metrics sockets let them.
+    pub mode: String,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            mode: "0666".into(),
+        }
+    }
+}
+
+/// Journal export: the per-log line budget, and journald's socket.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct JournalConfig {
+    /// Lines per second each exporting log may send on average; 0 sends
+    /// every line.
+    pub max_lines_per_second: u32,
+    /// Lines a quiet log may send at once, above the rate.
+    pub max_burst: u32,
+    /// journald's native socket.
+    pub socket: std::path::PathBuf,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        Self {
+            max_lines_per_second: 200,
+            max_burst: 2000,
+            socket: "/run/systemd/journal/socket".into(),
+        }
+    }
 }
 
 /// The libvirt front: where it listens without socket activation, which
@@ -38,6 +86,9 @@ pub struct Libvirt {
     /// The policy of a log this front creates: libvirt's own defaults.
     pub max_size: u64,
     pub max_backups: u32,
+    /// Export every log this front opens to the journal, with the
+    /// domain's name and UUID.
+    pub journal: bool,
 }
 
 impl Default for Libvirt {
@@ -47,6 +98,7 @@ impl Default for Libvirt {
             roots: vec!["/var/log/libvirt".into(), "/run/libvirt".into()],
             max_size: 2 * 1024 * 1024,
             max_backups: 3,
+            journal: false,
         }
     }
 }
@@ -273,7 +325,20 @@ impl Config {
             LogName::from_path(&shown).map_err(|why| format!("libvirt.roots: {shown:?}: {why}"))?;
         }
         self.socket_mode()?;
+        self.metrics_mode()?;
+        let j = &self.journal;
+        if j.max_lines_per_second > 0 && j.max_burst == 0 {
+            return Err("journal.max-burst must be at least 1 with a rate".into());
+        }
         Ok(())
+    }
+
+    /// The metrics socket's mode as a number.
+    pub fn metrics_mode(&self) -> Result<u32, String> {
+        u32::from_str_radix(&self.metrics.mode, 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| format!("metrics.mode {:?} is not an octal mode", self.metrics.mode))
     }
 
     /// The socket mode as a number.
@@ -340,6 +405,11 @@ mod tests {
             [access]
             uids = [107]
             gids = [64055]
+            [metrics]
+            socket = "/run/m"
+            [journal]
+            max-lines-per-second = 10
+            max-burst = 20
             "#,
         )
         .unwrap();
@@ -358,6 +428,8 @@ mod tests {
             "[limits]\nmax-pipes = 0",
             "[limits]\nmax-message-size = 1000000000",
             "[socket]\nmode = \"rw\"",
+            "[metrics]\nmode = \"9\"",
+            "[journal]\nmax-burst = 0",
         ] {
             let c: Config = toml::from_str(bad).unwrap();
             assert!(c.validate().is_err(), "{bad}");

@@ -231,6 +231,7 @@ async fn append_rotate_and_list_fields() {
         bytes_written: 19,
         bytes_dropped: 0,
         rotations: 0,
+        journal: None,
     };
     assert_eq!(i, expected);
     assert_eq!(

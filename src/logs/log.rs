@@ -28,7 +28,14 @@ use std::{
 use tokio::sync::OwnedMutexGuard;
 use tracing::warn;
 
+pub use super::figures::{Counters, JournalFigures, LogSnapshot};
 use super::{
+    figures::Stats,
+    journal::{
+        Exporter, Journal,
+        cursors::Record,
+        export::{Export, Pumped, Settings, Shared},
+    },
     name::LogName,
     places::Places,
     policy::Policy,
@@ -93,6 +100,11 @@ pub struct Log {
     /// One per pipe task feeding this log: asks it to read its pipe dry,
     /// or to finish if its writers are gone.
     drains: Mutex<Vec<PipeRequests>>,
+    /// The journal export's figures and settings, read without the turn.
+    journal: Arc<Shared>,
+    /// The journal export, when on; used in the log's jobs (and by the
+    /// journal's tick, which only tries).
+    export: Mutex<Option<Export>>,
 }
 
 /// Where a pipe task takes requests; each is answered once done.
@@ -107,45 +119,6 @@ pub enum PipeRequest {
     /// If every writer has closed the pipe, read it to its end and finish,
     /// answering true once the pipe no longer counts against the log.
     FinishIfEnded(tokio::sync::oneshot::Sender<bool>),
-}
-
-/// The figures ListLogs shows and a reopened file starts from.
-#[derive(Debug, Default)]
-struct Stats {
-    size: AtomicU64,
-    backups: AtomicU64,
-    max_size: AtomicU64,
-    max_backups: AtomicU64,
-    bytes_written: AtomicU64,
-    bytes_dropped: AtomicU64,
-    rotations: AtomicU64,
-}
-
-/// A snapshot of one log's figures.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogSnapshot {
-    pub name: LogName,
-    pub path: PathBuf,
-    pub size: u64,
-    pub backups: u64,
-    pub policy: Policy,
-    pub pipes: usize,
-    pub bytes_written: u64,
-    pub bytes_dropped: u64,
-    pub rotations: u64,
-    pub followers_dropped: u64,
-}
-
-/// Counters carried over from a previous guestlogd.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Counters {
-    pub bytes_written: u64,
-    pub bytes_dropped: u64,
-    pub rotations: u64,
-    pub followers_dropped: u64,
-    /// As last seen, until the file opens.
-    pub size: u64,
-    pub backups: u64,
 }
 
 impl Log {
@@ -166,6 +139,7 @@ impl Log {
         stats.rotations.store(counters.rotations, Relaxed);
         stats.size.store(counters.size, Relaxed);
         stats.backups.store(counters.backups, Relaxed);
+        stats.bytes_evicted.store(counters.bytes_evicted, Relaxed);
         let log = Self {
             name,
             path,
@@ -183,6 +157,8 @@ impl Log {
             followers: Mutex::default(),
             followers_dropped: AtomicU64::new(counters.followers_dropped),
             drains: Mutex::default(),
+            journal: Arc::default(),
+            export: Mutex::new(None),
         };
         log.touch();
         log
@@ -376,7 +352,85 @@ impl Log {
             self.publish(slot);
             self.warn_dropped(e);
         }
+        if result.is_ok() && self.journal.on.load(Relaxed) {
+            self.export_in(slot);
+        }
         result
+    }
+
+    /// Exports this log's new lines to the journal from now on (or with
+    /// new settings, if it does already); `carried` is where a previous
+    /// guestlogd's export stood.
+    pub fn enable_journal(
+        self: &Arc<Self>,
+        journal: &Arc<Journal>,
+        settings: Settings,
+        carried: Option<Record>,
+    ) {
+        let mut export = lock(&self.export);
+        match export.as_mut() {
+            Some(e) => e.set(settings),
+            None => {
+                let name = self.name.to_string();
+                let me: std::sync::Weak<dyn Exporter> = Arc::downgrade(self) as _;
+                journal.register(me.clone());
+                *export = Some(Export::new(
+                    journal.clone(),
+                    self.journal.clone(),
+                    &name,
+                    settings,
+                    carried,
+                    me,
+                ));
+            }
+        }
+    }
+
+    /// Stops exporting to the journal.
+    pub fn disable_journal(&self) {
+        self.journal.on.store(false, Relaxed);
+        lock(&self.export).take();
+    }
+
+    /// Whether the log exports to the journal.
+    pub fn exports(&self) -> bool {
+        self.journal.on.load(Relaxed)
+    }
+
+    /// The export's figures and settings.
+    pub fn journal(&self) -> &Arc<Shared> {
+        &self.journal
+    }
+
+    /// QEMU's pid for `OBJECT_PID`, once a console's guest connects.
+    pub fn set_journal_pid(&self, pid: i32) {
+        self.journal
+            .object_pid
+            .store(u64::try_from(pid).unwrap_or(0), Relaxed);
+    }
+
+    /// In a job, when a call enabled the export or emptied the file on
+    /// purpose: the export begins at the file's end (or goes on from
+    /// where it stands).
+    pub fn journal_begin(&self, f: &RotatingFile, emptied: bool) {
+        if let (Some(e), Ok(end)) = (lock(&self.export).as_mut(), f.end()) {
+            e.begin_at(end, emptied);
+        }
+    }
+
+    /// Sends the log's new lines to the journal, in a job's turn.
+    fn export_in(&self, slot: &mut Slot) {
+        let mut export = lock(&self.export);
+        let (Some(e), Some(f)) = (export.as_mut(), slot.as_mut()) else {
+            return;
+        };
+        match e.pump(f) {
+            Ok(Pumped::Done) => {}
+            Ok(Pumped::Behind) => e.wait(),
+            Err(err) => {
+                crate::limited!(warn, log = %self.name, error = %error_chain(&err), "journal export cannot read the log");
+            }
+        }
     }
 
     /// Appends `data` (see `write_in`).
@@ -495,7 +549,13 @@ impl Log {
     fn warn_dropped(&self, e: &RotatorError) {
         if due(&self.last_warning) {
             let dropped = self.stats.bytes_dropped.load(Relaxed);
-            warn!(log = %self.name, dropped, error = %error_chain(e), "log bytes dropped");
+            warn!(
+                message_id = crate::events::DISK_ERROR,
+                log = %self.name,
+                dropped,
+                error = %error_chain(e),
+                "log bytes dropped"
+            );
         }
     }
 
@@ -528,6 +588,37 @@ impl Log {
             bytes_dropped: s.bytes_dropped.load(Relaxed),
             rotations: s.rotations.load(Relaxed),
             followers_dropped: self.followers_dropped.load(Relaxed),
+            bytes_evicted: s.bytes_evicted.load(Relaxed),
+            journal: self.journal.on.load(Relaxed).then(|| JournalFigures {
+                lines_sent: self.journal.sent.load(Relaxed),
+                lines_suppressed: self.journal.suppressed.load(Relaxed),
+            }),
+        }
+    }
+}
+
+impl Exporter for Log {
+    fn catch_up(self: Arc<Self>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let _ = self
+                .run(Wait::Forever, |log, slot| {
+                    if let Some(e) = lock(&log.export).as_mut() {
+                        e.waiting = false;
+                    }
+                    log.file(slot)?;
+                    log.export_in(slot);
+                    Ok(())
+                })
+                .await;
+        })
+    }
+
+    fn tick(&self) {
+        // A job that holds the export ends the episode itself.
+        if let Ok(mut export) = self.export.try_lock()
+            && let Some(e) = export.as_mut()
+        {
+            e.end_episode();
         }
     }
 }

@@ -85,6 +85,10 @@ pub struct HookArgs {
     /// The most consoles one domain may have.
     #[arg(long, default_value_t = 16)]
     max_consoles: usize,
+    /// Export the consoles' logs to the journal, with the domain's name
+    /// and UUID (VM_NAME, VM_UUID).
+    #[arg(long)]
+    journal: bool,
 }
 
 /// Why the hook refused or failed.
@@ -260,7 +264,7 @@ async fn create(
     uid: u32,
     gid: u32,
 ) -> Result<bool, HookError> {
-    let params = json!({
+    let mut params = json!({
         "name": c.name,
         "owner": {"uid": uid, "gid": gid, "mode": 0o600},
         "viewers": !a.no_viewers,
@@ -268,6 +272,10 @@ async fn create(
         "bootBytes": a.boot_bytes,
         "domain": {"uuid": uuid, "name": a.domain},
     });
+    if a.journal {
+        params["journal"] = json!(true);
+        params["vm"] = json!({"name": a.domain, "uuid": uuid});
+    }
     match call(conn, "CreateConsole", params).await? {
         Ok(()) => Ok(true),
         Err(ManagerError::ConsoleExists { .. }) => Ok(false),
