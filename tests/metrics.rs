@@ -231,6 +231,22 @@ async fn varlinkctl_lists_metrics_that_agree_with_listlogs_across_a_reexec() {
         len(&|i| format!("pipe two line {i}\n"), 0..100),
     )
     .await;
+    // Its writer closed: once its task has read the end, it is no pipe.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let listed = list_logs(&socket).await;
+        let pipes = listed["logs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["name"] == "vm2")
+            .and_then(|l| l["pipes"].as_u64());
+        if pipes == Some(0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "vm2's pipe never ended");
+        sleep(Duration::from_millis(20));
+    }
 
     let list = varlinkctl_more(&varlinkctl, &metrics, "io.systemd.Metrics.List");
     let before = values(&list);
