@@ -32,7 +32,12 @@ use crate::{
         activation::{self, Activation},
         restart::{self, Saver},
     },
-    logs::{log::Wait, registry::Registry},
+    logs::{
+        log::Wait,
+        registry::Registry,
+        usage::Usage,
+        vacuum::{self, Vacuum},
+    },
     ops::{Ops, Status},
 };
 
@@ -138,6 +143,16 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
     let systemd = std::env::var_os("FDSTORE").is_some_and(|v| v != "0")
         && std::env::var_os("NOTIFY_SOCKET").is_some();
     let store = Arc::new(FdStore::new(systemd));
+    let disk = vacuum::Limits {
+        max_use: config.disk.max_use,
+        keep_free: config.disk.keep_free,
+        max_age_days: config.log.max_age_days,
+    };
+    let usage = Arc::new(if disk.budget() {
+        Usage::every(disk.slack())
+    } else {
+        Usage::off()
+    });
     let registry = Arc::new(Registry::new(
         opts.log_dir.clone(),
         config.libvirt.roots.clone(),
@@ -145,7 +160,9 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
         limits.max_pipes,
         limits.max_logs,
         store.clone(),
+        usage,
     ));
+    let vacuum = Arc::new(Vacuum::new(registry.clone(), disk));
     let tracker = TaskTracker::new();
     let shutdown = CancellationToken::new();
     let consoles = Arc::new(Consoles::new(
@@ -174,6 +191,7 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
         saver: saver.clone(),
+        vacuum: vacuum.clone(),
     };
     // Connections end with the accept loop; pipes and consoles have their
     // own ending below.
@@ -230,6 +248,8 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
     };
     // Files of logs no one uses are closed, so descriptors follow what is
     // in use, not every log ever touched.
+    // Retention and the disk budget; it ends with the daemon's shutdown.
+    tokio::spawn(vacuum.clone().run(shutdown.clone()));
     let closing = {
         let registry = registry.clone();
         tokio::spawn(async move {

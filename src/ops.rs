@@ -31,6 +31,7 @@ use crate::{
         queue::{OutputQueue, SlowPolicy},
         registry::{Registry, RegistryError},
         rotator::{Chunk, Pos, RotatingFile, RotatorError},
+        vacuum::Vacuum,
     },
 };
 
@@ -127,6 +128,8 @@ pub struct Ops {
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
     pub saver: Arc<Saver>,
+    /// Retention and the disk budget, for GetStatus.
+    pub vacuum: Arc<Vacuum>,
 }
 
 impl Ops {

@@ -98,10 +98,13 @@ pub fn adopt(
         let counters = Counters {
             bytes_written: log.bytes_written,
             bytes_dropped: log.bytes_dropped,
+            bytes_suppressed: log.bytes_suppressed,
+            bytes_evicted: log.bytes_evicted,
             rotations: log.rotations,
             followers_dropped: log.followers_dropped,
             size: log.size,
             backups: log.backups,
+            gaps: log.gaps.clone(),
         };
         match registry.restore(&log.name, log.policy, counters) {
             Ok(restored) if log.boot => restored.mark_boot(),
@@ -362,6 +365,9 @@ impl Saver {
                     size: s.size,
                     backups: s.backups,
                     boot: l.is_boot(),
+                    bytes_suppressed: s.bytes_suppressed,
+                    bytes_evicted: s.bytes_evicted,
+                    gaps: s.gaps,
                 }
             })
             .collect();

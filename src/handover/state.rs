@@ -21,7 +21,7 @@ use crate::{
         console::{Domain, Pending},
         writers::{Who, Writers},
     },
-    logs::{policy::Policy, queue::SlowPolicy},
+    logs::{gap::Gaps, policy::Policy, queue::SlowPolicy},
 };
 
 /// The version this build writes.
@@ -70,6 +70,13 @@ pub struct LogState {
     /// A console's boot log.
     #[serde(default)]
     pub boot: bool,
+    #[serde(default)]
+    pub bytes_suppressed: u64,
+    #[serde(default)]
+    pub bytes_evicted: u64,
+    /// Gaps not yet marked in the log.
+    #[serde(default)]
+    pub gaps: Gaps,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -180,6 +187,9 @@ mod tests {
                 backups: 0,
                 followers_dropped: 0,
                 boot: false,
+                bytes_suppressed: 0,
+                bytes_evicted: 0,
+                gaps: Gaps::default(),
             }],
             consoles: vec![],
             fds: vec!["pipe/vm/1".into()],

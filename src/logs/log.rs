@@ -28,12 +28,17 @@ use std::{
 use tokio::sync::OwnedMutexGuard;
 use tracing::warn;
 
+pub use super::figures::{Counters, LogSnapshot};
 use super::{
+    figures::Stats,
+    gap::{Gaps, Reason},
     name::LogName,
     places::Places,
     policy::Policy,
     queue::{Output, OutputQueue, Pushed, SlowPolicy, no_direct},
+    rate::{Bucket, Limit},
     rotator::{RotatingFile, RotatorError, Skipped},
+    usage::Usage,
 };
 use crate::{error_chain, lock};
 
@@ -93,6 +98,12 @@ pub struct Log {
     /// One per pipe task feeding this log: asks it to read its pipe dry,
     /// or to finish if its writers are gone.
     drains: Mutex<Vec<PipeRequests>>,
+    /// Bytes that did not reach the file, to be marked in it.
+    gaps: Mutex<Gaps>,
+    /// The rate limit.
+    bucket: Mutex<Bucket>,
+    /// Where writes are counted for the disk budget.
+    usage: Arc<Usage>,
 }
 
 /// Where a pipe task takes requests; each is answered once done.
@@ -109,45 +120,6 @@ pub enum PipeRequest {
     FinishIfEnded(tokio::sync::oneshot::Sender<bool>),
 }
 
-/// The figures ListLogs shows and a reopened file starts from.
-#[derive(Debug, Default)]
-struct Stats {
-    size: AtomicU64,
-    backups: AtomicU64,
-    max_size: AtomicU64,
-    max_backups: AtomicU64,
-    bytes_written: AtomicU64,
-    bytes_dropped: AtomicU64,
-    rotations: AtomicU64,
-}
-
-/// A snapshot of one log's figures.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogSnapshot {
-    pub name: LogName,
-    pub path: PathBuf,
-    pub size: u64,
-    pub backups: u64,
-    pub policy: Policy,
-    pub pipes: usize,
-    pub bytes_written: u64,
-    pub bytes_dropped: u64,
-    pub rotations: u64,
-    pub followers_dropped: u64,
-}
-
-/// Counters carried over from a previous guestlogd.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Counters {
-    pub bytes_written: u64,
-    pub bytes_dropped: u64,
-    pub rotations: u64,
-    pub followers_dropped: u64,
-    /// As last seen, until the file opens.
-    pub size: u64,
-    pub backups: u64,
-}
-
 impl Log {
     /// A log whose file is not open yet: no I/O.
     pub(crate) fn new(
@@ -157,15 +129,13 @@ impl Log {
         policy: Policy,
         counters: Counters,
         epoch: Instant,
+        usage: Arc<Usage>,
     ) -> Self {
-        let stats = Stats::default();
-        stats.max_size.store(policy.max_size, Relaxed);
-        stats.max_backups.store(policy.max_backups.into(), Relaxed);
-        stats.bytes_written.store(counters.bytes_written, Relaxed);
-        stats.bytes_dropped.store(counters.bytes_dropped, Relaxed);
-        stats.rotations.store(counters.rotations, Relaxed);
-        stats.size.store(counters.size, Relaxed);
-        stats.backups.store(counters.backups, Relaxed);
+        let stats = Stats::new(policy, &counters);
+        let limit = Limit {
+            rate: policy.max_rate,
+            burst: policy.max_burst,
+        };
         let log = Self {
             name,
             path,
@@ -183,6 +153,9 @@ impl Log {
             followers: Mutex::default(),
             followers_dropped: AtomicU64::new(counters.followers_dropped),
             drains: Mutex::default(),
+            gaps: Mutex::new(counters.gaps),
+            bucket: Mutex::new(Bucket::new(limit, Instant::now())),
+            usage,
         };
         log.touch();
         log
@@ -259,10 +232,7 @@ impl Log {
             Some(file) => Ok(file),
             None => {
                 let s = &self.stats;
-                let policy = Policy {
-                    max_size: s.max_size.load(Relaxed),
-                    max_backups: s.max_backups.load(Relaxed) as u32,
-                };
+                let policy = s.policy();
                 let (dir, base) = self.places.place(&self.name)?;
                 let mut file = RotatingFile::open(dir, base, policy)?;
                 let rotated = file.rotations();
@@ -344,31 +314,43 @@ impl Log {
         if !skipped.is_empty() {
             self.warn_skipped(&skipped);
         }
-        let s = &self.stats;
-        s.size.store(file.size(), Relaxed);
-        s.backups.store(file.backups().into(), Relaxed);
-        s.max_size.store(file.policy().max_size, Relaxed);
-        s.max_backups
-            .store(file.policy().max_backups.into(), Relaxed);
-        s.bytes_written.store(file.bytes_written(), Relaxed);
-        s.bytes_dropped.store(file.bytes_dropped(), Relaxed);
-        s.rotations.store(file.rotations(), Relaxed);
+        let before = self.stats.policy();
+        self.stats.publish(file);
+        let after = file.policy();
+        if (before.max_rate, before.max_burst) != (after.max_rate, after.max_burst) {
+            let limit = Limit {
+                rate: after.max_rate,
+                burst: after.max_burst,
+            };
+            lock(&self.bucket).set_limit(limit, Instant::now());
+        }
     }
 
     /// Appends bytes a guest or caller sent, in a job's turn, and hands
     /// them to followers. A failure (the file cannot even be opened
-    /// included) is counted in `bytesDropped` and logged, rate-limited.
+    /// included) is counted in `bytesDropped`, logged, rate-limited, and
+    /// marked in the log at the next write that succeeds (`gap`).
     pub fn write_in(&self, slot: &mut Slot, data: &[u8]) -> Result<(), RotatorError> {
         let result = match self.file(slot) {
-            Ok(f) => f.write(data),
+            Ok(f) => {
+                self.write_gaps(f);
+                let before = f.bytes_dropped();
+                let written = f.write(data);
+                if let Err(e) = &written {
+                    self.gap(Reason::of(e), f.bytes_dropped() - before);
+                }
+                written
+            }
             Err(e) => {
                 // Counted where a reopened file will find it.
                 self.stats
                     .bytes_dropped
                     .fetch_add(data.len() as u64, Relaxed);
+                self.gap(Reason::of(&e), data.len() as u64);
                 Err(e)
             }
         };
+        self.usage.grew(data.len() as u64);
         // In the turn, so a follower's replay and its first live bytes
         // meet exactly.
         self.fan_out(data);
@@ -377,6 +359,59 @@ impl Log {
             self.warn_dropped(e);
         }
         result
+    }
+
+    /// Writes the pending gaps' marker lines before what comes next; they
+    /// stay pending while the disk still refuses them.
+    fn write_gaps(&self, f: &mut RotatingFile) {
+        let mut gaps = lock(&self.gaps);
+        if gaps.is_empty() {
+            return;
+        }
+        let markers = gaps.markers(f.size() == 0 || f.ends_in_newline());
+        if f.write_notice(&markers).is_ok() {
+            self.usage.grew(markers.len() as u64);
+            gaps.clear();
+        }
+    }
+
+    fn gap(&self, reason: Reason, bytes: u64) {
+        lock(&self.gaps).add(reason, bytes);
+    }
+
+    /// How many of `n` bytes a pipe may write now; the rest is over the
+    /// log's rate and must be dropped (`suppressed`).
+    pub fn admit(&self, n: usize) -> usize {
+        lock(&self.bucket).take_up_to(n, Instant::now())
+    }
+
+    /// Counts `n` bytes a rate limit dropped, to be marked in the log.
+    pub fn suppressed(&self, n: usize) {
+        if n > 0 {
+            self.stats.bytes_suppressed.fetch_add(n as u64, Relaxed);
+            self.gap(Reason::RateLimit, n as u64);
+        }
+    }
+
+    /// Charges `n` bytes a console read to the rate limit; the console
+    /// then waits `throttle()` before it reads again.
+    pub fn charge(&self, n: usize) {
+        lock(&self.bucket).take_all(n, Instant::now());
+    }
+
+    /// How long a console must wait before it reads its guest again.
+    pub fn throttle(&self) -> Duration {
+        lock(&self.bucket).wait(Instant::now())
+    }
+
+    /// Whether the log has a rate limit.
+    pub fn limited(&self) -> bool {
+        !lock(&self.bucket).limit().is_off()
+    }
+
+    /// Counts bytes of this log's files the disk budget removed.
+    pub fn evicted(&self, n: u64) {
+        self.stats.bytes_evicted.fetch_add(n, Relaxed);
     }
 
     /// Appends `data` (see `write_in`).
@@ -519,15 +554,15 @@ impl Log {
             path: self.path.clone(),
             size: s.size.load(Relaxed),
             backups: s.backups.load(Relaxed),
-            policy: Policy {
-                max_size: s.max_size.load(Relaxed),
-                max_backups: s.max_backups.load(Relaxed) as u32,
-            },
+            policy: s.policy(),
             pipes: self.pipes.load(Relaxed),
             bytes_written: s.bytes_written.load(Relaxed),
             bytes_dropped: s.bytes_dropped.load(Relaxed),
+            bytes_suppressed: s.bytes_suppressed.load(Relaxed),
+            bytes_evicted: s.bytes_evicted.load(Relaxed),
             rotations: s.rotations.load(Relaxed),
             followers_dropped: self.followers_dropped.load(Relaxed),
+            gaps: lock(&self.gaps).clone(),
         }
     }
 }

@@ -16,6 +16,9 @@
 //! May use: `fdstore`, `ratelimit` and the crate root's helpers; nothing
 //! else of the crate.
 
+mod figures;
+pub mod gap;
+pub mod inventory;
 pub mod log;
 pub mod logdir;
 pub mod name;
@@ -24,5 +27,8 @@ pub mod pipe;
 pub mod places;
 pub mod policy;
 pub mod queue;
+pub mod rate;
 pub mod registry;
 pub mod rotator;
+pub mod usage;
+pub mod vacuum;

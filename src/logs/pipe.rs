@@ -261,9 +261,15 @@ async fn transfer(read: &Arc<AsyncFd<OwnedFd>>, guard: &PipeGuard, until: Until)
                     Ok(0) => return Moved::Eof,
                     Ok(n) => n,
                 };
-                // A refused write is counted and logged by the log; the
-                // pipe goes on, since the next write may succeed.
-                let _ = log.write_in(slot, &buf[..n]);
+                // Over the log's rate, the rest of the read is dropped
+                // (and marked in the log): the writer is never held up.
+                let admitted = log.admit(n);
+                log.suppressed(n - admitted);
+                if admitted > 0 {
+                    // A refused write is counted and logged by the log;
+                    // the pipe goes on, since the next write may succeed.
+                    let _ = log.write_in(slot, &buf[..admitted]);
+                }
             }
             Moved::More
         }))

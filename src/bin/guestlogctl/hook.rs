@@ -85,6 +85,13 @@ pub struct HookArgs {
     /// The most consoles one domain may have.
     #[arg(long, default_value_t = 16)]
     max_consoles: usize,
+    /// The consoles' rate limit, bytes a second (0: none, the default,
+    /// unless the daemon's [log] max-rate sets one): a guest over it waits.
+    #[arg(long)]
+    max_rate: Option<u64>,
+    /// The bytes a console's guest may send at once beyond its rate.
+    #[arg(long)]
+    max_burst: Option<u64>,
 }
 
 /// Why the hook refused or failed.
@@ -267,6 +274,8 @@ async fn create(
         "writers": a.writers.as_str(),
         "bootBytes": a.boot_bytes,
         "domain": {"uuid": uuid, "name": a.domain},
+        "maxRate": a.max_rate,
+        "maxBurst": a.max_burst,
     });
     match call(conn, "CreateConsole", params).await? {
         Ok(()) => Ok(true),
