@@ -25,9 +25,13 @@ pub struct Config {
     pub libvirt: Libvirt,
     /// What all logs together may take of the disk.
     pub disk: Disk,
+    /// The `io.systemd.Metrics` socket.
+    pub metrics: Metrics,
+    /// Export of logs to the journal.
+    pub journal: JournalConfig,
 }
 
-/// A host-wide budget for the logs' files (`logs::budget`).
+/// A host-wide budget for the logs' files (`logs::vacuum`).
 #[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct Disk {
@@ -35,6 +39,50 @@ pub struct Disk {
     pub max_use: u64,
     /// Bytes to leave free on each file system that holds logs; 0 is none.
     pub keep_free: u64,
+}
+
+/// The metrics socket, when systemd does not pass one
+/// (`guestlogd-metrics.socket`, FD name `varlink-metrics`).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct Metrics {
+    /// A path to bind; none serves metrics only under activation.
+    pub socket: Option<std::path::PathBuf>,
+    /// Octal, as in chmod. Anyone may read the metrics by default, as
+    /// systemd's own metrics sockets let them.
+    pub mode: String,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            socket: None,
+            mode: "0666".into(),
+        }
+    }
+}
+
+/// Journal export: the per-log line budget, and journald's socket.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct JournalConfig {
+    /// Lines per second each exporting log may send on average; 0 sends
+    /// every line.
+    pub max_lines_per_second: u32,
+    /// Lines a quiet log may send at once, above the rate.
+    pub max_burst: u32,
+    /// journald's native socket.
+    pub socket: std::path::PathBuf,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        Self {
+            max_lines_per_second: 200,
+            max_burst: 2000,
+            socket: "/run/systemd/journal/socket".into(),
+        }
+    }
 }
 
 /// The libvirt front: where it listens without socket activation, which
@@ -53,6 +101,9 @@ pub struct Libvirt {
     /// Its rate limit, in bytes a second (0: none), and its burst.
     pub max_rate: u64,
     pub max_burst: u64,
+    /// Export every log this front opens to the journal, with the
+    /// domain's name and UUID.
+    pub journal: bool,
 }
 
 impl Default for Libvirt {
@@ -64,6 +115,7 @@ impl Default for Libvirt {
             max_backups: 3,
             max_rate: 0,
             max_burst: 0,
+            journal: false,
         }
     }
 }
@@ -316,7 +368,20 @@ impl Config {
             LogName::from_path(&shown).map_err(|why| format!("libvirt.roots: {shown:?}: {why}"))?;
         }
         self.socket_mode()?;
+        self.metrics_mode()?;
+        let j = &self.journal;
+        if j.max_lines_per_second > 0 && j.max_burst == 0 {
+            return Err("journal.max-burst must be at least 1 with a rate".into());
+        }
         Ok(())
+    }
+
+    /// The metrics socket's mode as a number.
+    pub fn metrics_mode(&self) -> Result<u32, String> {
+        u32::from_str_radix(&self.metrics.mode, 8)
+            .ok()
+            .filter(|m| *m <= 0o777)
+            .ok_or_else(|| format!("metrics.mode {:?} is not an octal mode", self.metrics.mode))
     }
 
     /// The socket mode as a number.
@@ -392,6 +457,11 @@ mod tests {
             [access]
             uids = [107]
             gids = [64055]
+            [metrics]
+            socket = "/run/m"
+            [journal]
+            max-lines-per-second = 10
+            max-burst = 20
             "#,
         )
         .unwrap();
@@ -410,6 +480,8 @@ mod tests {
             "[limits]\nmax-pipes = 0",
             "[limits]\nmax-message-size = 1000000000",
             "[socket]\nmode = \"rw\"",
+            "[metrics]\nmode = \"9\"",
+            "[journal]\nmax-burst = 0",
         ] {
             let c: Config = toml::from_str(bad).unwrap();
             assert!(c.validate().is_err(), "{bad}");

@@ -21,6 +21,10 @@ use crate::{
     error_chain,
     fdstore::FdStore,
     fronts::{
+        metrics::{
+            self,
+            families::{FrontTally, Sources},
+        },
         server::{self, ConnLimits, Counters},
         varlink::{
             framing::Varlink,
@@ -33,6 +37,7 @@ use crate::{
         restart::{self, Saver},
     },
     logs::{
+        journal::{self, Journal},
         log::Wait,
         registry::Registry,
         usage::Usage,
@@ -170,16 +175,26 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
         limits.max_consoles,
         shutdown.clone(),
     ));
-    let adoptions = restart::adopt(
+    let journal = Arc::new(Journal::new(
+        config.journal.socket.clone(),
+        journal::budget::Limits {
+            per_second: config.journal.max_lines_per_second,
+            burst: config.journal.max_burst,
+        },
+        store.clone(),
+    ));
+    let takeover = restart::adopt(
         activation.stored,
         &registry,
         &consoles,
+        &journal,
         limits,
         &tracker,
         &shutdown,
     );
+    let adoptions = takeover.adoptions;
+    tokio::spawn(journal.clone().run(shutdown.clone()));
     let saver = Arc::new(Saver::new(registry.clone(), consoles.clone(), adoptions));
-    saver.save_now();
     let status = Arc::new(Status {
         started: std::time::SystemTime::now(),
         adoptions,
@@ -192,6 +207,7 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
         shutdown: shutdown.clone(),
         saver: saver.clone(),
         vacuum: vacuum.clone(),
+        journal: journal.clone(),
     };
     // Connections end with the accept loop; pipes and consoles have their
     // own ending below.
@@ -210,11 +226,50 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
     let server = server::accept_loop(
         listener,
         Arc::new(Varlink { service: manager }),
-        conn_limits,
-        counters,
+        conn_limits.clone(),
+        counters.clone(),
         stop_serving.clone(),
         connections.clone(),
     );
+    let tally = |name, counters: &Arc<Counters>, connections: &TaskTracker| FrontTally {
+        name,
+        counters: counters.clone(),
+        connections: connections.clone(),
+        base: takeover.totals.clone(),
+    };
+    let mut fronts = vec![tally("varlink", &counters, &connections)];
+    if let Some(l) = &libvirt {
+        fronts.push(tally("libvirt", &l.counters, &l.connections));
+    }
+    let metrics_listener = metrics_listener(activation.metrics, config)?;
+    let metrics_counters = Arc::new(Counters::default());
+    let metrics_connections = TaskTracker::new();
+    if metrics_listener.is_some() {
+        fronts.push(tally("metrics", &metrics_counters, &metrics_connections));
+    }
+    let sources = Arc::new(Sources {
+        registry: registry.clone(),
+        consoles: consoles.clone(),
+        adoptions,
+        fronts,
+    });
+    {
+        let sources = sources.clone();
+        saver.set_totals(restart::Totals(Box::new(move || sources.totals())));
+    }
+    saver.save_now();
+    let metrics = metrics_listener.map(|(listener, fd, bound)| {
+        let (counters, stop) = (metrics_counters, stop_serving.clone());
+        metrics::serve(
+            listener,
+            sources,
+            &conn_limits,
+            counters,
+            stop,
+            metrics_connections,
+        );
+        (fd, bound)
+    });
 
     let mut sigterm = signal(SignalKind::terminate()).map_err(DaemonError::Signals)?;
     let mut sigint = signal(SignalKind::interrupt()).map_err(DaemonError::Signals)?;
@@ -336,12 +391,18 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
         if let Some(l) = libvirt {
             fds.push((activation::LIBVIRT.to_owned(), l.fd));
         }
+        if let Some((fd, _)) = metrics {
+            fds.push((activation::METRICS.to_owned(), fd));
+        }
         info!(descriptors = fds.len(), "re-executing");
         return Ok(Exit::Reexec(fds));
     }
     if bound && !handing_over {
         let _ = fs::remove_file(&socket_path);
         if let Some(path) = libvirt.as_ref().and_then(|l| l.bound.as_ref()) {
+            let _ = fs::remove_file(path);
+        }
+        if let Some(path) = metrics.as_ref().and_then(|(_, bound)| bound.as_ref()) {
             let _ = fs::remove_file(path);
         }
     }
@@ -399,6 +460,7 @@ fn libvirt_front(
         ops: ops.clone(),
         roots: config.libvirt.roots.clone(),
         policy: config.libvirt.policy(),
+        journal: config.libvirt.journal,
     });
     let (counters, connections) = (Arc::new(Counters::default()), TaskTracker::new());
     tokio::spawn(server::accept_loop(
@@ -416,6 +478,38 @@ fn libvirt_front(
         counters,
         connections,
     }))
+}
+
+/// The `io.systemd.Metrics` socket systemd passed as `varlink-metrics`,
+/// or else `[metrics] socket` bound here, if either; with a duplicate for
+/// a re-exec and the path we bound.
+#[allow(clippy::type_complexity)]
+fn metrics_listener(
+    passed: Option<OwnedFd>,
+    config: &Config,
+) -> Result<Option<(tokio::net::UnixListener, OwnedFd, Option<PathBuf>)>, DaemonError> {
+    let (listener, bound) = match (passed, &config.metrics.socket) {
+        (Some(fd), _) => (listen_on(fd.into(), Path::new(activation::METRICS))?, None),
+        (None, Some(path)) => {
+            if let Some(dir) = path.parent() {
+                create_dir(dir, 0o755)?;
+            }
+            // Validated when the config was loaded.
+            let mode = config.metrics_mode().unwrap_or(0o666);
+            (bind(path, mode, None)?, Some(path.clone()))
+        }
+        (None, None) => return Ok(None),
+    };
+    let shown = bound.clone().unwrap_or_else(|| activation::METRICS.into());
+    let fd = listener
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| DaemonError::Bind {
+            path: shown.clone(),
+            source,
+        })?;
+    info!(socket = %shown.display(), "serving io.systemd.Metrics");
+    Ok(Some((listener, fd, bound)))
 }
 
 /// Says, at start, whether the configuration's worst case fits in

@@ -5,15 +5,17 @@
 //! asks; `handover` takes over from a previous guestlogd and saves what
 //! the next one needs; `consoles` relay guests to clients and logs; `logs`
 //! owns every file. `daemon` ties them together for the process's life.
-//! Beside them, `config` is the configuration, and two leaves anyone may
+//! Beside them, `config` is the configuration, and three leaves anyone may
 //! use: `fdstore` holds every descriptor that must outlive this process,
-//! and `ratelimit` bounds log lines an outsider can cause.
+//! `ratelimit` bounds log lines an outsider can cause, and `events` names
+//! the daemon's own events with their journal `MESSAGE_ID`s.
 
 #![deny(unsafe_code)]
 
 pub mod config;
 pub mod consoles;
 pub mod daemon;
+pub mod events;
 pub mod fdstore;
 pub mod fronts;
 pub mod handover;

@@ -24,6 +24,10 @@ use crate::{
     },
     handover::restart::Saver,
     logs::{
+        journal::{
+            Journal,
+            export::{Kind, Settings as JournalSettings},
+        },
         log::{Log, Slot, Wait},
         name::LogName,
         pipe,
@@ -68,7 +72,7 @@ pub enum OpError {
 }
 
 /// How a new pipe treats its log.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct PipeOptions {
     pub policy: PolicyChange,
     /// Empty the log first.
@@ -78,6 +82,24 @@ pub struct PipeOptions {
     /// Refuse while another pipe feeds the log (virtlogd's EBUSY: an old
     /// QEMU that has not exited yet).
     pub exclusive: bool,
+    /// A change to the log's journal export.
+    pub journal: JournalRequest,
+}
+
+/// What a call asks of a log's journal export.
+#[derive(Debug, Clone, Default)]
+pub struct JournalRequest {
+    /// `Some(true)` exports, `Some(false)` stops; `None` keeps.
+    pub on: Option<bool>,
+    /// The machine, validated; `None` keeps what an earlier call gave.
+    pub vm: Option<Machine>,
+}
+
+/// A virtual machine's name and UUID, validated by the front.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Machine {
+    pub name: Option<String>,
+    pub uuid: Option<String>,
 }
 
 /// How long GetLogFilePosition waits for the pipes to be read dry; a
@@ -108,6 +130,8 @@ pub struct ConsoleRequest {
     pub boot: Option<(LogName, u64)>,
     /// The domain the console belongs to.
     pub domain: Option<Domain>,
+    /// Export the console's log to the journal.
+    pub journal: JournalRequest,
 }
 
 /// What GetStatus reports beyond the live figures.
@@ -130,6 +154,8 @@ pub struct Ops {
     pub saver: Arc<Saver>,
     /// Retention and the disk budget, for GetStatus.
     pub vacuum: Arc<Vacuum>,
+    /// The journal that exporting logs send to.
+    pub journal: Arc<Journal>,
 }
 
 impl Ops {
@@ -160,16 +186,19 @@ impl Ops {
             slot.bind(log.clone())
         };
         let change = o.policy;
+        self.journal_change(&log, &o.journal, Kind::Pipe);
+        let (truncate, drop_backups) = (o.truncate, o.drop_backups);
         let position = log
             .run(Wait::Call, move |log, slot| {
                 let f = log.placed_file(slot)?;
                 f.change_policy(change)?;
-                if o.truncate {
+                if truncate {
                     f.truncate()?;
-                    if o.drop_backups {
+                    if drop_backups {
                         f.remove_backups()?;
                     }
                 }
+                log.journal_begin(f, truncate);
                 f.end()
             })
             .await;
@@ -331,8 +360,14 @@ impl Ops {
             true => {
                 let log = self.enter(&r.name, r.policy)?;
                 let change = r.policy;
-                self.first_use(&log, move |f| f.change_policy(change))
-                    .await?;
+                self.journal_change(&log, &r.journal, Kind::Console);
+                self.first_use_with(&log, move |log, slot| {
+                    let f = log.placed_file(slot)?;
+                    f.change_policy(change)?;
+                    log.journal_begin(f, false);
+                    Ok(())
+                })
+                .await?;
                 Some(log)
             }
         };
@@ -390,6 +425,39 @@ impl Ops {
                 RemoveError::NoSuchConsole(name) => OpError::NoSuchConsole(name),
                 RemoveError::Owned { name, owner } => OpError::ConsoleOwned { name, owner },
             })
+    }
+
+    /// Applies a call's journal request to `log` (no I/O: the export
+    /// begins at the file's end in the call's job).
+    fn journal_change(&self, log: &Arc<Log>, r: &JournalRequest, kind: Kind) {
+        let before = log.journal().settings();
+        let vm = |before: Option<&JournalSettings>| match &r.vm {
+            Some(m) => (m.name.clone(), m.uuid.clone()),
+            None => before.map_or((None, None), |b| (b.vm_name.clone(), b.vm_uuid.clone())),
+        };
+        match r.on {
+            Some(false) => log.disable_journal(),
+            Some(true) => {
+                let (vm_name, vm_uuid) = vm(before.as_ref());
+                let settings = JournalSettings {
+                    kind,
+                    vm_name,
+                    vm_uuid,
+                };
+                log.enable_journal(&self.journal, settings, None);
+            }
+            None => {
+                if let Some(b) = before.filter(|_| r.vm.is_some() && log.exports()) {
+                    let (vm_name, vm_uuid) = vm(None);
+                    let settings = JournalSettings {
+                        vm_name,
+                        vm_uuid,
+                        ..b
+                    };
+                    log.enable_journal(&self.journal, settings, None);
+                }
+            }
+        }
     }
 
     fn existing(&self, name: &LogName) -> Result<Arc<Log>, OpError> {

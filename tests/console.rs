@@ -377,7 +377,7 @@ async fn real_guest_reaches_every_client_and_the_log() {
     // The generated client, with every option left to its default.
     let reply = conn
         .create_console(
-            "vm", None, None, None, None, None, None, None, None, None, None, None, None,
+            "vm", None, None, None, None, None, None, None, None, None, None, None, None, None, None,
         )
         .await
         .unwrap()
@@ -891,6 +891,8 @@ async fn socket_owner_and_mode_decide_who_can_connect() {
             None,
             Some(&owner),
             Some(true),
+            None,
+            None,
             None,
             None,
             None,

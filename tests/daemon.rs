@@ -235,6 +235,7 @@ async fn append_rotate_and_list_fields() {
         rotations: 0,
         max_rate: 0,
         max_burst: 0,
+        journal: None,
     };
     assert_eq!(i, expected);
     assert_eq!(

@@ -75,7 +75,13 @@ fn init_tracing() {
     let to_journal = std::env::var_os("JOURNAL_STREAM").is_some()
         || (!std::io::stderr().is_terminal()
             && std::path::Path::new("/run/systemd/journal/socket").exists());
-    let journald = to_journal.then(|| tracing_journald::layer().ok()).flatten();
+    // Fields keep their own names (no `F_` prefix), so an event's
+    // `message_id` is the journal's MESSAGE_ID, which `journalctl -x` and
+    // alerts match (src/events.rs).
+    let journald = to_journal
+        .then(|| tracing_journald::layer().ok())
+        .flatten()
+        .map(|l| l.with_field_prefix(None));
     let registry = tracing_subscriber::registry().with(filter);
     match journald {
         Some(layer) => registry.with(layer).init(),

@@ -275,6 +275,14 @@ impl Console {
         }
     }
 
+    /// Guest output that slow clients, viewers and followers of the
+    /// console's log did not get, summed over them (ListLogs and the
+    /// metrics show this same figure).
+    pub fn bytes_dropped_for_clients(&self) -> u64 {
+        self.stats.bytes_dropped_for_clients.load(Relaxed)
+            + self.log.as_ref().map_or(0, |l| l.followers_dropped())
+    }
+
     /// Whether RemoveConsole is closing this console for good.
     pub fn removing(&self) -> bool {
         self.removing.load(Relaxed)

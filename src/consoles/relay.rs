@@ -104,6 +104,7 @@ pub async fn run(
         boot,
     };
     if let Some(guest) = adopted.guest {
+        relay.guest_pid(&guest);
         relay.guest = Some(guest);
         relay.stats.guest_connected.store(true, Relaxed);
     }
@@ -254,8 +255,17 @@ impl Relay {
         if let Some(boot) = &mut self.boot {
             boot.guest_connected().await;
         }
+        self.guest_pid(&guest);
         self.guest = Some(guest);
         self.stats.guest_connected.store(true, Relaxed);
+    }
+
+    /// QEMU's pid, for the journal's OBJECT_PID (0 outside our PID
+    /// namespace: left out).
+    fn guest_pid(&self, guest: &UnixStream) {
+        if let (Some(log), Some(who)) = (&self.settings.log, Who::of(guest)) {
+            log.set_journal_pid(who.pid);
+        }
     }
 
     fn guest_gone(&mut self) {
@@ -334,9 +344,6 @@ impl Relay {
     /// its socket if it keeps up, else into its queue. True if a client's
     /// writer task was woken.
     async fn output(&mut self, data: Bytes) -> bool {
-        self.stats
-            .bytes_from_guest
-            .fetch_add(data.len() as u64, Relaxed);
         match &self.settings.log {
             // A refused write is counted and logged by the log itself. The
             // guest is not read again until it is done: a slow disk slows
@@ -352,6 +359,11 @@ impl Relay {
         if let Some(boot) = &mut self.boot {
             boot.output(&data).await;
         }
+        // Counted once logged: a figure that says N bytes came from the
+        // guest says the log and the boot log have them.
+        self.stats
+            .bytes_from_guest
+            .fetch_add(data.len() as u64, Relaxed);
         self.clients.push(&mut Output::shared(&data))
     }
 

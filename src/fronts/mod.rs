@@ -13,6 +13,7 @@
 //! May use: `ops`, the types of the layers below it that `ops` takes and
 //! returns, `config`, `ratelimit` and the crate root's helpers.
 
+pub mod metrics;
 pub mod server;
 pub mod varlink;
 pub mod virtlogd;

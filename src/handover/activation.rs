@@ -11,6 +11,9 @@ use tracing::warn;
 
 /// The name the socket unit gives the varlink socket.
 pub const VARLINK: &str = "varlink";
+/// The name `guestlogd-metrics.socket` gives the `io.systemd.Metrics`
+/// socket, as systemd's own metrics sockets are named.
+pub const METRICS: &str = "varlink-metrics";
 /// The name libvirt's own unit gives its log manager socket, which we
 /// serve in virtlogd's place.
 pub const LIBVIRT: &str = "virtlogd.socket";
@@ -25,6 +28,8 @@ pub struct Activation {
     pub varlink: Option<OwnedFd>,
     /// The listening socket of libvirt's log protocol, if one was passed.
     pub libvirt: Option<OwnedFd>,
+    /// The listening `io.systemd.Metrics` socket, if one was passed.
+    pub metrics: Option<OwnedFd>,
     /// Passed sockets we do not serve, closed; logged once tracing is up.
     pub unserved: Vec<String>,
     /// Every other passed descriptor, by name: what a previous guestlogd
@@ -54,6 +59,8 @@ impl Activation {
                 out.varlink = Some(fd);
             } else if out.libvirt.is_none() && name == LIBVIRT {
                 out.libvirt = Some(fd);
+            } else if out.metrics.is_none() && name == METRICS {
+                out.metrics = Some(fd);
             } else if name == LIBVIRT_ADMIN {
                 drop(fd);
                 out.unserved.push(name);

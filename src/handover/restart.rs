@@ -25,7 +25,7 @@ use base64::Engine as _;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
-use super::state::{self, ConsoleState, ForgottenLog, LogState, State};
+use super::state::{self, ConsoleState, ForgottenLog, JournalState, LogState, State};
 use crate::{
     config::Limits,
     consoles::{
@@ -34,18 +34,44 @@ use crate::{
         table::Consoles,
     },
     error_chain, lock,
-    logs::{log::Counters, name::LogName, pipe, registry::Registry},
+    logs::{
+        journal::{Journal, export::Shared},
+        log::Counters,
+        name::LogName,
+        pipe,
+        registry::Registry,
+    },
 };
 
-/// Takes over what `stored` holds; returns how many takeovers came before.
+/// Reads the daemon-wide counters to save, when a state is written.
+pub struct Totals(pub Box<dyn Fn() -> std::collections::BTreeMap<String, u64> + Send + Sync>);
+
+impl std::fmt::Debug for Totals {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Totals")
+    }
+}
+
+/// What a takeover found beyond the descriptors.
+#[derive(Debug, Default)]
+pub struct Takeover {
+    /// How many takeovers came before, this one included.
+    pub adoptions: u64,
+    /// The daemon-wide counters the state carried (`State::totals`).
+    pub totals: std::collections::BTreeMap<String, u64>,
+}
+
+/// Takes over what `stored` holds: logs (with their journal exports),
+/// pipes and consoles.
 pub fn adopt(
     stored: Vec<(String, OwnedFd)>,
     registry: &Arc<Registry>,
     consoles: &Consoles,
+    journal: &Arc<Journal>,
     limits: &Limits,
     tracker: &TaskTracker,
     shutdown: &CancellationToken,
-) -> u64 {
+) -> Takeover {
     let store = registry.store();
     let newest = stored.iter().filter_map(|(n, _)| state::seq(n)).max();
     let mut saved = State::default();
@@ -70,7 +96,7 @@ pub fn adopt(
         }
     }
     if newest.is_none() && store.is_empty() {
-        return 0;
+        return Takeover::default();
     }
 
     // Whatever the state does not describe, by list or by name, is closed:
@@ -107,11 +133,16 @@ pub fn adopt(
             gaps: log.gaps.clone(),
         };
         match registry.restore(&log.name, log.policy, counters) {
-            Ok(restored) if log.boot => restored.mark_boot(),
-            Ok(_) => {}
-            Err(e) => {
-                warn!(log = log.name, error = %error_chain(&e), "cannot reopen a log");
+            Ok(restored) => {
+                if log.boot {
+                    restored.mark_boot();
+                }
+                if let Some(j) = &log.journal {
+                    restored.enable_journal(journal, j.settings.clone(), Some(j.record()));
+                    restored.set_journal_pid(i32::try_from(j.object_pid).unwrap_or(0));
+                }
             }
+            Err(e) => warn!(log = log.name, error = %error_chain(&e), "cannot reopen a log"),
         }
     }
     for f in &saved.forgotten {
@@ -119,6 +150,10 @@ pub fn adopt(
             warn!(log = f.name, error = %error_chain(&e), "cannot remember a forgotten log");
         }
     }
+    // Positions kept for logs no longer known; and what a crash left
+    // between a write and its export is sent now.
+    journal.cursors.prune();
+    journal.all_behind();
     for name in store.names() {
         if let Some(log) = name.strip_prefix("pipe/").and_then(|r| r.split('/').next()) {
             adopt_pipe(&name, log, registry, tracker, shutdown);
@@ -142,12 +177,23 @@ pub fn adopt(
             warn!(console = console.name, error = %e, "cannot take over a console");
         }
     }
+    let crashed = !saved.planned;
     info!(
+        message_id = if crashed {
+            crate::events::TAKEOVER_CRASH
+        } else {
+            crate::events::TAKEOVER
+        },
         adoptions = saved.adoptions + 1,
         descriptors = store.len(),
-        "took over from the previous guestlogd"
+        crashed,
+        "took over from the previous guestlogd{}",
+        if crashed { " after a crash" } else { "" }
     );
-    saved.adoptions + 1
+    Takeover {
+        adoptions: saved.adoptions + 1,
+        totals: saved.totals,
+    }
 }
 
 /// What a client adopted after a crash sees where output it had not been
@@ -166,6 +212,8 @@ fn self_described(name: &str, saved: &State) -> bool {
         ["console", console, "client" | "viewer", n] if id(n) => {
             saved.consoles.iter().any(|c| c.name == console)
         }
+        // Written at every exported line; describes itself.
+        ["journal", "cursors"] => true,
         _ => false,
     }
 }
@@ -320,6 +368,8 @@ pub struct Saver {
     /// before this process.
     last: std::sync::Mutex<Option<String>>,
     adoptions: u64,
+    /// Set once the fronts exist.
+    totals: std::sync::OnceLock<Totals>,
 }
 
 impl Saver {
@@ -329,7 +379,13 @@ impl Saver {
             consoles,
             last: std::sync::Mutex::new(None),
             adoptions,
+            totals: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Where the daemon-wide counters are read from at each save.
+    pub fn set_totals(&self, totals: Totals) {
+        let _ = self.totals.set(totals);
     }
 
     /// Saves what is true now.
@@ -368,6 +424,7 @@ impl Saver {
                     bytes_suppressed: s.bytes_suppressed,
                     bytes_evicted: s.bytes_evicted,
                     gaps: s.gaps,
+                    journal: journal_state(l.journal()),
                 }
             })
             .collect();
@@ -417,6 +474,7 @@ impl Saver {
                     policy,
                 })
                 .collect(),
+            totals: self.totals.get().map(|t| (t.0)()).unwrap_or_default(),
         };
         let fd = match state.to_memfd() {
             Ok(fd) => fd,
@@ -431,4 +489,22 @@ impl Saver {
             store.remove(&old);
         }
     }
+}
+
+/// A log's export as the state keeps it, if it exports.
+fn journal_state(shared: &Shared) -> Option<JournalState> {
+    use std::sync::atomic::Ordering::Relaxed;
+    if !shared.on.load(Relaxed) {
+        return None;
+    }
+    let r = shared.record();
+    Some(JournalState {
+        settings: shared.settings()?,
+        inode: r.inode,
+        offset: r.offset,
+        sent: r.sent,
+        suppressed: r.suppressed,
+        episode: r.episode,
+        object_pid: shared.object_pid.load(Relaxed),
+    })
 }

@@ -21,7 +21,12 @@ use crate::{
         console::{Domain, Pending},
         writers::{Who, Writers},
     },
-    logs::{gap::Gaps, policy::Policy, queue::SlowPolicy},
+    logs::{
+        gap::Gaps,
+        journal::{cursors::Record, export::Settings},
+        policy::Policy,
+        queue::SlowPolicy,
+    },
 };
 
 /// The version this build writes.
@@ -40,6 +45,10 @@ pub struct State {
     /// Saved at a planned stop, with the clients' unsent output; a state
     /// without it is a crash's, and that output is gone.
     pub planned: bool,
+    /// Daemon-wide counters that must stay monotonic across takeovers
+    /// (the fronts' connection counters), by key.
+    #[serde(default)]
+    pub totals: BTreeMap<String, u64>,
     /// The policies of logs forgotten under `max-logs`, so that one that
     /// comes back gets its own.
     pub forgotten: Vec<ForgottenLog>,
@@ -77,6 +86,37 @@ pub struct LogState {
     /// Gaps not yet marked in the log.
     #[serde(default)]
     pub gaps: Gaps,
+    /// The journal export, if the log has one.
+    #[serde(default)]
+    pub journal: Option<JournalState>,
+}
+
+/// A log's journal export: what its entries say, and where it stood.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JournalState {
+    pub settings: Settings,
+    /// The first byte not yet sent (inode 0: none yet).
+    pub inode: u64,
+    pub offset: u64,
+    pub sent: u64,
+    pub suppressed: u64,
+    /// Lines of the open suppression episode, still to be reported.
+    pub episode: u64,
+    /// QEMU's pid, if known.
+    #[serde(default)]
+    pub object_pid: u64,
+}
+
+impl JournalState {
+    pub fn record(&self) -> Record {
+        Record {
+            inode: self.inode,
+            offset: self.offset,
+            sent: self.sent,
+            suppressed: self.suppressed,
+            episode: self.episode,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -190,6 +230,7 @@ mod tests {
                 bytes_suppressed: 0,
                 bytes_evicted: 0,
                 gaps: Gaps::default(),
+                journal: None,
             }],
             consoles: vec![],
             fds: vec!["pipe/vm/1".into()],
@@ -198,6 +239,7 @@ mod tests {
                 name: "old".into(),
                 policy: Policy::default(),
             }],
+            totals: BTreeMap::from([("varlink/accepted".into(), 4)]),
         };
         assert_eq!(State::read(state.to_memfd().unwrap()).unwrap(), state);
         assert_eq!(seq(&fd_name(42)), Some(42));

@@ -1,34 +1,37 @@
-//! A log's figures: its policy and counters, mirrored out of its file after
-//! every job (`Log::run`), so that ListLogs, metrics and the saved state
-//! read them without waiting for a job, and a file opened again starts
-//! from them.
+//! A log's figures: what ListLogs, the metrics and the saved state show,
+//! kept in atomics (`Stats`) that each job publishes, so readers never
+//! wait for a job, and a file opened again starts from them; and what a
+//! previous guestlogd carried over (`Counters`). Plain data.
 
-use std::sync::{
-    Mutex,
-    atomic::{AtomicU64, Ordering::Relaxed},
+use std::{
+    path::PathBuf,
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering::Relaxed},
+    },
 };
 
-use super::{gap::Gaps, policy::Policy, rotator::RotatingFile};
+use super::{gap::Gaps, name::LogName, policy::Policy, rotator::RotatingFile};
 use crate::lock;
 
 /// The figures of one log.
 #[derive(Debug)]
-pub(super) struct Stats {
-    pub(super) policy: Mutex<Policy>,
-    pub(super) size: AtomicU64,
-    pub(super) backups: AtomicU64,
-    pub(super) bytes_written: AtomicU64,
+pub(crate) struct Stats {
+    pub(crate) policy: Mutex<Policy>,
+    pub(crate) size: AtomicU64,
+    pub(crate) backups: AtomicU64,
+    pub(crate) bytes_written: AtomicU64,
     /// Bytes the disk refused (and a file that could not be opened).
-    pub(super) bytes_dropped: AtomicU64,
+    pub(crate) bytes_dropped: AtomicU64,
     /// Bytes a rate limit dropped.
-    pub(super) bytes_suppressed: AtomicU64,
+    pub(crate) bytes_suppressed: AtomicU64,
     /// Bytes of this log's files removed to keep the disk budget.
-    pub(super) bytes_evicted: AtomicU64,
-    pub(super) rotations: AtomicU64,
+    pub(crate) bytes_evicted: AtomicU64,
+    pub(crate) rotations: AtomicU64,
 }
 
 impl Stats {
-    pub(super) fn new(policy: Policy, c: &Counters) -> Self {
+    pub(crate) fn new(policy: Policy, c: &Counters) -> Self {
         Self {
             policy: Mutex::new(policy),
             size: AtomicU64::new(c.size),
@@ -41,12 +44,12 @@ impl Stats {
         }
     }
 
-    pub(super) fn policy(&self) -> Policy {
+    pub(crate) fn policy(&self) -> Policy {
         *lock(&self.policy)
     }
 
     /// Takes the file's figures.
-    pub(super) fn publish(&self, file: &RotatingFile) {
+    pub(crate) fn publish(&self, file: &RotatingFile) {
         *lock(&self.policy) = file.policy();
         self.size.store(file.size(), Relaxed);
         self.backups.store(file.backups().into(), Relaxed);
@@ -56,11 +59,18 @@ impl Stats {
     }
 }
 
+/// A log's journal export figures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JournalFigures {
+    pub lines_sent: u64,
+    pub lines_suppressed: u64,
+}
+
 /// A snapshot of one log's figures.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogSnapshot {
-    pub name: super::name::LogName,
-    pub path: std::path::PathBuf,
+    pub name: LogName,
+    pub path: PathBuf,
     pub size: u64,
     pub backups: u64,
     pub policy: Policy,
@@ -73,6 +83,8 @@ pub struct LogSnapshot {
     pub followers_dropped: u64,
     /// Gaps not yet written into the log.
     pub gaps: Gaps,
+    /// `None` unless the log exports to the journal.
+    pub journal: Option<JournalFigures>,
 }
 
 /// Counters carried over from a previous guestlogd.

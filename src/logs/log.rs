@@ -28,10 +28,15 @@ use std::{
 use tokio::sync::OwnedMutexGuard;
 use tracing::warn;
 
-pub use super::figures::{Counters, LogSnapshot};
+pub use super::figures::{Counters, JournalFigures, LogSnapshot};
 use super::{
     figures::Stats,
     gap::{Gaps, Reason},
+    journal::{
+        Exporter, Journal,
+        cursors::Record,
+        export::{Export, Pumped, Settings, Shared},
+    },
     name::LogName,
     places::Places,
     policy::Policy,
@@ -104,6 +109,11 @@ pub struct Log {
     bucket: Mutex<Bucket>,
     /// Where writes are counted for the disk budget.
     usage: Arc<Usage>,
+    /// The journal export's figures and settings, read without the turn.
+    journal: Arc<Shared>,
+    /// The journal export, when on; used in the log's jobs (and by the
+    /// journal's tick, which only tries).
+    export: Mutex<Option<Export>>,
 }
 
 /// Where a pipe task takes requests; each is answered once done.
@@ -156,6 +166,8 @@ impl Log {
             gaps: Mutex::new(counters.gaps),
             bucket: Mutex::new(Bucket::new(limit, Instant::now())),
             usage,
+            journal: Arc::default(),
+            export: Mutex::new(None),
         };
         log.touch();
         log
@@ -358,6 +370,9 @@ impl Log {
             self.publish(slot);
             self.warn_dropped(e);
         }
+        if result.is_ok() && self.journal.on.load(Relaxed) {
+            self.export_in(slot);
+        }
         result
     }
 
@@ -412,6 +427,81 @@ impl Log {
     /// Counts bytes of this log's files the disk budget removed.
     pub fn evicted(&self, n: u64) {
         self.stats.bytes_evicted.fetch_add(n, Relaxed);
+    }
+
+    /// Exports this log's new lines to the journal from now on (or with
+    /// new settings, if it does already); `carried` is where a previous
+    /// guestlogd's export stood.
+    pub fn enable_journal(
+        self: &Arc<Self>,
+        journal: &Arc<Journal>,
+        settings: Settings,
+        carried: Option<Record>,
+    ) {
+        let mut export = lock(&self.export);
+        match export.as_mut() {
+            Some(e) => e.set(settings),
+            None => {
+                let name = self.name.to_string();
+                let me: std::sync::Weak<dyn Exporter> = Arc::downgrade(self) as _;
+                journal.register(me.clone());
+                *export = Some(Export::new(
+                    journal.clone(),
+                    self.journal.clone(),
+                    &name,
+                    settings,
+                    carried,
+                    me,
+                ));
+            }
+        }
+    }
+
+    /// Stops exporting to the journal.
+    pub fn disable_journal(&self) {
+        self.journal.on.store(false, Relaxed);
+        lock(&self.export).take();
+    }
+
+    /// Whether the log exports to the journal.
+    pub fn exports(&self) -> bool {
+        self.journal.on.load(Relaxed)
+    }
+
+    /// The export's figures and settings.
+    pub fn journal(&self) -> &Arc<Shared> {
+        &self.journal
+    }
+
+    /// QEMU's pid for `OBJECT_PID`, once a console's guest connects.
+    pub fn set_journal_pid(&self, pid: i32) {
+        self.journal
+            .object_pid
+            .store(u64::try_from(pid).unwrap_or(0), Relaxed);
+    }
+
+    /// In a job, when a call enabled the export or emptied the file on
+    /// purpose: the export begins at the file's end (or goes on from
+    /// where it stands).
+    pub fn journal_begin(&self, f: &RotatingFile, emptied: bool) {
+        if let (Some(e), Ok(end)) = (lock(&self.export).as_mut(), f.end()) {
+            e.begin_at(end, emptied);
+        }
+    }
+
+    /// Sends the log's new lines to the journal, in a job's turn.
+    fn export_in(&self, slot: &mut Slot) {
+        let mut export = lock(&self.export);
+        let (Some(e), Some(f)) = (export.as_mut(), slot.as_mut()) else {
+            return;
+        };
+        match e.pump(f) {
+            Ok(Pumped::Done) => {}
+            Ok(Pumped::Behind) => e.wait(),
+            Err(err) => {
+                crate::limited!(warn, log = %self.name, error = %error_chain(&err), "journal export cannot read the log");
+            }
+        }
     }
 
     /// Appends `data` (see `write_in`).
@@ -530,7 +620,13 @@ impl Log {
     fn warn_dropped(&self, e: &RotatorError) {
         if due(&self.last_warning) {
             let dropped = self.stats.bytes_dropped.load(Relaxed);
-            warn!(log = %self.name, dropped, error = %error_chain(e), "log bytes dropped");
+            warn!(
+                message_id = crate::events::DISK_ERROR,
+                log = %self.name,
+                dropped,
+                error = %error_chain(e),
+                "log bytes dropped"
+            );
         }
     }
 
@@ -563,6 +659,36 @@ impl Log {
             rotations: s.rotations.load(Relaxed),
             followers_dropped: self.followers_dropped.load(Relaxed),
             gaps: lock(&self.gaps).clone(),
+            journal: self.journal.on.load(Relaxed).then(|| JournalFigures {
+                lines_sent: self.journal.sent.load(Relaxed),
+                lines_suppressed: self.journal.suppressed.load(Relaxed),
+            }),
+        }
+    }
+}
+
+impl Exporter for Log {
+    fn catch_up(self: Arc<Self>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
+        Box::pin(async move {
+            let _ = self
+                .run(Wait::Forever, |log, slot| {
+                    if let Some(e) = lock(&log.export).as_mut() {
+                        e.waiting = false;
+                    }
+                    log.file(slot)?;
+                    log.export_in(slot);
+                    Ok(())
+                })
+                .await;
+        })
+    }
+
+    fn tick(&self) {
+        // A job that holds the export ends the episode itself.
+        if let Ok(mut export) = self.export.try_lock()
+            && let Some(e) = export.as_mut()
+        {
+            e.end_episode();
         }
     }
 }

@@ -5,7 +5,8 @@
 //! follows what was planted (`logdir`), the capped rotating file
 //! (`rotator`) and its `policy`, each log with its jobs and followers
 //! (`log`), where files live (`places`), the registry of every known log
-//! (`registry`), the pipes that feed logs (`pipe`), and the bounded queue
+//! (`registry`), the pipes that feed logs (`pipe`), each log's export to
+//! the journal (`journal`), and the bounded queue
 //! of one reader of output (`queue`), which a log's followers and a
 //! console's clients both use.
 //!
@@ -16,9 +17,10 @@
 //! May use: `fdstore`, `ratelimit` and the crate root's helpers; nothing
 //! else of the crate.
 
-mod figures;
+pub mod figures;
 pub mod gap;
 pub mod inventory;
+pub mod journal;
 pub mod log;
 pub mod logdir;
 pub mod name;

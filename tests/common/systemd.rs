@@ -50,9 +50,16 @@ pub struct Systemd {
 
 impl Systemd {
     pub fn boot(dir: tempfile::TempDir) -> Self {
+        Self::boot_on(dir, &[])
+    }
+
+    /// Boots with extra environment for boot.sh (`SD_ROOT`, `SD_SETUP`
+    /// for another cached root).
+    pub fn boot_on(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
         let out = Command::new(format!("{HARNESS}/boot.sh"))
             .arg(dir.path())
             .env("SD_OWNER_PID", std::process::id().to_string())
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -6,6 +6,7 @@
 #   socat, setpriv (util-linux), tmux
 #   qemu-system-x86_64 + /var/cache/guestlogd-test/guest/ (or *.unavailable)
 #   /var/cache/guestlogd-test/trixie/, libvirt-root/ (or systemd/libvirt.unavailable)
+#   node_exporter, systemd-report, journal-root/, prometheus-client (tests/env/fleet.sh)
 set -euo pipefail
 
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -56,5 +57,6 @@ bash "$HERE/varlinkctl.sh"
 bash "$HERE/guest.sh"
 bash "$HERE/systemd.sh"  # trixie root for tests/systemd/ (systemd 257 as PID 1); never fails setup
 bash "$HERE/libvirt.sh"  # libvirt + QEMU root for tests/libvirt/ (copy of the trixie root); never fails setup
+bash "$HERE/fleet.sh"    # node_exporter, systemd-report, a journal-remote root, prometheus-client; never fails setup
 
 echo "setup: ok ($("$VENV/bin/python" -c 'import importlib.metadata as m; print("asyncvarlink", m.version("asyncvarlink"), "varlink", m.version("varlink"))'); varlinkctl: $([ -f $W/varlinkctl.unavailable ] && echo unavailable || echo ok))"

@@ -92,6 +92,10 @@ pub struct HookArgs {
     /// The bytes a console's guest may send at once beyond its rate.
     #[arg(long)]
     max_burst: Option<u64>,
+    /// Export the consoles' logs to the journal, with the domain's name
+    /// and UUID (VM_NAME, VM_UUID).
+    #[arg(long)]
+    journal: bool,
 }
 
 /// Why the hook refused or failed.
@@ -267,7 +271,7 @@ async fn create(
     uid: u32,
     gid: u32,
 ) -> Result<bool, HookError> {
-    let params = json!({
+    let mut params = json!({
         "name": c.name,
         "owner": {"uid": uid, "gid": gid, "mode": 0o600},
         "viewers": !a.no_viewers,
@@ -277,6 +281,10 @@ async fn create(
         "maxRate": a.max_rate,
         "maxBurst": a.max_burst,
     });
+    if a.journal {
+        params["journal"] = json!(true);
+        params["vm"] = json!({"name": a.domain, "uuid": uuid});
+    }
     match call(conn, "CreateConsole", params).await? {
         Ok(()) => Ok(true),
         Err(ManagerError::ConsoleExists { .. }) => Ok(false),

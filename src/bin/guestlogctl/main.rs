@@ -10,6 +10,7 @@ mod attach;
 mod consoles;
 mod escape;
 mod hook;
+mod metrics;
 
 use std::{io::Write, path::PathBuf, process::ExitCode};
 
@@ -73,6 +74,9 @@ enum Command {
     Status { name: Option<String> },
     /// libvirt's QEMU hook: install as /etc/libvirt/hooks/qemu.d/guestlogd.
     Hook(hook::HookArgs),
+    /// The daemon's metrics in Prometheus' text format (from its
+    /// io.systemd.Metrics socket).
+    Metrics(metrics::MetricsArgs),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +105,14 @@ enum CtlError {
     NoFd,
     #[error(transparent)]
     Hook(#[from] hook::HookError),
+    #[error("metrics: {0}")]
+    Metrics(String),
+    #[error("cannot write {path}")]
+    Textfile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -123,6 +135,7 @@ async fn run(args: Args) -> Result<(), CtlError> {
     match args.command {
         Command::Attach(a) => return attach::attach(&args.runtime_dir, a).await,
         Command::Hook(h) => return Ok(hook::run(&args.runtime_dir, h).await?),
+        Command::Metrics(m) => return metrics::run(m).await,
         _ => {}
     }
     let path = args.runtime_dir.join(SOCKET);
@@ -228,7 +241,7 @@ async fn run(args: Args) -> Result<(), CtlError> {
             let all = list(&mut conn).await?;
             consoles::console_status(all, &name)?;
         }
-        Command::Attach(_) | Command::Hook(_) => {}
+        Command::Attach(_) | Command::Hook(_) | Command::Metrics(_) => {}
     }
     Ok(())
 }

@@ -49,8 +49,19 @@ error PermissionDenied ()
 error ExpectedMore ()
 ";
 
-/// Answers `org.varlink.service`, whose replies are the interface file.
+/// Answers `org.varlink.service` for the varlink socket, whose replies are
+/// the interface file.
 pub(super) fn varlink_call(member: &str, parameters: &Option<Value>) -> Result<Value, WireError> {
+    service_call(member, parameters, &[(api::INTERFACE, api::DESCRIPTION)])
+}
+
+/// Answers `org.varlink.service` for a socket that serves `interfaces`,
+/// each by its name and its interface file's text.
+pub fn service_call(
+    member: &str,
+    parameters: &Option<Value>,
+    interfaces: &[(&str, &str)],
+) -> Result<Value, WireError> {
     match member {
         "GetInfo" => {
             let _: Empty = parse(parameters)?;
@@ -59,14 +70,19 @@ pub(super) fn varlink_call(member: &str, parameters: &Option<Value>) -> Result<V
                 "product": "guestlogd",
                 "version": env!("CARGO_PKG_VERSION"),
                 "url": "",
-                "interfaces": ["io.guestlogd.Manager", "org.varlink.service"],
+                "interfaces": interfaces
+                    .iter()
+                    .map(|(name, _)| *name)
+                    .chain(["org.varlink.service"])
+                    .collect::<Vec<_>>(),
             }))
         }
         "GetInterfaceDescription" => {
             let p: DescriptionInput = parse(parameters)?;
-            let description = match p.interface.as_str() {
-                api::INTERFACE => api::DESCRIPTION,
-                "org.varlink.service" => VARLINK_SERVICE,
+            let known = interfaces.iter().find(|(name, _)| *name == p.interface);
+            let description = match (known, p.interface.as_str()) {
+                (Some((_, text)), _) => *text,
+                (None, "org.varlink.service") => VARLINK_SERVICE,
                 _ => {
                     return Err(WireError::Varlink(
                         varlink_service::Error::InterfaceNotFound {

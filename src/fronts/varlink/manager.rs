@@ -26,7 +26,8 @@ use super::{
     introspect::varlink_call,
     wire::{
         Empty, WireError, any_log, domain, domain_uuid, empty, encoded_len, id, int, invalid,
-        limit, log_name, parse, policy, ranged, replay_bytes, to_value, wire_domain, wire_pos,
+        journal, limit, log_name, parse, policy, ranged, replay_bytes, to_value, wire_domain,
+        wire_pos,
     },
 };
 use crate::{
@@ -221,6 +222,16 @@ impl Manager {
                     rotations: int(s.rotations),
                     max_rate: int(s.policy.max_rate),
                     max_burst: int(s.policy.max_burst),
+                    journal: s.journal.and_then(|j| {
+                        let settings = log.journal().settings()?;
+                        Some(api::LogJournal {
+                            kind: settings.kind.as_str().to_owned(),
+                            vm_name: settings.vm_name,
+                            vm_uuid: settings.vm_uuid,
+                            lines_sent: int(j.lines_sent),
+                            lines_suppressed: int(j.lines_suppressed),
+                        })
+                    }),
                 }
             })
             .collect();
@@ -243,8 +254,7 @@ impl Manager {
                     viewers: int(s.viewers.load(Relaxed) as u64),
                     bytes_from_guest: int(s.bytes_from_guest.load(Relaxed)),
                     bytes_to_guest: int(s.bytes_to_guest.load(Relaxed)),
-                    bytes_dropped_for_clients: int(s.bytes_dropped_for_clients.load(Relaxed)
-                        + c.log.as_ref().map_or(0, |l| l.followers_dropped())),
+                    bytes_dropped_for_clients: int(c.bytes_dropped_for_clients()),
                     throttled_seconds: s.throttled_us.load(Relaxed) as f64 / 1e6,
                     writers: c.settings.writers.as_str().to_owned(),
                     writer: s
@@ -380,7 +390,22 @@ impl Manager {
                 ));
             }
         };
+        // The machine of the exported lines is the console's domain unless
+        // the call names another.
+        let vm = p.vm.or_else(|| {
+            p.domain.as_ref().map(|d| api::VirtualMachine {
+                name: Some(d.name.clone()),
+                uuid: Some(d.uuid.clone()),
+            })
+        });
         let domain = p.domain.map(|d| domain("domain", d)).transpose()?;
+        let journal = journal(p.journal, vm)?;
+        if journal.on == Some(true) && p.log == Some(false) {
+            return Err(invalid(
+                "journal",
+                "needs the console's log (log: false keeps none)".into(),
+            ));
+        }
         // Refused before any work is queued, so a refused call changes nothing.
         self.ops.check_console(&name, domain.as_ref())?;
         let request = ConsoleRequest {
@@ -394,6 +419,7 @@ impl Manager {
             writers,
             boot,
             domain,
+            journal,
         };
         let ops = self.ops.clone();
         Ok(Box::pin(async move {
@@ -479,6 +505,7 @@ impl Manager {
         let options = PipeOptions {
             policy: policy(p.max_size, p.max_backups, p.max_rate, p.max_burst)?,
             truncate: p.truncate == Some(true),
+            journal: journal(p.journal, p.vm)?,
             ..PipeOptions::default()
         };
         let ops = self.ops.clone();

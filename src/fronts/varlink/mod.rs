@@ -11,6 +11,6 @@
 pub mod api;
 mod follow;
 pub mod framing;
-mod introspect;
+pub mod introspect;
 pub mod manager;
 pub mod wire;

@@ -17,7 +17,7 @@ use crate::{
         policy::PolicyChange,
         rotator::Pos,
     },
-    ops::OpError,
+    ops::{JournalRequest, Machine, OpError},
 };
 
 const DEFAULT_REPLAY: usize = 16 * 1024;
@@ -113,7 +113,7 @@ pub(super) fn policy(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Empty {}
+pub struct Empty {}
 
 /// Decodes a call's parameters, naming the parameter at fault.
 pub fn parse<T: DeserializeOwned>(parameters: &Option<Value>) -> Result<T, WireError> {
@@ -205,6 +205,52 @@ pub(super) fn ranged<T: TryFrom<i64>>(parameter: &str, v: i64) -> Result<T, Wire
     };
     fits.map_err(|why| invalid(parameter, why))?;
     T::try_from(v).map_err(|_| invalid(parameter, "is out of range".into()))
+}
+
+/// A call's journal request: `journal` and `vm`, validated.
+pub(super) fn journal(
+    on: Option<bool>,
+    vm: Option<api::VirtualMachine>,
+) -> Result<JournalRequest, WireError> {
+    let vm = vm
+        .map(|m| {
+            let name = m
+                .name
+                .map(|n| vm_name(&n).map_err(|why| invalid("vm.name", why)));
+            let uuid = m.uuid.map(|u| {
+                vm_uuid(&u).ok_or_else(|| {
+                    invalid(
+                        "vm.uuid",
+                        "must be 36 hex digits and dashes, 8-4-4-4-12".into(),
+                    )
+                })
+            });
+            Ok::<_, WireError>(Machine {
+                name: name.transpose()?,
+                uuid: uuid.transpose()?,
+            })
+        })
+        .transpose()?;
+    Ok(JournalRequest { on, vm })
+}
+
+/// A machine's name as the journal gets it.
+pub fn vm_name(n: &str) -> Result<String, String> {
+    if n.is_empty() || n.len() > 256 || n.chars().any(char::is_control) {
+        return Err("must be 1 to 256 bytes without control characters".into());
+    }
+    Ok(n.to_owned())
+}
+
+/// A UUID in its canonical form, lower case.
+pub fn vm_uuid(u: &str) -> Option<String> {
+    let groups: Vec<&str> = u.split('-').collect();
+    let lens: Vec<usize> = groups.iter().map(|g| g.len()).collect();
+    let ok = lens == [8, 4, 4, 4, 12]
+        && groups
+            .iter()
+            .all(|g| g.bytes().all(|b| b.is_ascii_hexdigit()));
+    ok.then(|| u.to_ascii_lowercase())
 }
 
 pub(super) fn invalid(parameter: &str, reason: String) -> WireError {

@@ -22,13 +22,14 @@ use super::{
 use crate::{
     error_chain,
     fronts::server::{Conn, ConnError, Framing, Front},
+    fronts::varlink::wire::vm_name,
     limited,
     logs::{
         name::LogName,
         policy::{Policy, PolicyChange},
         rotator::Pos,
     },
-    ops::{OpError, Ops, PipeOptions},
+    ops::{JournalRequest, Machine, OpError, Ops, PipeOptions},
 };
 
 /// The largest frame a libvirt caller sends: AppendLogFile's message is an
@@ -44,6 +45,8 @@ pub struct Virtlogd {
     /// The policy of the logs it opens: libvirt's own defaults unless the
     /// config says otherwise.
     pub policy: Policy,
+    /// Export the logs it opens to the journal (`[libvirt] journal`).
+    pub journal: bool,
 }
 
 /// Where a frame ends, for `server::Conn`.
@@ -184,6 +187,10 @@ impl Virtlogd {
             truncate,
             drop_backups: truncate,
             exclusive: true,
+            journal: JournalRequest {
+                on: self.journal.then_some(true),
+                vm: self.journal.then(|| machine(&c.dom)),
+            },
         };
         let opened = self
             .ops
@@ -255,6 +262,28 @@ impl Virtlogd {
             .map_err(to_reply_any)?;
         Ok(Reply::Appended(0))
     }
+}
+
+/// The domain libvirt names, for the journal: its name if it is one we
+/// can show, and its UUID.
+fn machine(dom: &super::Domain) -> Machine {
+    let name = std::str::from_utf8(&dom.name)
+        .ok()
+        .and_then(|n| vm_name(n).ok());
+    let u = &dom.uuid;
+    let hex =
+        |r: std::ops::Range<usize>| u[r].iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let uuid = (u.iter().any(|b| *b != 0)).then(|| {
+        format!(
+            "{}-{}-{}-{}-{}",
+            hex(0..4),
+            hex(4..6),
+            hex(6..8),
+            hex(8..10),
+            hex(10..16)
+        )
+    });
+    Machine { name, uuid }
 }
 
 fn no_flags(flags: u32, function: &str) -> Result<(), ErrorReply> {

@@ -408,6 +408,30 @@ impl RotatingFile {
         chunk
     }
 
+    /// Up to `max` bytes of the current file from `offset`, without
+    /// opening the backups: a reader that keeps up (the journal export)
+    /// reads what was just written at the cost of one `pread`.
+    pub fn read_current(&self, offset: u64, max: usize) -> Result<Vec<u8>, RotatorError> {
+        let want = max.min(self.size.saturating_sub(offset) as usize);
+        let mut buf = vec![0; want];
+        let mut got = 0;
+        while got < want {
+            match self.file.read_at(&mut buf[got..], offset + got as u64) {
+                Ok(0) => break,
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(source) => {
+                    return Err(RotatorError::Read {
+                        path: self.path(),
+                        source,
+                    });
+                }
+            }
+        }
+        buf.truncate(got);
+        Ok(buf)
+    }
+
     /// The last `n` bytes kept (fewer if the log holds less), across
     /// backups.
     pub fn tail(&mut self, n: usize) -> Result<Vec<u8>, RotatorError> {
