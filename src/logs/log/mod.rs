@@ -29,14 +29,13 @@ use tokio::sync::OwnedMutexGuard;
 use tracing::warn;
 
 pub use super::figures::{Counters, JournalFigures, LogSnapshot};
+mod export;
+mod shaping;
+
 use super::{
     figures::Stats,
     gap::{Gaps, Reason},
-    journal::{
-        Exporter, Journal,
-        cursors::Record,
-        export::{Export, Pumped, Settings, Shared},
-    },
+    journal::export::{Export, Shared},
     name::LogName,
     places::Places,
     policy::Policy,
@@ -376,133 +375,7 @@ impl Log {
         result
     }
 
-    /// Writes the pending gaps' marker lines before what comes next; they
-    /// stay pending while the disk still refuses them.
-    fn write_gaps(&self, f: &mut RotatingFile) {
-        let mut gaps = lock(&self.gaps);
-        if gaps.is_empty() {
-            return;
-        }
-        let markers = gaps.markers(f.size() == 0 || f.ends_in_newline());
-        if f.write_notice(&markers).is_ok() {
-            self.usage.grew(markers.len() as u64);
-            gaps.clear();
-        }
-    }
 
-    fn gap(&self, reason: Reason, bytes: u64) {
-        lock(&self.gaps).add(reason, bytes);
-    }
-
-    /// How many of `n` bytes a pipe may write now; the rest is over the
-    /// log's rate and must be dropped (`suppressed`).
-    pub fn admit(&self, n: usize) -> usize {
-        lock(&self.bucket).take_up_to(n, Instant::now())
-    }
-
-    /// Counts `n` bytes a rate limit dropped, to be marked in the log.
-    pub fn suppressed(&self, n: usize) {
-        if n > 0 {
-            self.stats.bytes_suppressed.fetch_add(n as u64, Relaxed);
-            self.gap(Reason::RateLimit, n as u64);
-        }
-    }
-
-    /// Charges `n` bytes a console read to the rate limit; the console
-    /// then waits `throttle()` before it reads again.
-    pub fn charge(&self, n: usize) {
-        lock(&self.bucket).take_all(n, Instant::now());
-    }
-
-    /// How long a console must wait before it reads its guest again.
-    pub fn throttle(&self) -> Duration {
-        lock(&self.bucket).wait(Instant::now())
-    }
-
-    /// Whether the log has a rate limit.
-    pub fn limited(&self) -> bool {
-        !lock(&self.bucket).limit().is_off()
-    }
-
-    /// Counts bytes of this log's files the disk budget removed.
-    pub fn evicted(&self, n: u64) {
-        self.stats.bytes_evicted.fetch_add(n, Relaxed);
-    }
-
-    /// Exports this log's new lines to the journal from now on (or with
-    /// new settings, if it does already); `carried` is where a previous
-    /// guestlogd's export stood.
-    pub fn enable_journal(
-        self: &Arc<Self>,
-        journal: &Arc<Journal>,
-        settings: Settings,
-        carried: Option<Record>,
-    ) {
-        let mut export = lock(&self.export);
-        match export.as_mut() {
-            Some(e) => e.set(settings),
-            None => {
-                let name = self.name.to_string();
-                let me: std::sync::Weak<dyn Exporter> = Arc::downgrade(self) as _;
-                journal.register(me.clone());
-                *export = Some(Export::new(
-                    journal.clone(),
-                    self.journal.clone(),
-                    &name,
-                    settings,
-                    carried,
-                    me,
-                ));
-            }
-        }
-    }
-
-    /// Stops exporting to the journal.
-    pub fn disable_journal(&self) {
-        self.journal.on.store(false, Relaxed);
-        lock(&self.export).take();
-    }
-
-    /// Whether the log exports to the journal.
-    pub fn exports(&self) -> bool {
-        self.journal.on.load(Relaxed)
-    }
-
-    /// The export's figures and settings.
-    pub fn journal(&self) -> &Arc<Shared> {
-        &self.journal
-    }
-
-    /// QEMU's pid for `OBJECT_PID`, once a console's guest connects.
-    pub fn set_journal_pid(&self, pid: i32) {
-        self.journal
-            .object_pid
-            .store(u64::try_from(pid).unwrap_or(0), Relaxed);
-    }
-
-    /// In a job, when a call enabled the export or emptied the file on
-    /// purpose: the export begins at the file's end (or goes on from
-    /// where it stands).
-    pub fn journal_begin(&self, f: &RotatingFile, emptied: bool) {
-        if let (Some(e), Ok(end)) = (lock(&self.export).as_mut(), f.end()) {
-            e.begin_at(end, emptied);
-        }
-    }
-
-    /// Sends the log's new lines to the journal, in a job's turn.
-    fn export_in(&self, slot: &mut Slot) {
-        let mut export = lock(&self.export);
-        let (Some(e), Some(f)) = (export.as_mut(), slot.as_mut()) else {
-            return;
-        };
-        match e.pump(f) {
-            Ok(Pumped::Done) => {}
-            Ok(Pumped::Behind) => e.wait(),
-            Err(err) => {
-                crate::limited!(warn, log = %self.name, error = %error_chain(&err), "journal export cannot read the log");
-            }
-        }
-    }
 
     /// Appends `data` (see `write_in`).
     pub async fn write(
@@ -663,32 +536,6 @@ impl Log {
                 lines_sent: self.journal.sent.load(Relaxed),
                 lines_suppressed: self.journal.suppressed.load(Relaxed),
             }),
-        }
-    }
-}
-
-impl Exporter for Log {
-    fn catch_up(self: Arc<Self>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(async move {
-            let _ = self
-                .run(Wait::Forever, |log, slot| {
-                    if let Some(e) = lock(&log.export).as_mut() {
-                        e.waiting = false;
-                    }
-                    log.file(slot)?;
-                    log.export_in(slot);
-                    Ok(())
-                })
-                .await;
-        })
-    }
-
-    fn tick(&self) {
-        // A job that holds the export ends the episode itself.
-        if let Ok(mut export) = self.export.try_lock()
-            && let Some(e) = export.as_mut()
-        {
-            e.end_episode();
         }
     }
 }
