@@ -377,7 +377,8 @@ async fn real_guest_reaches_every_client_and_the_log() {
     // The generated client, with every option left to its default.
     let reply = conn
         .create_console(
-            "vm", None, None, None, None, None, None, None, None, None, None, None, None, None, None,
+            "vm", None, None, None, None, None, None, None, None, None, None, None, None, None,
+            None,
         )
         .await
         .unwrap()

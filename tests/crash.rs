@@ -168,7 +168,8 @@ async fn a_kill_at_any_instant_keeps_every_new_pipe_console_and_client() {
         let mut c = zlink::tokio::unix::connect(&socket).await.unwrap();
         let created = c
             .create_console(
-                &name, None, None, None, None, None, None, None, None, None, None, None, None, None, None,
+                &name, None, None, None, None, None, None, None, None, None, None, None, None,
+                None, None,
             )
             .await
             .unwrap()

@@ -19,8 +19,8 @@ use std::{
 };
 
 use common::{Daemon, call, call_with_fds, read_until};
-use hangfs::HangFs;
 use guestlogd::api::ManagerError;
+use hangfs::HangFs;
 use nix::{sys::signal::Signal, unistd::Pid};
 use serde_json::json;
 

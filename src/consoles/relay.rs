@@ -62,6 +62,8 @@ struct Relay {
     /// The guest connection's name in the descriptor store.
     guest_name: String,
     boot: Option<BootLog>,
+    /// The guest is being held to the log's rate.
+    throttling: bool,
 }
 
 /// How an attach went.
@@ -102,6 +104,7 @@ pub async fn run(
         ring: VecDeque::new(),
         guest_name,
         boot,
+        throttling: false,
     };
     if let Some(guest) = adopted.guest {
         relay.guest_pid(&guest);
@@ -318,10 +321,26 @@ impl Relay {
 
     /// When the guest may be read again, if the log's rate says to wait;
     /// the wait is counted in `throttledSeconds`.
-    fn throttle(&self) -> Option<tokio::time::Instant> {
+    fn throttle(&mut self) -> Option<tokio::time::Instant> {
         let wait = self.settings.log.as_ref()?.throttle();
         if wait.is_zero() {
+            if std::mem::take(&mut self.throttling) {
+                crate::limited!(
+                    info,
+                    message_id = crate::logging::events::THROTTLE_END,
+                    console = %self.settings.name,
+                    "the console's guest is read at its pace again"
+                );
+            }
             return None;
+        }
+        if !std::mem::replace(&mut self.throttling, true) {
+            crate::limited!(
+                info,
+                message_id = crate::logging::events::THROTTLE_START,
+                console = %self.settings.name,
+                "the console's guest is over its log's rate and is read slower"
+            );
         }
         self.stats
             .throttled_us

@@ -180,9 +180,9 @@ pub fn adopt(
     let crashed = !saved.planned;
     info!(
         message_id = if crashed {
-            crate::events::TAKEOVER_CRASH
+            crate::logging::events::TAKEOVER_CRASH
         } else {
-            crate::events::TAKEOVER
+            crate::logging::events::TAKEOVER
         },
         adoptions = saved.adoptions + 1,
         descriptors = store.len(),

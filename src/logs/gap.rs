@@ -92,6 +92,16 @@ impl Gaps {
         self.0.is_empty()
     }
 
+    /// Whether the newest gap has this reason (a drop episode goes on).
+    pub fn last_is(&self, reason: &Reason) -> bool {
+        self.0.last().is_some_and(|(r, _)| r == reason)
+    }
+
+    /// Each gap: its reason and how many bytes.
+    pub fn iter(&self) -> impl Iterator<Item = (&Reason, u64)> {
+        self.0.iter().map(|(r, n)| (r, *n))
+    }
+
     /// The marker lines, with a newline first unless the file ends at a
     /// line end.
     pub fn markers(&self, file_ends_a_line: bool) -> Vec<u8> {

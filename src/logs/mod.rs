@@ -14,7 +14,7 @@
 //! one at a time per log; no lock is held across file I/O that another
 //! log needs; nothing here knows a console, a front or the saved state.
 //!
-//! May use: `fdstore`, `ratelimit` and the crate root's helpers; nothing
+//! May use: `fdstore`, `logging` and the crate root's helpers; nothing
 //! else of the crate.
 
 pub mod figures;

@@ -219,10 +219,12 @@ impl Vacuum {
         if files > 0 {
             crate::limited!(
                 info,
+                message_id = crate::logging::events::EVICTION,
                 files,
                 bytes,
                 used,
                 max_use = self.limits.max_use,
+                keep_free = self.limits.keep_free,
                 "removed the oldest log files to keep the disk budget"
             );
         }

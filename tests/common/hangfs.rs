@@ -105,4 +105,3 @@ impl Drop for HangFs {
         let _ = self.server.wait();
     }
 }
-

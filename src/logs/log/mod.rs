@@ -375,8 +375,6 @@ impl Log {
         result
     }
 
-
-
     /// Appends `data` (see `write_in`).
     pub async fn write(
         self: &Arc<Self>,
@@ -494,7 +492,7 @@ impl Log {
         if due(&self.last_warning) {
             let dropped = self.stats.bytes_dropped.load(Relaxed);
             warn!(
-                message_id = crate::events::DISK_ERROR,
+                message_id = crate::logging::events::DISK_ERROR,
                 log = %self.name,
                 dropped,
                 error = %error_chain(e),

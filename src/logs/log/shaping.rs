@@ -24,12 +24,40 @@ impl Log {
         let markers = gaps.markers(f.size() == 0 || f.ends_in_newline());
         if f.write_notice(&markers).is_ok() {
             self.usage.grew(markers.len() as u64);
+            for (reason, bytes) in gaps.iter() {
+                crate::limited!(
+                    info,
+                    message_id = crate::logging::events::GAP,
+                    log = %self.name(),
+                    bytes,
+                    reason = reason.text(),
+                    "a gap is marked in the log"
+                );
+                if *reason == Reason::RateLimit {
+                    crate::limited!(
+                        info,
+                        message_id = crate::logging::events::THROTTLE_END,
+                        log = %self.name(),
+                        bytes,
+                        "the log's rate limit stopped dropping"
+                    );
+                }
+            }
             gaps.clear();
         }
     }
 
     pub(super) fn gap(&self, reason: Reason, bytes: u64) {
-        lock(&self.gaps).add(reason, bytes);
+        let mut gaps = lock(&self.gaps);
+        if reason == Reason::RateLimit && !gaps.last_is(&reason) {
+            crate::limited!(
+                info,
+                message_id = crate::logging::events::THROTTLE_START,
+                log = %self.name(),
+                "the log's rate limit is dropping a pipe's output"
+            );
+        }
+        gaps.add(reason, bytes);
     }
 
     /// How many of `n` bytes a pipe may write now; the rest is over the
