@@ -80,6 +80,15 @@ impl Bucket {
         granted
     }
 
+    /// Whether not one byte may pass now.
+    pub fn exhausted(&mut self, now: Instant) -> bool {
+        if self.limit.is_off() {
+            return false;
+        }
+        self.refill(now);
+        self.tokens < 1.0
+    }
+
     /// Takes all `n` bytes, going into debt if need be, for a writer that
     /// read them already and will wait (`wait`) before reading more.
     pub fn take_all(&mut self, n: usize, now: Instant) {

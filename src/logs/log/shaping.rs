@@ -66,6 +66,12 @@ impl Log {
         lock(&self.bucket).take_up_to(n, Instant::now())
     }
 
+    /// Whether the log's rate admits nothing now: a pipe then drops what
+    /// it holds without reading it (`pipe::discard`).
+    pub fn rate_exhausted(&self) -> bool {
+        lock(&self.bucket).exhausted(Instant::now())
+    }
+
     /// Counts `n` bytes a rate limit dropped, to be marked in the log.
     pub fn suppressed(&self, n: usize) {
         if n > 0 {
