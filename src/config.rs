@@ -23,10 +23,22 @@ pub struct Config {
     pub access: Access,
     /// libvirt's log protocol, served in virtlogd's place.
     pub libvirt: Libvirt,
+    /// What all logs together may take of the disk.
+    pub disk: Disk,
     /// The `io.systemd.Metrics` socket.
     pub metrics: Metrics,
     /// Export of logs to the journal.
     pub journal: JournalConfig,
+}
+
+/// A host-wide budget for the logs' files (`logs::vacuum`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct Disk {
+    /// Bytes over all files of all logs; 0 is no budget.
+    pub max_use: u64,
+    /// Bytes to leave free on each file system that holds logs; 0 is none.
+    pub keep_free: u64,
 }
 
 /// The metrics socket, when systemd does not pass one
@@ -86,6 +98,9 @@ pub struct Libvirt {
     /// The policy of a log this front creates: libvirt's own defaults.
     pub max_size: u64,
     pub max_backups: u32,
+    /// Its rate limit, in bytes a second (0: none), and its burst.
+    pub max_rate: u64,
+    pub max_burst: u64,
     /// Export every log this front opens to the journal, with the
     /// domain's name and UUID.
     pub journal: bool,
@@ -98,6 +113,8 @@ impl Default for Libvirt {
             roots: vec!["/var/log/libvirt".into(), "/run/libvirt".into()],
             max_size: 2 * 1024 * 1024,
             max_backups: 3,
+            max_rate: 0,
+            max_burst: 0,
             journal: false,
         }
     }
@@ -108,16 +125,25 @@ impl Libvirt {
         Policy {
             max_size: self.max_size,
             max_backups: self.max_backups,
+            max_rate: self.max_rate,
+            max_burst: self.max_burst,
         }
     }
 }
 
-/// The default rotation policy.
+/// The default policy, and how long logs no one uses are kept.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct LogDefaults {
     pub max_size: u64,
     pub max_backups: u32,
+    /// Bytes a second a log takes on average; 0 is no limit.
+    pub max_rate: u64,
+    /// Bytes a log takes at once beyond its rate.
+    pub max_burst: u64,
+    /// Logs whose newest file is older than this many days, and that no one
+    /// uses, are removed (`logs::retention`); 0 keeps them for ever.
+    pub max_age_days: u64,
 }
 
 impl Default for LogDefaults {
@@ -126,6 +152,9 @@ impl Default for LogDefaults {
         Self {
             max_size: p.max_size,
             max_backups: p.max_backups,
+            max_rate: 0,
+            max_burst: 0,
+            max_age_days: 0,
         }
     }
 }
@@ -135,6 +164,8 @@ impl LogDefaults {
         Policy {
             max_size: self.max_size,
             max_backups: self.max_backups,
+            max_rate: self.max_rate,
+            max_burst: self.max_burst,
         }
     }
 }
@@ -316,6 +347,18 @@ impl Config {
             ));
         }
         let v = &self.libvirt;
+        for (key, value) in [
+            ("log.max-rate", self.log.max_rate),
+            ("log.max-burst", self.log.max_burst),
+            ("libvirt.max-rate", v.max_rate),
+            ("libvirt.max-burst", v.max_burst),
+        ] {
+            check_rate(i64::try_from(value).unwrap_or(i64::MAX))
+                .map_err(|why| format!("{key} {why}"))?;
+        }
+        if self.log.max_age_days > 36500 {
+            return Err("log.max-age-days must be from 0 (never) to 36500".into());
+        }
         check_policy_size(i64::try_from(v.max_size).unwrap_or(i64::MAX))
             .map_err(|why| format!("libvirt.max-size {why}"))?;
         check_policy_backups(v.max_backups.into())
@@ -362,6 +405,14 @@ pub fn check_policy_size(v: i64) -> Result<(), String> {
         .ok_or_else(|| format!("must be from {lo} to {hi}"))
 }
 
+/// Checks a rate or a burst against the bounds the interface documents.
+pub fn check_rate(v: i64) -> Result<(), String> {
+    u64::try_from(v)
+        .is_ok_and(|v| v <= policy::MAX_RATE)
+        .then_some(())
+        .ok_or_else(|| format!("must be from 0 (no limit) to {}", policy::MAX_RATE))
+}
+
 /// Checks a backup count against the bounds the interface documents.
 pub fn check_policy_backups(v: i64) -> Result<(), String> {
     (0..=i64::from(policy::MAX_BACKUPS))
@@ -382,7 +433,8 @@ mod tests {
             c.log.policy(),
             Policy {
                 max_size: 2 << 20,
-                max_backups: 3
+                max_backups: 3,
+                ..Policy::default()
             }
         );
         assert_eq!(c.socket_mode(), Ok(0o600));

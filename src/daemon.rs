@@ -40,6 +40,8 @@ use crate::{
         journal::{self, Journal},
         log::Wait,
         registry::Registry,
+        usage::Usage,
+        vacuum::{self, Vacuum},
     },
     ops::{Ops, Status},
 };
@@ -146,6 +148,16 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
     let systemd = std::env::var_os("FDSTORE").is_some_and(|v| v != "0")
         && std::env::var_os("NOTIFY_SOCKET").is_some();
     let store = Arc::new(FdStore::new(systemd));
+    let disk = vacuum::Limits {
+        max_use: config.disk.max_use,
+        keep_free: config.disk.keep_free,
+        max_age_days: config.log.max_age_days,
+    };
+    let usage = Arc::new(if disk.budget() {
+        Usage::every(disk.slack())
+    } else {
+        Usage::off()
+    });
     let registry = Arc::new(Registry::new(
         opts.log_dir.clone(),
         config.libvirt.roots.clone(),
@@ -153,7 +165,9 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
         limits.max_pipes,
         limits.max_logs,
         store.clone(),
+        usage,
     ));
+    let vacuum = Arc::new(Vacuum::new(registry.clone(), disk));
     let tracker = TaskTracker::new();
     let shutdown = CancellationToken::new();
     let consoles = Arc::new(Consoles::new(
@@ -192,6 +206,7 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
         tracker: tracker.clone(),
         shutdown: shutdown.clone(),
         saver: saver.clone(),
+        vacuum: vacuum.clone(),
         journal: journal.clone(),
     };
     // Connections end with the accept loop; pipes and consoles have their
@@ -288,6 +303,8 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
     };
     // Files of logs no one uses are closed, so descriptors follow what is
     // in use, not every log ever touched.
+    // Retention and the disk budget; it ends with the daemon's shutdown.
+    tokio::spawn(vacuum.clone().run(shutdown.clone()));
     let closing = {
         let registry = registry.clone();
         tokio::spawn(async move {

@@ -5,23 +5,23 @@
 //! asks; `handover` takes over from a previous guestlogd and saves what
 //! the next one needs; `consoles` relay guests to clients and logs; `logs`
 //! owns every file. `daemon` ties them together for the process's life.
-//! Beside them, `config` is the configuration, and three leaves anyone may
+//! Beside them, `config` is the configuration, and two leaves anyone may
 //! use: `fdstore` holds every descriptor that must outlive this process,
-//! `ratelimit` bounds log lines an outsider can cause, and `events` names
-//! the daemon's own events with their journal `MESSAGE_ID`s.
+//! and `logging` is the daemon's own logging (`limited!` bounds the lines
+//! an outsider can cause; `events` names the events an operator alerts on
+//! with their journal `MESSAGE_ID`s).
 
 #![deny(unsafe_code)]
 
 pub mod config;
 pub mod consoles;
 pub mod daemon;
-pub mod events;
 pub mod fdstore;
 pub mod fronts;
 pub mod handover;
+pub mod logging;
 pub mod logs;
 pub mod ops;
-pub mod ratelimit;
 
 /// The varlink API's wire types, for clients (`guestlogctl`, tests).
 pub use fronts::varlink::api;

@@ -35,6 +35,7 @@ use crate::{
         queue::{OutputQueue, SlowPolicy},
         registry::{Registry, RegistryError},
         rotator::{Chunk, Pos, RotatingFile, RotatorError},
+        vacuum::Vacuum,
     },
 };
 
@@ -151,6 +152,8 @@ pub struct Ops {
     pub tracker: TaskTracker,
     pub shutdown: CancellationToken,
     pub saver: Arc<Saver>,
+    /// Retention and the disk budget, for GetStatus.
+    pub vacuum: Arc<Vacuum>,
     /// The journal that exporting logs send to.
     pub journal: Arc<Journal>,
 }

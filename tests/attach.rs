@@ -94,7 +94,8 @@ async fn attach_types_to_the_guest_detaches_and_restores_the_terminal() {
     let mut conn = zlink::tokio::unix::connect(d.socket()).await.unwrap();
     let created = conn
         .create_console(
-            "vm", None, None, None, None, None, None, None, None, None, None, None, None,
+            "vm", None, None, None, None, None, None, None, None, None, None, None, None, None,
+            None,
         )
         .await
         .unwrap()

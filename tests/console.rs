@@ -377,7 +377,8 @@ async fn real_guest_reaches_every_client_and_the_log() {
     // The generated client, with every option left to its default.
     let reply = conn
         .create_console(
-            "vm", None, None, None, None, None, None, None, None, None, None, None, None,
+            "vm", None, None, None, None, None, None, None, None, None, None, None, None, None,
+            None,
         )
         .await
         .unwrap()
@@ -887,6 +888,8 @@ async fn socket_owner_and_mode_decide_who_can_connect() {
             None,
             None,
             None,
+            None,
+            None,
             Some(&owner),
             Some(true),
             None,
@@ -1108,6 +1111,7 @@ async fn list_logs_counts_a_scripted_exchange() {
             bytes_from_guest: 0,
             bytes_to_guest: 0,
             bytes_dropped_for_clients: 0,
+            throttled_seconds: 0.0,
             writers: "all".into(),
             writer: None,
             boot_log_path: None,

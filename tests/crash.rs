@@ -169,6 +169,7 @@ async fn a_kill_at_any_instant_keeps_every_new_pipe_console_and_client() {
         let created = c
             .create_console(
                 &name, None, None, None, None, None, None, None, None, None, None, None, None,
+                None, None,
             )
             .await
             .unwrap()

@@ -230,7 +230,11 @@ async fn append_rotate_and_list_fields() {
         pipes: 0,
         bytes_written: 19,
         bytes_dropped: 0,
+        bytes_suppressed: 0,
+        bytes_evicted: 0,
         rotations: 0,
+        max_rate: 0,
+        max_burst: 0,
         journal: None,
     };
     assert_eq!(i, expected);

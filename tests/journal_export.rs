@@ -430,7 +430,7 @@ async fn journal_export_survives_restarts_and_a_kill_and_ships_every_line_once()
         "--no-pager",
         "-u",
         SERVICE,
-        &format!("MESSAGE_ID={}", guestlogd::events::TAKEOVER),
+        &format!("MESSAGE_ID={}", guestlogd::logging::events::TAKEOVER),
     ]);
     assert!(
         explained.contains("guestlogd took over its logs and consoles after a restart"),
@@ -442,7 +442,7 @@ async fn journal_export_survives_restarts_and_a_kill_and_ships_every_line_once()
         "--no-pager",
         "-u",
         SERVICE,
-        &format!("MESSAGE_ID={}", guestlogd::events::TAKEOVER_CRASH),
+        &format!("MESSAGE_ID={}", guestlogd::logging::events::TAKEOVER_CRASH),
     ]);
     assert!(crashed.contains("after a crash"), "{crashed}");
 

@@ -73,7 +73,8 @@ async fn sigusr1_reexec_twenty_times_loses_nothing() {
     let mut conn = zlink::tokio::unix::connect(d.socket()).await.unwrap();
     let created = conn
         .create_console(
-            "vm", None, None, None, None, None, None, None, None, None, None, None, None,
+            "vm", None, None, None, None, None, None, None, None, None, None, None, None, None,
+            None,
         )
         .await
         .unwrap()

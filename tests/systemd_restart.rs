@@ -541,6 +541,8 @@ async fn systemd_restarts_reloads_upgrade_kills_and_stop_start_lose_nothing() {
             None,
             None,
             None,
+            None,
+            None,
         )
         .await
         .unwrap()

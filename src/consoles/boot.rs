@@ -41,6 +41,7 @@ pub fn policy(bytes: u64) -> PolicyChange {
     PolicyChange {
         max_size: Some(bytes.max(MIN_CAP)),
         max_backups: Some(0),
+        ..PolicyChange::default()
     }
 }
 
@@ -114,6 +115,7 @@ mod tests {
             16,
             64,
             Arc::new(FdStore::new(false)),
+            Arc::new(crate::logs::usage::Usage::off()),
         )
     }
 

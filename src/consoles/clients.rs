@@ -289,7 +289,7 @@ impl Clients {
                     );
                     crate::limited!(
                         info,
-                        message_id = crate::events::WRITER_TAKEOVER,
+                        message_id = crate::logging::events::WRITER_TAKEOVER,
                         console = %name,
                         uid = who.uid,
                         pid = who.pid,

@@ -118,6 +118,8 @@ pub struct Stats {
     pub bytes_from_guest: AtomicU64,
     pub bytes_to_guest: AtomicU64,
     pub bytes_dropped_for_clients: AtomicU64,
+    /// Microseconds the guest was not read because of the log's rate.
+    pub throttled_us: AtomicU64,
     /// With one writer: the writer's descriptor name and credentials.
     pub writer: Mutex<Option<(String, Who)>>,
     /// Every client's credentials, by descriptor name, for the saved state:

@@ -11,7 +11,7 @@
 //! client; a client's queue is bounded in memory and freed when it leaves.
 //!
 //! May use: `logs` (names, logs, the registry, queues), `fdstore`,
-//! `ratelimit` and the crate root's helpers. Nothing here knows a front,
+//! `logging` and the crate root's helpers. Nothing here knows a front,
 //! the operations or the saved state's format.
 
 pub mod boot;

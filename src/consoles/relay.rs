@@ -62,6 +62,8 @@ struct Relay {
     /// The guest connection's name in the descriptor store.
     guest_name: String,
     boot: Option<BootLog>,
+    /// The guest is being held to the log's rate.
+    throttling: bool,
 }
 
 /// How an attach went.
@@ -102,6 +104,7 @@ pub async fn run(
         ring: VecDeque::new(),
         guest_name,
         boot,
+        throttling: false,
     };
     if let Some(guest) = adopted.guest {
         relay.guest_pid(&guest);
@@ -132,6 +135,9 @@ pub async fn run(
     // and above all the guest's output, go on meanwhile.
     let (mut guest_rest, mut client_rest, mut view_rest) =
         (Rest::default(), Rest::default(), Rest::default());
+    // Over the log's rate, the guest is not read until this instant: it
+    // waits as on a slow serial line, and nothing it sent is lost.
+    let mut throttled: Option<tokio::time::Instant> = None;
     loop {
         let wake = [&guest_rest, &client_rest, &view_rest]
             .iter()
@@ -147,9 +153,14 @@ pub async fn run(
                 }
                 Err(e) => guest_rest.failed(e),
             },
-            r = readable(&relay.guest) => match r {
+            () = sleep_until(throttled), if throttled.is_some() => {
+                throttled = None;
+            }
+            r = readable(&relay.guest), if throttled.is_none() => match r {
                 Ok(()) => {
-                    if relay.read_guest().await {
+                    let woke = relay.read_guest().await;
+                    throttled = relay.throttle();
+                    if woke {
                         // A busy guest keeps this task ready forever, and the
                         // writers it just woke wait in this worker's slot:
                         // let them send before reading more.
@@ -308,6 +319,35 @@ impl Relay {
         })
     }
 
+    /// When the guest may be read again, if the log's rate says to wait;
+    /// the wait is counted in `throttledSeconds`.
+    fn throttle(&mut self) -> Option<tokio::time::Instant> {
+        let wait = self.settings.log.as_ref()?.throttle();
+        if wait.is_zero() {
+            if std::mem::take(&mut self.throttling) {
+                crate::limited!(
+                    info,
+                    message_id = crate::logging::events::THROTTLE_END,
+                    console = %self.settings.name,
+                    "the console's guest is read at its pace again"
+                );
+            }
+            return None;
+        }
+        if !std::mem::replace(&mut self.throttling, true) {
+            crate::limited!(
+                info,
+                message_id = crate::logging::events::THROTTLE_START,
+                console = %self.settings.name,
+                "the console's guest is over its log's rate and is read slower"
+            );
+        }
+        self.stats
+            .throttled_us
+            .fetch_add(wait.as_micros() as u64, Relaxed);
+        Some(tokio::time::Instant::now() + wait)
+    }
+
     /// Reads until the guest has nothing more to give right now.
     async fn drain_guest(&mut self) {
         loop {
@@ -329,6 +369,9 @@ impl Relay {
             // the guest, and what was read is never only in memory twice.
             Some(log) => {
                 let _ = log.write(Wait::Forever, data.clone()).await;
+                if log.limited() {
+                    log.charge(data.len());
+                }
             }
             None => self.remember(&data),
         }

@@ -11,7 +11,7 @@
 //! whatever a peer does costs only its own connection task and slot.
 //!
 //! May use: `ops`, the types of the layers below it that `ops` takes and
-//! returns, `config`, `ratelimit` and the crate root's helpers.
+//! returns, `config`, `logging` and the crate root's helpers.
 
 pub mod metrics;
 pub mod server;

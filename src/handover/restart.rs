@@ -124,11 +124,13 @@ pub fn adopt(
         let counters = Counters {
             bytes_written: log.bytes_written,
             bytes_dropped: log.bytes_dropped,
+            bytes_suppressed: log.bytes_suppressed,
+            bytes_evicted: log.bytes_evicted,
             rotations: log.rotations,
             followers_dropped: log.followers_dropped,
             size: log.size,
             backups: log.backups,
-            bytes_evicted: log.bytes_evicted,
+            gaps: log.gaps.clone(),
         };
         match registry.restore(&log.name, log.policy, counters) {
             Ok(restored) => {
@@ -178,9 +180,9 @@ pub fn adopt(
     let crashed = !saved.planned;
     info!(
         message_id = if crashed {
-            crate::events::TAKEOVER_CRASH
+            crate::logging::events::TAKEOVER_CRASH
         } else {
-            crate::events::TAKEOVER
+            crate::logging::events::TAKEOVER
         },
         adoptions = saved.adoptions + 1,
         descriptors = store.len(),
@@ -419,7 +421,9 @@ impl Saver {
                     size: s.size,
                     backups: s.backups,
                     boot: l.is_boot(),
+                    bytes_suppressed: s.bytes_suppressed,
                     bytes_evicted: s.bytes_evicted,
+                    gaps: s.gaps,
                     journal: journal_state(l.journal()),
                 }
             })

@@ -22,6 +22,7 @@ use crate::{
         writers::{Who, Writers},
     },
     logs::{
+        gap::Gaps,
         journal::{cursors::Record, export::Settings},
         policy::Policy,
         queue::SlowPolicy,
@@ -79,7 +80,12 @@ pub struct LogState {
     #[serde(default)]
     pub boot: bool,
     #[serde(default)]
+    pub bytes_suppressed: u64,
+    #[serde(default)]
     pub bytes_evicted: u64,
+    /// Gaps not yet marked in the log.
+    #[serde(default)]
+    pub gaps: Gaps,
     /// The journal export, if the log has one.
     #[serde(default)]
     pub journal: Option<JournalState>,
@@ -221,7 +227,9 @@ mod tests {
                 backups: 0,
                 followers_dropped: 0,
                 boot: false,
+                bytes_suppressed: 0,
                 bytes_evicted: 0,
+                gaps: Gaps::default(),
                 journal: None,
             }],
             consoles: vec![],

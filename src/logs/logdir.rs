@@ -281,6 +281,47 @@ impl LogDir {
         (at.st_dev, at.st_ino) == (open.st_dev, open.st_ino)
     }
 
+    /// Every name in the directory, with what is there (not followed):
+    /// `None` for an entry that went away while listing. For finding the
+    /// logs on disk (`inventory`); nothing is opened but the directory.
+    pub fn entries(&self) -> io::Result<Vec<(String, Option<FileStat>)>> {
+        // A fresh open file description, so listing never races another
+        // listing's position.
+        let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let fd = openat(self.fd.as_fd(), ".", flags, Mode::empty())?;
+        let mut dir = nix::dir::Dir::from_fd(fd)?;
+        let mut out = Vec::new();
+        for entry in dir.iter() {
+            let entry = entry?;
+            let Ok(name) = entry.file_name().to_str() else {
+                continue;
+            };
+            if name == "." || name == ".." {
+                continue;
+            }
+            let st = fstatat(self.fd.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW).ok();
+            out.push((name.to_owned(), st));
+        }
+        Ok(out)
+    }
+
+    /// Whether `st` is our own regular file with one link: one we may
+    /// remove.
+    pub fn is_ours(&self, st: &FileStat) -> bool {
+        self.foreign(st).is_none()
+    }
+
+    /// Bytes free to unprivileged writers on this directory's file system.
+    pub fn free_bytes(&self) -> io::Result<u64> {
+        let st = nix::sys::statvfs::fstatvfs(&self.fd)?;
+        Ok(st.blocks_available() * st.fragment_size())
+    }
+
+    /// The directory's file system, as `st_dev`.
+    pub fn device(&self) -> io::Result<u64> {
+        Ok(fstat(&self.fd)?.st_dev)
+    }
+
     /// What is at `name`, without following it.
     pub fn probe(&self, name: &str) -> io::Result<Entry> {
         match fstatat(self.fd.as_fd(), name, AtFlags::AT_SYMLINK_NOFOLLOW) {

@@ -14,10 +14,12 @@
 //! one at a time per log; no lock is held across file I/O that another
 //! log needs; nothing here knows a console, a front or the saved state.
 //!
-//! May use: `fdstore`, `ratelimit` and the crate root's helpers; nothing
+//! May use: `fdstore`, `logging` and the crate root's helpers; nothing
 //! else of the crate.
 
 pub mod figures;
+pub mod gap;
+pub mod inventory;
 pub mod journal;
 pub mod log;
 pub mod logdir;
@@ -27,5 +29,8 @@ pub mod pipe;
 pub mod places;
 pub mod policy;
 pub mod queue;
+pub mod rate;
 pub mod registry;
 pub mod rotator;
+pub mod usage;
+pub mod vacuum;

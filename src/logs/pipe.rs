@@ -100,6 +100,11 @@ async fn pump(
     debug!("pipe opened");
     // Answered once the pipe has ended and no longer counts in its log.
     let mut finished: Option<tokio::sync::oneshot::Sender<bool>> = None;
+    // Over the rate, the pipe is drained into /dev/null in batches: while
+    // dropping, the task waits this long between drains (shorter when the
+    // pipe came back more than half full, so its writer never fills it).
+    let mut dropping = Duration::ZERO;
+    let mut paused: Option<tokio::time::Instant> = None;
     loop {
         let ready = tokio::select! {
             // A stop comes first: a writer that keeps its pipe full must
@@ -145,7 +150,11 @@ async fn pump(
                     continue;
                 }
             },
-            ready = read.readable() => ready,
+            () = sleep_until(paused), if paused.is_some() => {
+                paused = None;
+                continue;
+            }
+            ready = read.readable(), if paused.is_none() => ready,
         };
         let mut ready = match ready {
             Ok(r) => r,
@@ -154,6 +163,30 @@ async fn pump(
                 break;
             }
         };
+        // Over the log's rate with nothing left to admit: the bytes are
+        // dropped in the kernel, never copied out nor written, and the
+        // writer is never held up.
+        if guard.log().rate_exhausted() {
+            match discard(read.get_ref()) {
+                Ok(0) => break,
+                Ok(n) => {
+                    guard.log().suppressed(n);
+                    dropping = if n >= PIPE_SIZE as usize / 2 {
+                        dropping / 2
+                    } else {
+                        (dropping * 2).clamp(Duration::from_millis(1), MAX_DROP_PAUSE)
+                    };
+                    paused = Some(tokio::time::Instant::now() + dropping);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.clear_ready(),
+                Err(e) => {
+                    warn!(error = %e, "pipe read failed");
+                    break;
+                }
+            }
+            continue;
+        }
+        dropping = Duration::ZERO;
         match transfer(&read, &guard, Until::More).await {
             Moved::Eof => break,
             Moved::Dry => ready.clear_ready(),
@@ -172,6 +205,44 @@ async fn pump(
         let _ = done.send(true);
     }
     debug!("pipe closed");
+}
+
+/// The longest wait between two drains of a pipe over its rate: its
+/// kernel buffer (`PIPE_SIZE`) holds this long of a 20 MB/s writer.
+const MAX_DROP_PAUSE: Duration = Duration::from_millis(50);
+
+async fn sleep_until(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// `/dev/null`, where a pipe over its rate drops what is over.
+static NULL: std::sync::OnceLock<Option<std::fs::File>> = std::sync::OnceLock::new();
+
+/// Drops up to a pipe's worth of what `fd` holds by splicing it into
+/// `/dev/null`: no copy to user space. Falls back to a read where
+/// `/dev/null` cannot be opened. `Ok(0)` at the pipe's end.
+fn discard(fd: &OwnedFd) -> io::Result<usize> {
+    use nix::fcntl::{SpliceFFlags, splice};
+    let null = NULL.get_or_init(|| {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/null")
+            .ok()
+    });
+    match null {
+        Some(null) => loop {
+            match splice(fd, None, null, None, PIPE_SIZE as usize, SpliceFFlags::SPLICE_F_NONBLOCK) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                other => return other.map_err(io::Error::from),
+            }
+        },
+        None => BUFFER.with_borrow_mut(|buf| {
+            nix::unistd::read(fd, buf).map_err(io::Error::from)
+        }),
+    }
 }
 
 /// Whether every writer has closed the pipe (POLLHUP on its read end).
@@ -261,9 +332,15 @@ async fn transfer(read: &Arc<AsyncFd<OwnedFd>>, guard: &PipeGuard, until: Until)
                     Ok(0) => return Moved::Eof,
                     Ok(n) => n,
                 };
-                // A refused write is counted and logged by the log; the
-                // pipe goes on, since the next write may succeed.
-                let _ = log.write_in(slot, &buf[..n]);
+                // Over the log's rate, the rest of the read is dropped
+                // (and marked in the log): the writer is never held up.
+                let admitted = log.admit(n);
+                log.suppressed(n - admitted);
+                if admitted > 0 {
+                    // A refused write is counted and logged by the log;
+                    // the pipe goes on, since the next write may succeed.
+                    let _ = log.write_in(slot, &buf[..admitted]);
+                }
             }
             Moved::More
         }))

@@ -107,4 +107,9 @@ impl Places {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// The roots of libvirt's logs.
+    pub fn roots(&self) -> &[PathBuf] {
+        &self.roots
+    }
 }

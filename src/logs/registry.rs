@@ -29,6 +29,7 @@ use super::{
     places::Places,
     policy::{Policy, PolicyChange},
     rotator::RotatorError,
+    usage::Usage,
 };
 use crate::{fdstore::FdStore, lock};
 
@@ -62,6 +63,8 @@ pub struct Registry {
     handing_over: AtomicBool,
     /// The policies of logs forgotten under `max_logs`.
     forgotten: Mutex<Forgotten>,
+    /// Where every log counts what it writes, for the disk budget.
+    usage: Arc<Usage>,
 }
 
 /// The policies of forgotten logs, the most recently forgotten kept: at
@@ -162,6 +165,7 @@ impl Registry {
         max_pipes: usize,
         max_logs: usize,
         store: Arc<FdStore>,
+        usage: Arc<Usage>,
     ) -> Self {
         Self {
             places: Arc::new(Places::new(dir, roots)),
@@ -178,7 +182,32 @@ impl Registry {
                 max: max_logs.max(1),
                 ..Forgotten::default()
             }),
+            usage,
         }
+    }
+
+    pub fn places(&self) -> &Arc<Places> {
+        &self.places
+    }
+
+    pub fn usage(&self) -> &Arc<Usage> {
+        &self.usage
+    }
+
+    /// Forgets the log called `name`, and what is remembered of it, unless
+    /// someone uses it: a pipe, console, follower or job holds it. True if
+    /// it is not remembered any more (or never was): its files may go.
+    pub fn forget_if_unused(&self, name: &LogName) -> bool {
+        let mut logs = lock(&self.logs);
+        if let Some(log) = logs.get(name) {
+            if Arc::strong_count(log) > 1 || log.pipes() > 0 {
+                return false;
+            }
+            logs.remove(name);
+        }
+        drop(logs);
+        lock(&self.forgotten).take(name);
+        true
     }
 
     pub fn store(&self) -> &Arc<FdStore> {
@@ -290,6 +319,7 @@ impl Registry {
             change.over(base),
             counters,
             self.epoch,
+            self.usage.clone(),
         ));
         logs.insert(name.clone(), log.clone());
         Ok((log, true))

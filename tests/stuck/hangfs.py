@@ -12,6 +12,9 @@ EIO once the thread that made it has SIGKILL pending: the kernel waits for
 a FUSE answer uninterruptibly, so without this a process could not even
 exec while one of its threads is held.
 
+While BACKING/.eio exists, a write to a file whose name starts with
+"failing" fails with EIO, as on a disk with bad sectors.
+
     hangfs.py BACKING MOUNTPOINT     (runs in the foreground)
 """
 
@@ -113,6 +116,9 @@ class HangFs(fuse.Operations):
 
     def write(self, path, data, offset, fh):
         self._wait_if_stuck(path)
+        if os.path.basename(path).startswith("failing") and \
+                os.path.exists(os.path.join(self.root, ".eio")):
+            raise fuse.FuseOSError(errno.EIO)
         return os.pwrite(fh, data, offset)
 
     def flush(self, path, fh):

@@ -85,6 +85,13 @@ pub struct HookArgs {
     /// The most consoles one domain may have.
     #[arg(long, default_value_t = 16)]
     max_consoles: usize,
+    /// The consoles' rate limit, bytes a second (0: none, the default,
+    /// unless the daemon's [log] max-rate sets one): a guest over it waits.
+    #[arg(long)]
+    max_rate: Option<u64>,
+    /// The bytes a console's guest may send at once beyond its rate.
+    #[arg(long)]
+    max_burst: Option<u64>,
     /// Export the consoles' logs to the journal, with the domain's name
     /// and UUID (VM_NAME, VM_UUID).
     #[arg(long)]
@@ -271,6 +278,8 @@ async fn create(
         "writers": a.writers.as_str(),
         "bootBytes": a.boot_bytes,
         "domain": {"uuid": uuid, "name": a.domain},
+        "maxRate": a.max_rate,
+        "maxBurst": a.max_burst,
     });
     if a.journal {
         params["journal"] = json!(true);

@@ -217,7 +217,11 @@ impl Manager {
                     pipes: int(s.pipes as u64),
                     bytes_written: int(s.bytes_written),
                     bytes_dropped: int(s.bytes_dropped),
+                    bytes_suppressed: int(s.bytes_suppressed),
+                    bytes_evicted: int(s.bytes_evicted),
                     rotations: int(s.rotations),
+                    max_rate: int(s.policy.max_rate),
+                    max_burst: int(s.policy.max_burst),
                     journal: s.journal.and_then(|j| {
                         let settings = log.journal().settings()?;
                         Some(api::LogJournal {
@@ -251,6 +255,7 @@ impl Manager {
                     bytes_from_guest: int(s.bytes_from_guest.load(Relaxed)),
                     bytes_to_guest: int(s.bytes_to_guest.load(Relaxed)),
                     bytes_dropped_for_clients: int(c.bytes_dropped_for_clients()),
+                    throttled_seconds: s.throttled_us.load(Relaxed) as f64 / 1e6,
                     writers: c.settings.writers.as_str().to_owned(),
                     writer: s
                         .writer
@@ -295,7 +300,25 @@ impl Manager {
                 .map(|(counters, tasks)| Self::connection_stats(counters, tasks)),
             logs: int(self.ops.registry.len() as u64),
             open_log_files: int(self.ops.registry.open_files() as u64),
+            disk: self.disk_status(),
         })
+    }
+
+    fn disk_status(&self) -> api::DiskStatus {
+        let v = &self.ops.vacuum;
+        let (l, f) = (v.limits(), &v.figures);
+        let used = f.used.load(Relaxed);
+        api::DiskStatus {
+            active: l.budget(),
+            max_use: int(l.max_use),
+            keep_free: int(l.keep_free),
+            used: (used != u64::MAX).then(|| int(used)),
+            bytes_evicted: int(f.bytes_evicted.load(Relaxed)),
+            files_evicted: int(f.files_evicted.load(Relaxed)),
+            max_age_days: int(l.max_age_days),
+            logs_expired: int(f.logs_expired.load(Relaxed)),
+            files_expired: int(f.files_expired.load(Relaxed)),
+        }
     }
 
     fn connection_stats(c: &Counters, connections: &TaskTracker) -> api::ConnectionStats {
@@ -318,7 +341,7 @@ impl Manager {
 
     fn create_console(&self, p: api::CreateConsoleInput) -> Result<Job, WireError> {
         let name = log_name(&p.name)?;
-        let policy = policy(p.max_size, p.max_backups)?;
+        let policy = policy(p.max_size, p.max_backups, p.max_rate, p.max_burst)?;
         let replay = replay_bytes(p.replay_bytes)?;
         let slow = match p.slow_client.as_deref() {
             None | Some("drop") => SlowPolicy::Drop,
@@ -480,7 +503,7 @@ impl Manager {
     fn open_pipe(&self, p: api::OpenPipeInput) -> Result<Job, WireError> {
         let name = log_name(&p.name)?;
         let options = PipeOptions {
-            policy: policy(p.max_size, p.max_backups)?,
+            policy: policy(p.max_size, p.max_backups, p.max_rate, p.max_burst)?,
             truncate: p.truncate == Some(true),
             journal: journal(p.journal, p.vm)?,
             ..PipeOptions::default()

@@ -100,10 +100,14 @@ pub(super) fn wire_domain(d: Domain) -> api::ConsoleDomain {
 pub(super) fn policy(
     max_size: Option<i64>,
     max_backups: Option<i64>,
+    max_rate: Option<i64>,
+    max_burst: Option<i64>,
 ) -> Result<PolicyChange, WireError> {
     Ok(PolicyChange {
         max_size: max_size.map(|v| ranged("maxSize", v)).transpose()?,
         max_backups: max_backups.map(|v| ranged("maxBackups", v)).transpose()?,
+        max_rate: max_rate.map(|v| ranged("maxRate", v)).transpose()?,
+        max_burst: max_burst.map(|v| ranged("maxBurst", v)).transpose()?,
     })
 }
 
@@ -194,6 +198,7 @@ pub(super) fn ranged<T: TryFrom<i64>>(parameter: &str, v: i64) -> Result<T, Wire
     let fits = match parameter {
         "maxSize" => config::check_policy_size(v),
         "maxBackups" => config::check_policy_backups(v),
+        "maxRate" | "maxBurst" => config::check_rate(v),
         _ => (v >= 0)
             .then_some(())
             .ok_or_else(|| "must not be negative".to_owned()),

@@ -183,10 +183,7 @@ impl Virtlogd {
         let name = self.log(&c.path)?;
         let truncate = c.flags & OPEN_TRUNCATE != 0;
         let options = PipeOptions {
-            policy: PolicyChange {
-                max_size: Some(self.policy.max_size),
-                max_backups: Some(self.policy.max_backups),
-            },
+            policy: PolicyChange::from(self.policy),
             truncate,
             drop_backups: truncate,
             exclusive: true,
@@ -258,10 +255,7 @@ impl Virtlogd {
         no_flags(c.flags, "virLogHandlerDomainAppendLogFile")?;
         let name = self.log(&c.path)?;
         // A log this front makes gets its policy, as OpenLogFile's do.
-        let policy = PolicyChange {
-            max_size: Some(self.policy.max_size),
-            max_backups: Some(self.policy.max_backups),
-        };
+        let policy = PolicyChange::from(self.policy);
         self.ops
             .append(&name, c.message, policy)
             .await

@@ -422,7 +422,11 @@ impl Export {
         let n = self.episode.lines;
         let mut entry = self.fields.clone();
         native::text(&mut entry, "PRIORITY", "4");
-        native::text(&mut entry, "MESSAGE_ID", crate::events::JOURNAL_SUPPRESSED);
+        native::text(
+            &mut entry,
+            "MESSAGE_ID",
+            crate::logging::events::JOURNAL_SUPPRESSED,
+        );
         native::text(&mut entry, "GUESTLOGD_SUPPRESSED", &n.to_string());
         let l = self.journal.limits;
         let message = format!(

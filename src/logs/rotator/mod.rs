@@ -117,10 +117,29 @@ impl RotatingFile {
         Ok(())
     }
 
-    /// Applies a call's policy change, if it asks for one.
+    /// Writes a line of guestlogd's own (a gap's marker) under the same cap
+    /// and rotation as data, without counting it as data written or
+    /// dropped.
+    pub fn write_notice(&mut self, text: &[u8]) -> Result<(), RotatorError> {
+        let (written, dropped) = (self.bytes_written, self.bytes_dropped);
+        let result = self.write(text);
+        (self.bytes_written, self.bytes_dropped) = (written, dropped);
+        result
+    }
+
+    /// Whether the current file's last byte is a newline.
+    pub fn ends_in_newline(&self) -> bool {
+        self.ends_in_newline
+    }
+
+    /// Applies a call's policy change, if it asks for one. Only a change
+    /// of size or backups applies them now (`set_policy`); a change of rate
+    /// alone is kept for the log's rate limit and touches no file.
     pub fn change_policy(&mut self, change: PolicyChange) -> Result<(), RotatorError> {
-        if change.is_some() {
+        if change.changes_size() {
             self.set_policy(change.over(self.policy))?;
+        } else if change.is_some() {
+            self.policy = change.over(self.policy);
         }
         Ok(())
     }
@@ -149,6 +168,12 @@ impl RotatingFile {
             self.rotate()?;
         }
         Ok(())
+    }
+
+    /// Counts the backups again, after one was removed behind the
+    /// rotator's back (by the disk budget, in the log's own job).
+    pub fn recount_backups(&mut self) {
+        self.count_backups();
     }
 
     /// The backups the policy keeps that are there and ours.

@@ -60,6 +60,7 @@ impl Plot {
             Policy {
                 max_size: 4096,
                 max_backups,
+                ..Policy::default()
             },
         )
     }

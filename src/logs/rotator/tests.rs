@@ -16,6 +16,7 @@ pub(super) fn open(dir: &Path, max_size: u64, max_backups: u32) -> RotatingFile 
         Policy {
             max_size,
             max_backups,
+            ..Policy::default()
         },
     )
     .unwrap()
@@ -142,6 +143,7 @@ fn only_an_explicit_policy_change_removes_backups() {
     log.set_policy(Policy {
         max_size: 4096,
         max_backups: 3,
+        ..Policy::default()
     })
     .unwrap();
     let left: Vec<bool> = (0..8)

@@ -75,7 +75,7 @@ impl Default for RateLimit {
 #[macro_export]
 macro_rules! limited {
     ($level:ident, $($rest:tt)+) => {{
-        static LIMIT: $crate::ratelimit::RateLimit = $crate::ratelimit::RateLimit::new();
+        static LIMIT: $crate::logging::ratelimit::RateLimit = $crate::logging::ratelimit::RateLimit::new();
         if let Some(suppressed) = LIMIT.check() {
             if suppressed > 0 {
                 tracing::$level!(suppressed, $($rest)+);

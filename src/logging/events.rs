@@ -22,14 +22,15 @@ pub const DISK_ERROR: &str = "b33c078530d644e5b8840dd8656a03c0";
 /// The journal budget of a log suppressed lines; one entry per episode,
 /// sent into the journal among the log's own lines.
 pub const JOURNAL_SUPPRESSED: &str = "6fa14f2a93454aeeaded8acfc9423ac3";
-/// A gap was written into a log where bytes could not be kept (the disk
-/// budget and rate throttle's marker; issue 17).
+/// A gap was marked in a log where bytes could not be kept: the disk
+/// refused them, or a pipe's rate limit dropped them.
 pub const GAP: &str = "bcd4700d462c4bf3af072d13db5550ae";
-/// Backups were deleted early to keep the disk budget (issue 17).
+/// Log files were removed early to keep the disk budget.
 pub const EVICTION: &str = "f2d3b2f60bcf44dba81eabc047915d25";
-/// A log's rate throttle started dropping its output (issue 17).
+/// A log's rate limit began holding back its writer: a console's guest
+/// is read slower, a pipe's excess is dropped.
 pub const THROTTLE_START: &str = "86cfb2569b5b42d4a546089298d52574";
-/// A log's rate throttle ended (issue 17).
+/// A log's rate limit let its writer go at its own pace again.
 pub const THROTTLE_END: &str = "87c8a2a33d194778807a33d7ba9cd2f9";
 
 /// Every id, with its constant's name, for the catalog check.
@@ -49,7 +50,7 @@ pub const ALL: &[(&str, &str)] = &[
 mod tests {
     use super::*;
 
-    const CATALOG: &str = include_str!("../systemd/guestlogd.catalog");
+    const CATALOG: &str = include_str!("../../systemd/guestlogd.catalog");
 
     #[test]
     fn every_id_is_128_bits_and_has_one_catalog_entry() {

@@ -29,18 +29,20 @@ use tokio::sync::OwnedMutexGuard;
 use tracing::warn;
 
 pub use super::figures::{Counters, JournalFigures, LogSnapshot};
+mod export;
+mod shaping;
+
 use super::{
     figures::Stats,
-    journal::{
-        Exporter, Journal,
-        cursors::Record,
-        export::{Export, Pumped, Settings, Shared},
-    },
+    gap::{Gaps, Reason},
+    journal::export::{Export, Shared},
     name::LogName,
     places::Places,
     policy::Policy,
     queue::{Output, OutputQueue, Pushed, SlowPolicy, no_direct},
+    rate::{Bucket, Limit},
     rotator::{RotatingFile, RotatorError, Skipped},
+    usage::Usage,
 };
 use crate::{error_chain, lock};
 
@@ -100,6 +102,12 @@ pub struct Log {
     /// One per pipe task feeding this log: asks it to read its pipe dry,
     /// or to finish if its writers are gone.
     drains: Mutex<Vec<PipeRequests>>,
+    /// Bytes that did not reach the file, to be marked in it.
+    gaps: Mutex<Gaps>,
+    /// The rate limit.
+    bucket: Mutex<Bucket>,
+    /// Where writes are counted for the disk budget.
+    usage: Arc<Usage>,
     /// The journal export's figures and settings, read without the turn.
     journal: Arc<Shared>,
     /// The journal export, when on; used in the log's jobs (and by the
@@ -130,16 +138,13 @@ impl Log {
         policy: Policy,
         counters: Counters,
         epoch: Instant,
+        usage: Arc<Usage>,
     ) -> Self {
-        let stats = Stats::default();
-        stats.max_size.store(policy.max_size, Relaxed);
-        stats.max_backups.store(policy.max_backups.into(), Relaxed);
-        stats.bytes_written.store(counters.bytes_written, Relaxed);
-        stats.bytes_dropped.store(counters.bytes_dropped, Relaxed);
-        stats.rotations.store(counters.rotations, Relaxed);
-        stats.size.store(counters.size, Relaxed);
-        stats.backups.store(counters.backups, Relaxed);
-        stats.bytes_evicted.store(counters.bytes_evicted, Relaxed);
+        let stats = Stats::new(policy, &counters);
+        let limit = Limit {
+            rate: policy.max_rate,
+            burst: policy.max_burst,
+        };
         let log = Self {
             name,
             path,
@@ -157,6 +162,9 @@ impl Log {
             followers: Mutex::default(),
             followers_dropped: AtomicU64::new(counters.followers_dropped),
             drains: Mutex::default(),
+            gaps: Mutex::new(counters.gaps),
+            bucket: Mutex::new(Bucket::new(limit, Instant::now())),
+            usage,
             journal: Arc::default(),
             export: Mutex::new(None),
         };
@@ -235,10 +243,7 @@ impl Log {
             Some(file) => Ok(file),
             None => {
                 let s = &self.stats;
-                let policy = Policy {
-                    max_size: s.max_size.load(Relaxed),
-                    max_backups: s.max_backups.load(Relaxed) as u32,
-                };
+                let policy = s.policy();
                 let (dir, base) = self.places.place(&self.name)?;
                 let mut file = RotatingFile::open(dir, base, policy)?;
                 let rotated = file.rotations();
@@ -320,31 +325,43 @@ impl Log {
         if !skipped.is_empty() {
             self.warn_skipped(&skipped);
         }
-        let s = &self.stats;
-        s.size.store(file.size(), Relaxed);
-        s.backups.store(file.backups().into(), Relaxed);
-        s.max_size.store(file.policy().max_size, Relaxed);
-        s.max_backups
-            .store(file.policy().max_backups.into(), Relaxed);
-        s.bytes_written.store(file.bytes_written(), Relaxed);
-        s.bytes_dropped.store(file.bytes_dropped(), Relaxed);
-        s.rotations.store(file.rotations(), Relaxed);
+        let before = self.stats.policy();
+        self.stats.publish(file);
+        let after = file.policy();
+        if (before.max_rate, before.max_burst) != (after.max_rate, after.max_burst) {
+            let limit = Limit {
+                rate: after.max_rate,
+                burst: after.max_burst,
+            };
+            lock(&self.bucket).set_limit(limit, Instant::now());
+        }
     }
 
     /// Appends bytes a guest or caller sent, in a job's turn, and hands
     /// them to followers. A failure (the file cannot even be opened
-    /// included) is counted in `bytesDropped` and logged, rate-limited.
+    /// included) is counted in `bytesDropped`, logged, rate-limited, and
+    /// marked in the log at the next write that succeeds (`gap`).
     pub fn write_in(&self, slot: &mut Slot, data: &[u8]) -> Result<(), RotatorError> {
         let result = match self.file(slot) {
-            Ok(f) => f.write(data),
+            Ok(f) => {
+                self.write_gaps(f);
+                let before = f.bytes_dropped();
+                let written = f.write(data);
+                if let Err(e) = &written {
+                    self.gap(Reason::of(e), f.bytes_dropped() - before);
+                }
+                written
+            }
             Err(e) => {
                 // Counted where a reopened file will find it.
                 self.stats
                     .bytes_dropped
                     .fetch_add(data.len() as u64, Relaxed);
+                self.gap(Reason::of(&e), data.len() as u64);
                 Err(e)
             }
         };
+        self.usage.grew(data.len() as u64);
         // In the turn, so a follower's replay and its first live bytes
         // meet exactly.
         self.fan_out(data);
@@ -356,81 +373,6 @@ impl Log {
             self.export_in(slot);
         }
         result
-    }
-
-    /// Exports this log's new lines to the journal from now on (or with
-    /// new settings, if it does already); `carried` is where a previous
-    /// guestlogd's export stood.
-    pub fn enable_journal(
-        self: &Arc<Self>,
-        journal: &Arc<Journal>,
-        settings: Settings,
-        carried: Option<Record>,
-    ) {
-        let mut export = lock(&self.export);
-        match export.as_mut() {
-            Some(e) => e.set(settings),
-            None => {
-                let name = self.name.to_string();
-                let me: std::sync::Weak<dyn Exporter> = Arc::downgrade(self) as _;
-                journal.register(me.clone());
-                *export = Some(Export::new(
-                    journal.clone(),
-                    self.journal.clone(),
-                    &name,
-                    settings,
-                    carried,
-                    me,
-                ));
-            }
-        }
-    }
-
-    /// Stops exporting to the journal.
-    pub fn disable_journal(&self) {
-        self.journal.on.store(false, Relaxed);
-        lock(&self.export).take();
-    }
-
-    /// Whether the log exports to the journal.
-    pub fn exports(&self) -> bool {
-        self.journal.on.load(Relaxed)
-    }
-
-    /// The export's figures and settings.
-    pub fn journal(&self) -> &Arc<Shared> {
-        &self.journal
-    }
-
-    /// QEMU's pid for `OBJECT_PID`, once a console's guest connects.
-    pub fn set_journal_pid(&self, pid: i32) {
-        self.journal
-            .object_pid
-            .store(u64::try_from(pid).unwrap_or(0), Relaxed);
-    }
-
-    /// In a job, when a call enabled the export or emptied the file on
-    /// purpose: the export begins at the file's end (or goes on from
-    /// where it stands).
-    pub fn journal_begin(&self, f: &RotatingFile, emptied: bool) {
-        if let (Some(e), Ok(end)) = (lock(&self.export).as_mut(), f.end()) {
-            e.begin_at(end, emptied);
-        }
-    }
-
-    /// Sends the log's new lines to the journal, in a job's turn.
-    fn export_in(&self, slot: &mut Slot) {
-        let mut export = lock(&self.export);
-        let (Some(e), Some(f)) = (export.as_mut(), slot.as_mut()) else {
-            return;
-        };
-        match e.pump(f) {
-            Ok(Pumped::Done) => {}
-            Ok(Pumped::Behind) => e.wait(),
-            Err(err) => {
-                crate::limited!(warn, log = %self.name, error = %error_chain(&err), "journal export cannot read the log");
-            }
-        }
     }
 
     /// Appends `data` (see `write_in`).
@@ -550,7 +492,7 @@ impl Log {
         if due(&self.last_warning) {
             let dropped = self.stats.bytes_dropped.load(Relaxed);
             warn!(
-                message_id = crate::events::DISK_ERROR,
+                message_id = crate::logging::events::DISK_ERROR,
                 log = %self.name,
                 dropped,
                 error = %error_chain(e),
@@ -579,46 +521,19 @@ impl Log {
             path: self.path.clone(),
             size: s.size.load(Relaxed),
             backups: s.backups.load(Relaxed),
-            policy: Policy {
-                max_size: s.max_size.load(Relaxed),
-                max_backups: s.max_backups.load(Relaxed) as u32,
-            },
+            policy: s.policy(),
             pipes: self.pipes.load(Relaxed),
             bytes_written: s.bytes_written.load(Relaxed),
             bytes_dropped: s.bytes_dropped.load(Relaxed),
+            bytes_suppressed: s.bytes_suppressed.load(Relaxed),
+            bytes_evicted: s.bytes_evicted.load(Relaxed),
             rotations: s.rotations.load(Relaxed),
             followers_dropped: self.followers_dropped.load(Relaxed),
-            bytes_evicted: s.bytes_evicted.load(Relaxed),
+            gaps: lock(&self.gaps).clone(),
             journal: self.journal.on.load(Relaxed).then(|| JournalFigures {
                 lines_sent: self.journal.sent.load(Relaxed),
                 lines_suppressed: self.journal.suppressed.load(Relaxed),
             }),
-        }
-    }
-}
-
-impl Exporter for Log {
-    fn catch_up(self: Arc<Self>) -> std::pin::Pin<Box<dyn Future<Output = ()> + Send>> {
-        Box::pin(async move {
-            let _ = self
-                .run(Wait::Forever, |log, slot| {
-                    if let Some(e) = lock(&log.export).as_mut() {
-                        e.waiting = false;
-                    }
-                    log.file(slot)?;
-                    log.export_in(slot);
-                    Ok(())
-                })
-                .await;
-        })
-    }
-
-    fn tick(&self) {
-        // A job that holds the export ends the episode itself.
-        if let Ok(mut export) = self.export.try_lock()
-            && let Some(e) = export.as_mut()
-        {
-            e.end_episode();
         }
     }
 }
