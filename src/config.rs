@@ -340,41 +340,37 @@ impl Config {
             }
         }
         self.libvirt = next;
+        // The file and line in the message itself: the journal shows no
+        // other field.
         if !applied.is_empty() {
             info!(
-                file = shown,
-                "applied to libvirt's logs and connections: {}",
+                "{shown}: applied to libvirt's logs and connections: {}",
                 applied.join(", ")
             );
         }
         if !overridden.is_empty() {
             info!(
-                file = shown,
-                "guestlogd's own configuration wins for {}",
+                "{shown}: guestlogd's own configuration wins for {}",
                 overridden.join(", ")
             );
         }
         if let Some(line) = v.unbounded.filter(|_| own.max_size.is_none()) {
             warn!(
-                file = shown,
-                line,
-                max_size = self.libvirt.policy().max_size,
-                "max_size = 0 (no rollover) is not applied: guestlogd always caps libvirt's logs"
+                "{shown}:{line}: max_size = 0 (no rollover) is not applied: guestlogd always \
+                 caps libvirt's logs, here at {} bytes",
+                self.libvirt.policy().max_size
             );
         }
         if let Some(s) = v.max_age_days.filter(|s| s.value > 0) {
             warn!(
-                file = shown,
-                line = s.line,
-                "max_age_days = {} is not applied: guestlogd keeps backups by count \
-                 (max_backups), with no age-based retention yet",
-                s.value
+                "{shown}:{}: max_age_days = {} is not applied: guestlogd keeps backups by \
+                 count (max_backups), with no age-based retention yet",
+                s.line, s.value
             );
         }
         if !v.ignored.is_empty() {
             info!(
-                file = shown,
-                "ignored (virtlogd's own settings, not guestlogd's): {}",
+                "{shown}: ignored (virtlogd's own settings, not guestlogd's): {}",
                 v.ignored.join(", ")
             );
         }

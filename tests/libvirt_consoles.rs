@@ -1,7 +1,8 @@
 //! libvirt domains get guestlogd consoles from their domain XML alone, with
 //! an unmodified libvirt 11.3 and real TCG guests under systemd 257:
 //! guestlogd runs in virtlogd's place (the README's drop-in), with its
-//! varlink socket unit (systemd/guestlogd-virtlogd.socket) and the shipped
+//! varlink socket (systemd/guestlogd.socket, re-pointed at virtlogd.service
+//! by systemd/guestlogd.socket.d/virtlogd.conf) and the shipped
 //! hook in /etc/libvirt/hooks/qemu.d/ (libvirtd restarted to find it).
 //! - the hook's edge cases, run as libvirt runs it: malformed XML is
 //!   refused, a domain without such a port needs nothing, a console that
@@ -63,8 +64,14 @@ fn install(lv: &Libvirt) {
     .unwrap();
     std::fs::write(etc.join("virtlogd.service.d/zz-test.conf"), TEST_DROP_IN).unwrap();
     std::fs::copy(
-        format!("{ROOT}/systemd/guestlogd-virtlogd.socket"),
-        etc.join("guestlogd-virtlogd.socket"),
+        format!("{ROOT}/systemd/guestlogd.socket"),
+        etc.join("guestlogd.socket"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(etc.join("guestlogd.socket.d")).unwrap();
+    std::fs::copy(
+        format!("{ROOT}/systemd/guestlogd.socket.d/virtlogd.conf"),
+        etc.join("guestlogd.socket.d/virtlogd.conf"),
     )
     .unwrap();
     // The shipped hook, with the test's binary.
@@ -78,7 +85,7 @@ fn install(lv: &Libvirt) {
     lv.systemctl(&["daemon-reload"]);
     // systemd refuses to start a socket whose service runs already.
     lv.systemctl(&["stop", UNIT]);
-    lv.systemctl(&["start", "guestlogd-virtlogd.socket"]);
+    lv.systemctl(&["start", "guestlogd.socket"]);
     lv.systemctl(&["start", UNIT]);
     // libvirt looks for hooks when it starts.
     lv.systemctl(&["restart", "libvirtd.service"]);

@@ -33,7 +33,8 @@ fn main() -> ExitCode {
     let mut config = match load_config(&args) {
         Ok(c) => c,
         Err(e) => {
-            error!(error = %error_chain(&*e), "bad configuration");
+            // In the message itself: the journal shows no other field.
+            error!("bad configuration: {}", error_chain(&*e));
             return ExitCode::FAILURE;
         }
     };
@@ -48,11 +49,14 @@ fn main() -> ExitCode {
             None => Ok(()),
         });
         if let Err(e) = applied {
-            error!(error = %error_chain(&e), "bad virtlogd configuration");
+            error!("bad virtlogd configuration: {}", error_chain(&e));
             return ExitCode::FAILURE;
         }
     } else if let Some(path) = &args.virtlogd_conf {
-        info!(file = %path.display(), "not serving libvirt's protocol: virtlogd.conf not read");
+        info!(
+            "{}: not read, since guestlogd does not serve libvirt's protocol",
+            path.display()
+        );
     }
     let opts = Options {
         runtime_dir: args.runtime_dir,
