@@ -1,7 +1,8 @@
 //! `Config`: the daemon's TOML configuration, validated once at start.
 //!
 //! Every key is optional; a missing file section takes the defaults below.
-//! Unknown keys are refused, so a typo cannot silently weaken a limit.
+//! Unknown keys are refused, so a typo cannot silently weaken a limit. It
+//! serializes too, so that tests can list every key (guestlogd.conf(5)).
 //! `virtlogd` reads libvirt's `virtlogd.conf`, whose settings fill in what
 //! this configuration leaves unset for the libvirt front
 //! (`Config::apply_virtlogd`).
@@ -10,7 +11,7 @@ pub mod virtlogd;
 
 use std::{fs, path::Path};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use tracing::{info, warn};
 
 use virtlogd::{VirtlogdConf, VirtlogdConfError};
@@ -21,7 +22,7 @@ use crate::logs::{
 };
 
 /// The whole configuration.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The policy of a log created without one.
@@ -37,7 +38,7 @@ pub struct Config {
 /// directories its logs may live in, their policy and its connections.
 /// The last three, unset here, come from virtlogd.conf when it sets them,
 /// else from libvirt's defaults (`policy`, `max_clients`).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct Libvirt {
     /// A socket path to bind when systemd passes none named
@@ -83,7 +84,7 @@ impl Libvirt {
 }
 
 /// The default rotation policy.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct LogDefaults {
     pub max_size: u64,
@@ -110,7 +111,7 @@ impl LogDefaults {
 }
 
 /// Limits that bound what callers can make the daemon hold.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct Limits {
     /// Open pipes, over all logs.
@@ -162,7 +163,7 @@ impl Default for Limits {
 }
 
 /// The varlink socket's file mode and group.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SocketConfig {
     /// Octal, as in chmod: "0600".
@@ -181,7 +182,7 @@ impl Default for SocketConfig {
 }
 
 /// Who may call, beyond uid 0 and the daemon's own uid.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Access {
     pub uids: Vec<u32>,

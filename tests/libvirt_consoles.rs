@@ -34,7 +34,7 @@ use std::{
 };
 
 use guestlogd::api::{ConsoleInfo, Manager as _};
-use libvirt::{HARNESS, Libvirt};
+use libvirt::{HARNESS, Libvirt, check_seq};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const UNIT: &str = "virtlogd.service";
@@ -258,26 +258,6 @@ impl Drop for Attached {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Which of `SEQ 000001` … `SEQ n` are missing, and whether any came twice
-/// or out of order.
-fn check_seq(text: &str, n: u32) -> (Vec<u32>, Vec<String>) {
-    let mut seen = Vec::new();
-    for l in text.lines() {
-        if let Some(v) = l.trim_end_matches('\r').strip_prefix("SEQ ")
-            && let Ok(v) = v.parse::<u32>()
-        {
-            seen.push(v);
-        }
-    }
-    let errors = seen
-        .windows(2)
-        .filter(|w| w[1] <= w[0])
-        .map(|w| format!("SEQ {} after SEQ {}", w[1], w[0]))
-        .collect();
-    let missing = (1..=n).filter(|i| !seen.contains(i)).collect();
-    (missing, errors)
 }
 
 fn journal(lv: &Libvirt) -> String {
