@@ -162,6 +162,7 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, (usize, String)> {
         s: text.as_bytes(),
         at: 0,
         line: 1,
+        depth: 0,
     };
     let mut entries = Vec::new();
     loop {
@@ -191,10 +192,16 @@ pub fn parse(text: &str) -> Result<Vec<Entry>, (usize, String)> {
     }
 }
 
+/// How deep lists may nest: libvirt's parser recurses without a bound; a
+/// file of brackets must not exhaust the stack here.
+const MAX_DEPTH: usize = 32;
+
 struct Parser<'a> {
     s: &'a [u8],
     at: usize,
     line: usize,
+    /// Lists open around the value being parsed.
+    depth: usize,
 }
 
 impl Parser<'_> {
@@ -307,6 +314,16 @@ impl Parser<'_> {
     }
 
     fn list(&mut self) -> Result<Value, (usize, String)> {
+        if self.depth >= MAX_DEPTH {
+            return Err(self.error("lists nested too deeply"));
+        }
+        self.depth += 1;
+        let list = self.list_items();
+        self.depth -= 1;
+        list
+    }
+
+    fn list_items(&mut self) -> Result<Value, (usize, String)> {
         let opened = self.line;
         self.at += 1;
         let mut items = Vec::new();
@@ -452,6 +469,14 @@ mod tests {
         ] {
             assert_eq!(error(text), want, "{text:?}");
         }
+    }
+
+    #[test]
+    fn nesting_is_bounded() {
+        let deep = format!("x = {}\n", "[".repeat(100_000));
+        assert_eq!(error(&deep), "virtlogd.conf:1: lists nested too deeply");
+        let fine = format!("x = {}1{}\n", "[".repeat(32), "]".repeat(32));
+        assert_eq!(conf(&fine).ignored, ["x"]);
     }
 
     #[test]
