@@ -1,5 +1,6 @@
 //! Generates the API types from `interfaces/io.guestlogd.Manager.varlink`, the
-//! interface's single source of truth.
+//! interface's single source of truth, and the man pages and shell
+//! completions (`man/generate.rs`) into `OUT_DIR/docs/`.
 //!
 //! zlink-codegen emits the named types, one `…Output` struct per method, the
 //! error enum and a client proxy. The server also needs the input side, so
@@ -10,6 +11,9 @@
 use std::{env, fmt::Write as _, fs, path::PathBuf};
 
 use zlink::idl::Interface;
+
+#[path = "man/generate.rs"]
+mod docs;
 
 const IDL: &str = "interfaces/io.guestlogd.Manager.varlink";
 
@@ -53,7 +57,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         code = code.replace(&decl, &format!("#[serde(deny_unknown_fields)]\n{decl}"));
     }
 
-    let out = PathBuf::from(env::var("OUT_DIR")?).join("io_guestlogd_manager.rs");
-    fs::write(out, code)?;
-    Ok(())
+    let out = PathBuf::from(env::var("OUT_DIR")?);
+    fs::write(out.join("io_guestlogd_manager.rs"), code)?;
+    docs::generate(&docs::out_dir(&out))
 }

@@ -1,11 +1,20 @@
 //! `Config`: the daemon's TOML configuration, validated once at start.
 //!
 //! Every key is optional; a missing file section takes the defaults below.
-//! Unknown keys are refused, so a typo cannot silently weaken a limit.
+//! Unknown keys are refused, so a typo cannot silently weaken a limit. It
+//! serializes too, so that tests can list every key (guestlogd.conf(5)).
+//! `virtlogd` reads libvirt's `virtlogd.conf`, whose settings fill in what
+//! this configuration leaves unset for the libvirt front
+//! (`Config::apply_virtlogd`).
+
+pub mod virtlogd;
 
 use std::{fs, path::Path};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use virtlogd::{VirtlogdConf, VirtlogdConfError};
 
 use crate::logs::{
     name::LogName,
@@ -13,7 +22,7 @@ use crate::logs::{
 };
 
 /// The whole configuration.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// The policy of a log created without one.
@@ -32,7 +41,7 @@ pub struct Config {
 }
 
 /// A host-wide budget for the logs' files (`logs::vacuum`).
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct Disk {
     /// Bytes over all files of all logs; 0 is no budget.
@@ -43,7 +52,7 @@ pub struct Disk {
 
 /// The metrics socket, when systemd does not pass one
 /// (`guestlogd-metrics.socket`, FD name `varlink-metrics`).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct Metrics {
     /// A path to bind; none serves metrics only under activation.
@@ -63,7 +72,7 @@ impl Default for Metrics {
 }
 
 /// Journal export: the per-log line budget, and journald's socket.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct JournalConfig {
     /// Lines per second each exporting log may send on average; 0 sends
@@ -86,8 +95,10 @@ impl Default for JournalConfig {
 }
 
 /// The libvirt front: where it listens without socket activation, which
-/// directories its logs may live in, and their policy.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+/// directories its logs may live in, their policy and its connections.
+/// The last three, unset here, come from virtlogd.conf when it sets them,
+/// else from libvirt's defaults (`policy`, `max_clients`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct Libvirt {
     /// A socket path to bind when systemd passes none named
@@ -95,9 +106,12 @@ pub struct Libvirt {
     pub socket: Option<std::path::PathBuf>,
     /// Absolute directories under which libvirt may name logs.
     pub roots: Vec<std::path::PathBuf>,
-    /// The policy of a log this front creates: libvirt's own defaults.
-    pub max_size: u64,
-    pub max_backups: u32,
+    /// The cap of a log this front creates, in bytes.
+    pub max_size: Option<u64>,
+    /// The backups such a log keeps.
+    pub max_backups: Option<u32>,
+    /// Connections libvirt may hold at once; unset, `limits.max-connections`.
+    pub max_clients: Option<usize>,
     /// Its rate limit, in bytes a second (0: none), and its burst.
     pub max_rate: u64,
     pub max_burst: u64,
@@ -111,8 +125,9 @@ impl Default for Libvirt {
         Self {
             socket: None,
             roots: vec!["/var/log/libvirt".into(), "/run/libvirt".into()],
-            max_size: 2 * 1024 * 1024,
-            max_backups: 3,
+            max_size: None,
+            max_backups: None,
+            max_clients: None,
             max_rate: 0,
             max_burst: 0,
             journal: false,
@@ -121,18 +136,26 @@ impl Default for Libvirt {
 }
 
 impl Libvirt {
+    /// The policy of the logs this front creates: libvirt's own defaults
+    /// for what is unset.
     pub fn policy(&self) -> Policy {
+        let d = Policy::default();
         Policy {
-            max_size: self.max_size,
-            max_backups: self.max_backups,
+            max_size: self.max_size.unwrap_or(d.max_size),
+            max_backups: self.max_backups.unwrap_or(d.max_backups),
             max_rate: self.max_rate,
             max_burst: self.max_burst,
         }
     }
+
+    /// The most connections the front serves at once.
+    pub fn max_clients(&self, limits: &Limits) -> usize {
+        self.max_clients.unwrap_or(limits.max_connections)
+    }
 }
 
 /// The default policy, and how long logs no one uses are kept.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct LogDefaults {
     pub max_size: u64,
@@ -142,8 +165,9 @@ pub struct LogDefaults {
     /// Bytes a log takes at once beyond its rate.
     pub max_burst: u64,
     /// Logs whose newest file is older than this many days, and that no one
-    /// uses, are removed (`logs::retention`); 0 keeps them for ever.
-    pub max_age_days: u64,
+    /// uses, are removed (`logs::vacuum`); 0 keeps them for ever. Unset:
+    /// virtlogd.conf's `max_age_days` when guestlogd serves libvirt, else 0.
+    pub max_age_days: Option<u64>,
 }
 
 impl Default for LogDefaults {
@@ -154,7 +178,7 @@ impl Default for LogDefaults {
             max_backups: p.max_backups,
             max_rate: 0,
             max_burst: 0,
-            max_age_days: 0,
+            max_age_days: None,
         }
     }
 }
@@ -171,7 +195,7 @@ impl LogDefaults {
 }
 
 /// Limits that bound what callers can make the daemon hold.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct Limits {
     /// Open pipes, over all logs.
@@ -236,7 +260,7 @@ impl Default for Limits {
 }
 
 /// The varlink socket's file mode and group.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct SocketConfig {
     /// Octal, as in chmod: "0600".
@@ -255,7 +279,7 @@ impl Default for SocketConfig {
 }
 
 /// Who may call, beyond uid 0 and the daemon's own uid.
-#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Access {
     pub uids: Vec<u32>,
@@ -356,13 +380,20 @@ impl Config {
             check_rate(i64::try_from(value).unwrap_or(i64::MAX))
                 .map_err(|why| format!("{key} {why}"))?;
         }
-        if self.log.max_age_days > 36500 {
+        if self.log.max_age_days.is_some_and(|d| d > 36500) {
             return Err("log.max-age-days must be from 0 (never) to 36500".into());
         }
-        check_policy_size(i64::try_from(v.max_size).unwrap_or(i64::MAX))
-            .map_err(|why| format!("libvirt.max-size {why}"))?;
-        check_policy_backups(v.max_backups.into())
-            .map_err(|why| format!("libvirt.max-backups {why}"))?;
+        if let Some(size) = v.max_size {
+            check_policy_size(i64::try_from(size).unwrap_or(i64::MAX))
+                .map_err(|why| format!("libvirt.max-size {why}"))?;
+        }
+        if let Some(backups) = v.max_backups {
+            check_policy_backups(backups.into())
+                .map_err(|why| format!("libvirt.max-backups {why}"))?;
+        }
+        if v.max_clients == Some(0) {
+            return Err("libvirt.max-clients must be at least 1".into());
+        }
         for root in &v.roots {
             let shown = root.display().to_string();
             LogName::from_path(&shown).map_err(|why| format!("libvirt.roots: {shown:?}: {why}"))?;
@@ -382,6 +413,106 @@ impl Config {
             .ok()
             .filter(|m| *m <= 0o777)
             .ok_or_else(|| format!("metrics.mode {:?} is not an octal mode", self.metrics.mode))
+    }
+
+    /// Takes `max_size`, `max_backups` and `max_clients` from libvirt's
+    /// virtlogd.conf (`shown` names it) where this configuration leaves them
+    /// unset, after checking them against the bounds this configuration's
+    /// own keys have; on an error nothing changes. Says once what it
+    /// applied, what this configuration overrode and what it ignored.
+    pub fn apply_virtlogd(
+        &mut self,
+        v: &VirtlogdConf,
+        shown: &str,
+    ) -> Result<(), VirtlogdConfError> {
+        let bad = |line: usize, name: &str, what: String| VirtlogdConfError::Value {
+            path: shown.to_owned(),
+            line,
+            name: name.to_owned(),
+            what,
+        };
+        let own = self.libvirt.clone();
+        let mut next = own.clone();
+        let mut applied = Vec::new();
+        let mut overridden = Vec::new();
+        if let Some(s) = v.max_size {
+            if own.max_size.is_some() {
+                overridden.push("max_size (libvirt.max-size)");
+            } else {
+                check_policy_size(i64::try_from(s.value).unwrap_or(i64::MAX))
+                    .map_err(|why| bad(s.line, "max_size", format!("{} {why}", s.value)))?;
+                next.max_size = Some(s.value);
+                applied.push(format!("max_size = {}", s.value));
+            }
+        }
+        if let Some(s) = v.max_backups {
+            if own.max_backups.is_some() {
+                overridden.push("max_backups (libvirt.max-backups)");
+            } else {
+                check_policy_backups(s.value.into())
+                    .map_err(|why| bad(s.line, "max_backups", format!("{} {why}", s.value)))?;
+                next.max_backups = Some(s.value);
+                applied.push(format!("max_backups = {}", s.value));
+            }
+        }
+        if let Some(s) = v.max_clients {
+            if own.max_clients.is_some() {
+                overridden.push("max_clients (libvirt.max-clients)");
+            } else if s.value == 0 {
+                return Err(bad(s.line, "max_clients", "must be at least 1".into()));
+            } else {
+                next.max_clients = Some(s.value);
+                applied.push(format!("max_clients = {}", s.value));
+            }
+        }
+        self.libvirt = next;
+        // The file and line in the message itself: the journal shows no
+        // other field.
+        if !applied.is_empty() {
+            info!(
+                "{shown}: applied to libvirt's logs and connections: {}",
+                applied.join(", ")
+            );
+        }
+        if !overridden.is_empty() {
+            info!(
+                "{shown}: guestlogd's own configuration wins for {}",
+                overridden.join(", ")
+            );
+        }
+        if let Some(line) = v.unbounded.filter(|_| own.max_size.is_none()) {
+            warn!(
+                "{shown}:{line}: max_size = 0 (no rollover) is not applied: guestlogd always \
+                 caps libvirt's logs, here at {} bytes",
+                self.libvirt.policy().max_size
+            );
+        }
+        if let Some(s) = v.max_age_days {
+            if self.log.max_age_days.is_some() {
+                info!(
+                    "{shown}: guestlogd's own configuration wins for max_age_days (log.max-age-days)"
+                );
+            } else if s.value > 36500 {
+                return Err(bad(
+                    s.line,
+                    "max_age_days",
+                    format!("{} must be from 0 to 36500", s.value),
+                ));
+            } else {
+                self.log.max_age_days = Some(s.value);
+                info!(
+                    "{shown}: applied to every log's retention: max_age_days = {}",
+                    s.value
+                );
+            }
+        }
+        if !v.ignored.is_empty() {
+            info!(
+                "{shown}: ignored (virtlogd's own settings, not guestlogd's): {}",
+                v.ignored.join(", ")
+            );
+        }
+        Ok(())
     }
 
     /// The socket mode as a number.
@@ -486,5 +617,87 @@ mod tests {
             let c: Config = toml::from_str(bad).unwrap();
             assert!(c.validate().is_err(), "{bad}");
         }
+    }
+
+    fn virtlogd(text: &str) -> VirtlogdConf {
+        VirtlogdConf::parse(text, "virtlogd.conf").unwrap()
+    }
+
+    #[test]
+    fn virtlogd_conf_fills_what_the_config_leaves_unset() {
+        let mut c = Config::default();
+        assert_eq!(c.libvirt.policy(), Policy::default());
+        assert_eq!(c.libvirt.max_clients(&c.limits), 256);
+        let v = virtlogd("max_size = 65536\nmax_backups = 2\nmax_clients = 7\nlog_level = 1\n");
+        c.apply_virtlogd(&v, "virtlogd.conf").unwrap();
+        assert_eq!(
+            c.libvirt.policy(),
+            Policy {
+                max_size: 65536,
+                max_backups: 2,
+                ..Policy::default()
+            }
+        );
+        assert_eq!(c.libvirt.max_clients(&c.limits), 7);
+        // The daemon's own log policy is not libvirt's.
+        assert_eq!(c.log.policy(), Policy::default());
+    }
+
+    #[test]
+    fn the_config_wins_over_virtlogd_conf() {
+        let mut c = Config::parse(
+            "[libvirt]\nmax-size = 1048576\nmax-clients = 3\n",
+            "guestlogd.conf",
+        )
+        .unwrap();
+        // Out of guestlogd's bounds, but overridden: never looked at.
+        let v = virtlogd("max_size = 10\nmax_backups = 5\nmax_clients = 900\n");
+        c.apply_virtlogd(&v, "virtlogd.conf").unwrap();
+        assert_eq!(
+            c.libvirt.policy(),
+            Policy {
+                max_size: 1048576,
+                max_backups: 5,
+                ..Policy::default()
+            }
+        );
+        assert_eq!(c.libvirt.max_clients(&c.limits), 3);
+    }
+
+    #[test]
+    fn virtlogd_values_out_of_bounds_change_nothing() {
+        for (text, want) in [
+            (
+                "max_backups = 1\n\nmax_size = 100\n",
+                "virtlogd.conf:3: max_size: 100 must be from 4096 to 1099511627776",
+            ),
+            (
+                "max_size = 65536\nmax_backups = 65\n",
+                "virtlogd.conf:2: max_backups: 65 must be from 0 to 64",
+            ),
+            (
+                "max_size = 65536\nmax_clients = 0\n",
+                "virtlogd.conf:2: max_clients: must be at least 1",
+            ),
+        ] {
+            let mut c = Config::default();
+            let e = c
+                .apply_virtlogd(&virtlogd(text), "virtlogd.conf")
+                .unwrap_err();
+            assert_eq!(e.to_string(), want);
+            assert_eq!(c, Config::default(), "{text}");
+        }
+    }
+
+    #[test]
+    fn no_rollover_is_not_applied_and_age_is_unless_set() {
+        let mut c = Config::default();
+        let v = virtlogd("max_size = 0\nmax_age_days = 30\n");
+        c.apply_virtlogd(&v, "virtlogd.conf").unwrap();
+        assert_eq!(c.log.max_age_days, Some(30));
+        assert_eq!(c.libvirt, Config::default().libvirt);
+        let mut own: Config = toml::from_str("[log]\nmax-age-days = 3\n").unwrap();
+        own.apply_virtlogd(&v, "virtlogd.conf").unwrap();
+        assert_eq!(own.log.max_age_days, Some(3));
     }
 }

@@ -151,7 +151,7 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
     let disk = vacuum::Limits {
         max_use: config.disk.max_use,
         keep_free: config.disk.keep_free,
-        max_age_days: config.log.max_age_days,
+        max_age_days: config.log.max_age_days.unwrap_or(0),
     };
     let usage = Arc::new(if disk.budget() {
         Usage::every(disk.slack())
@@ -283,7 +283,7 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
             crate::limited!(warn, "SIGHUP ignored: SIGUSR1 re-executes, SIGTERM stops");
         }
     });
-    check_fd_budget(limits);
+    check_fd_budget(limits, config.libvirt.max_clients(limits));
     info!(socket = %socket_path.display(), logs = %opts.log_dir.display(), adoptions, "ready");
     notify(&[
         sd_notify::NotifyState::Ready,
@@ -447,7 +447,8 @@ fn libvirt_front(
         })?;
     let l = &config.limits;
     let limits = Arc::new(ConnLimits {
-        max_connections: l.max_connections,
+        // virtlogd.conf's max_clients, unless guestlogd's config says.
+        max_connections: config.libvirt.max_clients(l),
         max_per_uid: l.max_connections_per_uid,
         root_only: l.root_reserve(),
         max_message: libvirt::MAX_CALL,
@@ -515,8 +516,8 @@ fn metrics_listener(
 /// Says, at start, whether the configuration's worst case fits in
 /// RLIMIT_NOFILE and in systemd's FD store (`$FDSTORE`, its
 /// FileDescriptorStoreMax=).
-fn check_fd_budget(l: &crate::config::Limits) {
-    let b = FdBudget::of(l);
+fn check_fd_budget(l: &crate::config::Limits, libvirt_connections: usize) {
+    let b = FdBudget::of(l, libvirt_connections);
     let limit = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
         .map_or(0, |(soft, _)| soft);
     if (b.process as u64) > limit {
@@ -558,14 +559,15 @@ pub struct FdBudget {
 }
 
 impl FdBudget {
-    pub fn of(l: &crate::config::Limits) -> Self {
+    /// With the varlink front's `max-connections` and the libvirt front's
+    /// `libvirt_connections`.
+    pub fn of(l: &crate::config::Limits, libvirt_connections: usize) -> Self {
         let stored = l.max_pipes + l.max_consoles * (4 + 2 * l.max_clients) + 1;
-        let logs_in_use = l
-            .max_logs
-            .min(l.max_pipes + l.max_consoles + 2 * l.max_connections);
+        let connections = l.max_connections + libvirt_connections;
+        let logs_in_use = l.max_logs.min(l.max_pipes + l.max_consoles + connections);
         Self {
             stored,
-            process: 2 * stored + logs_in_use + 2 * l.max_connections + 64,
+            process: 2 * stored + logs_in_use + connections + 64,
         }
     }
 }

@@ -1,7 +1,8 @@
 //! libvirt domains get guestlogd consoles from their domain XML alone, with
 //! an unmodified libvirt 11.3 and real TCG guests under systemd 257:
 //! guestlogd runs in virtlogd's place (the README's drop-in), with its
-//! varlink socket unit (systemd/guestlogd-virtlogd.socket) and the shipped
+//! varlink socket (systemd/guestlogd.socket, re-pointed at virtlogd.service
+//! by systemd/guestlogd.socket.d/virtlogd.conf) and the shipped
 //! hook in /etc/libvirt/hooks/qemu.d/ (libvirtd restarted to find it).
 //! - the hook's edge cases, run as libvirt runs it: malformed XML is
 //!   refused, a domain without such a port needs nothing, a console that
@@ -34,7 +35,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use libvirt::{HARNESS, Libvirt};
+use libvirt::{HARNESS, Libvirt, check_seq};
 use libvirt_hook::{
     DIR, LIMIT, LOGS, UNIT, console, consoles, create, hook, install, unix_domain, wait_console,
 };
@@ -149,26 +150,6 @@ impl Drop for Attached {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// Which of `SEQ 000001` … `SEQ n` are missing, and whether any came twice
-/// or out of order.
-fn check_seq(text: &str, n: u32) -> (Vec<u32>, Vec<String>) {
-    let mut seen = Vec::new();
-    for l in text.lines() {
-        if let Some(v) = l.trim_end_matches('\r').strip_prefix("SEQ ")
-            && let Ok(v) = v.parse::<u32>()
-        {
-            seen.push(v);
-        }
-    }
-    let errors = seen
-        .windows(2)
-        .filter(|w| w[1] <= w[0])
-        .map(|w| format!("SEQ {} after SEQ {}", w[1], w[0]))
-        .collect();
-    let missing = (1..=n).filter(|i| !seen.contains(i)).collect();
-    (missing, errors)
 }
 
 fn journal(lv: &Libvirt) -> String {

@@ -23,7 +23,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use libvirt::{Libvirt, QEMU_LOGS, domain_xml, pty_serial};
+use libvirt::{Libvirt, QEMU_LOGS, check_seq, domain_xml, pty_serial, type_into};
 use serde_json::json;
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -73,40 +73,6 @@ async fn list_names(socket: &Path) -> Vec<String> {
         .iter()
         .map(|l| l["name"].as_str().unwrap().to_owned())
         .collect()
-}
-
-/// Types a line into a domain's pty serial port, as `virsh console` would.
-/// The pty lives in QEMU's own /dev (libvirt gives each QEMU a private
-/// mount namespace), so it is reached through QEMU's root.
-fn type_into(lv: &Libvirt, domain: &str, line: &str) {
-    let pty = lv.virsh(&["ttyconsole", domain]);
-    let pid = lv.read(&format!("/run/libvirt/qemu/{domain}.pid"));
-    let tty = format!("/proc/{}/root{}", pid.trim(), pty.trim());
-    // QEMU looks for a reader on the pty once a second and drops what comes
-    // while it sees none: hold the pty open around the line.
-    let script = "exec 3>\"$2\"; sleep 1.5; printf '%s\\n' \"$1\" >&3; sleep 1.5";
-    lv.run(&["sh", "-c", script, "sh", line, &tty]);
-}
-
-/// Which of `SEQ 000001` … `SEQ n` are missing, and whether any came twice
-/// or out of order.
-fn check_seq(text: &str, n: u32) -> (Vec<u32>, Vec<String>) {
-    let mut seen = Vec::new();
-    for l in text.lines() {
-        if let Some(v) = l.trim_end_matches('\r').strip_prefix("SEQ ")
-            && let Ok(v) = v.parse::<u32>()
-        {
-            seen.push(v);
-        }
-    }
-    let mut errors = Vec::new();
-    for w in seen.windows(2) {
-        if w[1] <= w[0] {
-            errors.push(format!("SEQ {} after SEQ {}", w[1], w[0]));
-        }
-    }
-    let missing = (1..=n).filter(|i| !seen.contains(i)).collect();
-    (missing, errors)
 }
 
 fn create(lv: &Libvirt, name: &str, serial: &str) -> std::process::Output {

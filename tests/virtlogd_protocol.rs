@@ -5,6 +5,12 @@
 //!
 //! The libvirt socket and root live in a directory of their own, made
 //! before the daemon so that the config can name them.
+//!
+//! virtlogd.conf (`--virtlogd-conf`): its max_size and max_backups give
+//! libvirt's logs their policy (the same rotation checks), guestlogd.conf's
+//! [libvirt] keys win over them, max_clients bounds libvirt's connections,
+//! ignored keys are listed once, and a malformed file stops the start
+//! naming its line, before anything is made.
 
 mod common;
 
@@ -26,6 +32,11 @@ struct Front {
 
 impl Front {
     fn start(policy: &str) -> Self {
+        Self::start_with(policy, None)
+    }
+
+    /// With `virtlogd` as the daemon's virtlogd.conf.
+    fn start_with(policy: &str, virtlogd: Option<&str>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("vlproto")
             .tempdir()
@@ -39,7 +50,14 @@ impl Front {
             f(dir.path().join("virtlogd-sock")),
             f(dir.path().join("logs")),
         );
-        let daemon = Daemon::start(&config);
+        let conf = dir.path().join("virtlogd.conf");
+        let daemon = Daemon::start_args(&config, |_| match virtlogd {
+            Some(text) => {
+                std::fs::write(&conf, text).unwrap();
+                vec!["--virtlogd-conf".into(), conf.display().to_string()]
+            }
+            None => vec![],
+        });
         let front = Self { daemon, dir };
         let deadline = Instant::now() + Duration::from_secs(10);
         while UnixStream::connect(front.socket()).is_err() {
@@ -236,4 +254,127 @@ fn a_log_directory_made_again_is_used() {
     };
     let mut front = Front::start("");
     front.protocol(&python, &[], "recreated");
+}
+
+/// virtlogd.conf's max_size and max_backups are what the rotation checks
+/// find; the keys guestlogd does not apply are listed once.
+#[test]
+fn virtlogd_conf_gives_libvirts_logs_their_policy() {
+    let python = match python() {
+        Ok(p) => p,
+        Err(why) => return println!("SKIPPED: {why}"),
+    };
+    let conf = "# as an operator tunes it\nlog_level = 3\nmax_size = 4096\nmax_backups = 2\n\
+                admin_max_clients = 5\nmax_age_days = 0\n";
+    let mut front = Front::start_with("", Some(conf));
+    front.protocol(&python, &[], "rotation");
+    let log = front.daemon.stderr();
+    let once = |what: &str| assert_eq!(log.matches(what).count(), 1, "{what:?} in:\n{log}");
+    once("applied to libvirt's logs and connections: max_size = 4096, max_backups = 2");
+    once("ignored (virtlogd's own settings, not guestlogd's): log_level, admin_max_clients");
+}
+
+/// Keys set in guestlogd's own [libvirt] win over virtlogd.conf's.
+#[test]
+fn guestlogd_conf_wins_over_virtlogd_conf() {
+    let python = match python() {
+        Ok(p) => p,
+        Err(why) => return println!("SKIPPED: {why}"),
+    };
+    let conf = "max_size = 1048576\nmax_backups = 9\n";
+    let mut front = Front::start_with("max-size = 4096\nmax-backups = 2\n", Some(conf));
+    front.protocol(&python, &[], "rotation");
+    let log = front.daemon.stderr();
+    assert!(
+        log.contains("guestlogd's own configuration wins for max_size (libvirt.max-size), max_backups (libvirt.max-backups)"),
+        "{log}"
+    );
+}
+
+/// One call on a libvirt connection, answered or not: whether a reply came.
+fn answered(s: &mut UnixStream) -> bool {
+    use guestlogd::fronts::virtlogd::{Call, GetLogFilePosition};
+    use std::io::{Read, Write};
+    let call = Call::GetLogFilePosition(GetLogFilePosition {
+        path: b"/nowhere/x.log".to_vec(),
+        flags: 0,
+    });
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    if s.write_all(&call.encode(1).unwrap()).is_err() {
+        return false;
+    }
+    let mut len = [0u8; 4];
+    s.read_exact(&mut len).is_ok()
+}
+
+/// max_clients bounds the connections libvirt holds: one more is closed,
+/// and a slot that frees serves again.
+#[test]
+fn virtlogd_conf_max_clients_bounds_libvirts_connections() {
+    if !nix::unistd::Uid::effective().is_root() {
+        return println!("SKIPPED: not root (the libvirt front serves uid 0 only)");
+    }
+    let front = Front::start_with("", Some("max_clients = 2\n"));
+    let mut a = UnixStream::connect(front.socket()).unwrap();
+    let mut b = UnixStream::connect(front.socket()).unwrap();
+    assert!(answered(&mut a) && answered(&mut b));
+    let mut c = UnixStream::connect(front.socket()).unwrap();
+    assert!(!answered(&mut c), "a third connection was served");
+    drop(a);
+    // The slot frees when the daemon sees the close: poll, bounded.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut d = UnixStream::connect(front.socket()).unwrap();
+        if answered(&mut d) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the freed slot never served");
+        sleep(Duration::from_millis(20));
+    }
+    assert!(answered(&mut b), "the second connection was dropped");
+}
+
+/// A malformed virtlogd.conf stops the daemon at start with its line, and
+/// nothing is made: no runtime directory, no socket.
+#[test]
+fn a_malformed_virtlogd_conf_stops_the_start_naming_its_line() {
+    let dir = tempfile::Builder::new().prefix("vlconf").tempdir().unwrap();
+    let conf = dir.path().join("virtlogd.conf");
+    std::fs::write(
+        &conf,
+        "# virtlogd\nmax_size = 65536\nmax_backups = \nlog_level = 3\n",
+    )
+    .unwrap();
+    let config = dir.path().join("guestlogd.conf");
+    let sock = dir.path().join("virtlogd-sock");
+    std::fs::write(
+        &config,
+        format!("[libvirt]\nsocket = {}\n", toml_string(&sock)),
+    )
+    .unwrap();
+    let run = dir.path().join("run");
+    let out = Command::new(env!("CARGO_BIN_EXE_guestlogd"))
+        .arg("--runtime-dir")
+        .arg(&run)
+        .arg("--log-dir")
+        .arg(dir.path().join("log"))
+        .arg("--config")
+        .arg(&config)
+        .arg("--virtlogd-conf")
+        .arg(&conf)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "bad virtlogd configuration: {}:3: expecting a value",
+            conf.display()
+        )),
+        "{stderr}"
+    );
+    assert!(
+        !run.exists() && !sock.exists(),
+        "the refused start made something"
+    );
 }

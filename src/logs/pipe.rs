@@ -234,14 +234,19 @@ fn discard(fd: &OwnedFd) -> io::Result<usize> {
     });
     match null {
         Some(null) => loop {
-            match splice(fd, None, null, None, PIPE_SIZE as usize, SpliceFFlags::SPLICE_F_NONBLOCK) {
+            match splice(
+                fd,
+                None,
+                null,
+                None,
+                PIPE_SIZE as usize,
+                SpliceFFlags::SPLICE_F_NONBLOCK,
+            ) {
                 Err(nix::errno::Errno::EINTR) => continue,
                 other => return other.map_err(io::Error::from),
             }
         },
-        None => BUFFER.with_borrow_mut(|buf| {
-            nix::unistd::read(fd, buf).map_err(io::Error::from)
-        }),
+        None => BUFFER.with_borrow_mut(|buf| nix::unistd::read(fd, buf).map_err(io::Error::from)),
     }
 }
 

@@ -235,3 +235,36 @@ pub fn domain_with_devices(name: &str, cmdline: &str, devices: &str) -> String {
 pub fn pty_serial(name: &str) -> String {
     format!("<serial type='pty'><log file='{QEMU_LOGS}/{name}-serial0.log' append='off'/></serial>")
 }
+
+/// Types a line into a domain's pty serial port, as `virsh console` would.
+/// The pty lives in QEMU's own /dev (libvirt gives each QEMU a private
+/// mount namespace), so it is reached through QEMU's root.
+pub fn type_into(lv: &Libvirt, domain: &str, line: &str) {
+    let pty = lv.virsh(&["ttyconsole", domain]);
+    let pid = lv.read(&format!("/run/libvirt/qemu/{domain}.pid"));
+    let tty = format!("/proc/{}/root{}", pid.trim(), pty.trim());
+    // QEMU looks for a reader on the pty once a second and drops what comes
+    // while it sees none: hold the pty open around the line.
+    let script = "exec 3>\"$2\"; sleep 1.5; printf '%s\\n' \"$1\" >&3; sleep 1.5";
+    lv.run(&["sh", "-c", script, "sh", line, &tty]);
+}
+
+/// Which of `SEQ 000001` … `SEQ n` are missing, and whether any came twice
+/// or out of order.
+pub fn check_seq(text: &str, n: u32) -> (Vec<u32>, Vec<String>) {
+    let mut seen = Vec::new();
+    for l in text.lines() {
+        if let Some(v) = l.trim_end_matches('\r').strip_prefix("SEQ ")
+            && let Ok(v) = v.parse::<u32>()
+        {
+            seen.push(v);
+        }
+    }
+    let errors = seen
+        .windows(2)
+        .filter(|w| w[1] <= w[0])
+        .map(|w| format!("SEQ {} after SEQ {}", w[1], w[0]))
+        .collect();
+    let missing = (1..=n).filter(|i| !seen.contains(i)).collect();
+    (missing, errors)
+}

@@ -38,8 +38,14 @@ pub fn install(lv: &Libvirt) {
     .unwrap();
     std::fs::write(etc.join("virtlogd.service.d/zz-test.conf"), TEST_DROP_IN).unwrap();
     std::fs::copy(
-        format!("{ROOT}/systemd/guestlogd-virtlogd.socket"),
-        etc.join("guestlogd-virtlogd.socket"),
+        format!("{ROOT}/systemd/guestlogd.socket"),
+        etc.join("guestlogd.socket"),
+    )
+    .unwrap();
+    std::fs::create_dir_all(etc.join("guestlogd.socket.d")).unwrap();
+    std::fs::copy(
+        format!("{ROOT}/systemd/guestlogd.socket.d/virtlogd.conf"),
+        etc.join("guestlogd.socket.d/virtlogd.conf"),
     )
     .unwrap();
     // The shipped hook, with the test's binary.
@@ -53,7 +59,7 @@ pub fn install(lv: &Libvirt) {
     lv.systemctl(&["daemon-reload"]);
     // systemd refuses to start a socket whose service runs already.
     lv.systemctl(&["stop", UNIT]);
-    lv.systemctl(&["start", "guestlogd-virtlogd.socket"]);
+    lv.systemctl(&["start", "guestlogd.socket"]);
     lv.systemctl(&["start", UNIT]);
     // libvirt looks for hooks when it starts.
     lv.systemctl(&["restart", "libvirtd.service"]);

@@ -27,11 +27,19 @@ impl Daemon {
 
     /// Like `start`, with `prepare` run on the directory first.
     pub fn start_with(config: &str, prepare: impl FnOnce(&Path)) -> Self {
+        Self::start_args(config, |dir| {
+            prepare(dir);
+            vec![]
+        })
+    }
+
+    /// Like `start_with`, where `prepare` also gives more arguments.
+    pub fn start_args(config: &str, prepare: impl FnOnce(&Path) -> Vec<String>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("guestlogd-test")
             .tempdir()
             .unwrap();
-        prepare(dir.path());
+        let args = prepare(dir.path());
         // Other uids (the access tests) must reach the socket's directory.
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
         let config_path = dir.path().join("guestlogd.toml");
@@ -43,6 +51,7 @@ impl Daemon {
             .arg(dir.path().join("log"))
             .arg("--config")
             .arg(&config_path)
+            .args(args)
             .env("RUST_LOG", "debug")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(dir.path().join("daemon.stderr")).unwrap())

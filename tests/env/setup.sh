@@ -3,7 +3,8 @@
 # Idempotent; fast when already done.
 #   /var/cache/guestlogd-test/venv/bin/python   (asyncvarlink, varlink)
 #   /var/cache/guestlogd-test/bin/varlinkctl    (or varlinkctl.unavailable)
-#   socat, setpriv (util-linux), tmux
+#   socat, setpriv (util-linux), tmux, lintian, man-db
+#   cargo-deb, dpkg-dev (packaging/build-deb --tools)
 #   qemu-system-x86_64 + /var/cache/guestlogd-test/guest/ (or *.unavailable)
 #   /var/cache/guestlogd-test/trixie/, libvirt-root/ (or systemd/libvirt.unavailable)
 #   node_exporter, systemd-report, journal-root/, prometheus-client (tests/env/fleet.sh)
@@ -26,6 +27,9 @@ command -v setpriv >/dev/null || need+=(util-linux)
 command -v tmux >/dev/null || need+=(tmux)
 # libfuse 3 for the FUSE file system that stands in for a hung disk.
 ldconfig -p 2>/dev/null | grep -q 'libfuse3\.so\.3 ' || need+=(libfuse3-3)
+# The packages' checks: lintian, and man-db for `man -l` (tests/manpages.rs).
+command -v lintian >/dev/null || need+=(lintian)
+command -v man >/dev/null || need+=(man-db)
 if ! venv_ok; then
     t=$(mktemp -d)
     if ! "$PY" -m venv "$t/v" >/dev/null 2>&1; then
@@ -49,6 +53,9 @@ if ! venv_ok; then
     "$VENV/bin/pip" install -q --disable-pip-version-check 'asyncvarlink==0.3.*' 'varlink==31.*' 'mfusepy==3.1.*'
     venv_ok || { echo "setup: import asyncvarlink/varlink/mfusepy failed in $VENV" >&2; exit 1; }
 fi
+
+# --- What packaging/build-deb needs (cargo-deb, dpkg-dev) ---
+bash "$HERE/../../packaging/build-deb" --tools
 
 # --- varlinkctl (systemd from forky); never fails setup ---
 bash "$HERE/varlinkctl.sh"

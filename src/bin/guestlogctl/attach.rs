@@ -19,24 +19,10 @@ use tokio::{
     net::UnixStream,
 };
 
-use crate::CtlError;
+use crate::{CtlError, cli::AttachArgs};
 
 /// Ctrl-], as virsh console uses.
 const ESCAPE: u8 = 0x1d;
-
-#[derive(clap::Args, Debug)]
-pub struct AttachArgs {
-    /// The console's name, e.g. DOMAIN-serial0 for a console the libvirt
-    /// hook made (`guestlogctl consoles` lists them).
-    name: String,
-    /// Become the writer now, on a console with one writer; the writer
-    /// until now is told and reads only.
-    #[arg(long)]
-    force: bool,
-    /// Attach read-only.
-    #[arg(long)]
-    viewer: bool,
-}
 
 /// Asks the daemon for a connection to the console, or falls back to the
 /// console's socket when the daemon refuses the caller.

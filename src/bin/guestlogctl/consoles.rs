@@ -1,86 +1,13 @@
 //! `create`, `remove` and `status`: consoles for admins, without varlinkctl.
 
-use clap::ValueEnum;
 use guestlogd::api::{ListLogsOutput, Manager as _, ManagerError};
 use serde_json::json;
 use zlink::tokio::unix::Connection;
 
-use crate::CtlError;
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum SlowClient {
-    Drop,
-    Disconnect,
-}
-
-#[derive(Clone, Copy, Debug, ValueEnum)]
-pub enum WritersArg {
-    All,
-    One,
-}
-
-impl WritersArg {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::All => "all",
-            Self::One => "one",
-        }
-    }
-}
-
-#[derive(clap::Args, Debug)]
-pub struct CreateArgs {
-    /// The console's name; QEMU connects to RUNDIR/consoles/NAME.guest.
-    pub name: String,
-    /// Keep no log of the guest's output.
-    #[arg(long)]
-    pub no_log: bool,
-    /// The log's cap in bytes.
-    #[arg(long)]
-    pub max_size: Option<u64>,
-    /// The log's backups.
-    #[arg(long)]
-    pub max_backups: Option<u32>,
-    /// Bytes of the latest output a client gets when it attaches.
-    #[arg(long)]
-    pub replay_bytes: Option<u64>,
-    /// What happens to a client that reads too slowly.
-    #[arg(long, value_enum)]
-    pub slow_client: Option<SlowClient>,
-    /// The sockets' owner, UID or UID:GID (QEMU's user).
-    #[arg(long, value_parser = parse_owner)]
-    pub owner: Option<(u32, Option<u32>)>,
-    /// The sockets' mode, in octal.
-    #[arg(long, value_parser = parse_mode)]
-    pub mode: Option<u32>,
-    /// Also listen on NAME.view for read-only watchers.
-    #[arg(long)]
-    pub viewers: bool,
-    /// "one": one client writes at a time (attach --force takes over).
-    #[arg(long, value_enum)]
-    pub writers: Option<WritersArg>,
-    /// Keep the first N bytes after each guest connection in NAME.boot.log.
-    #[arg(long)]
-    pub boot_bytes: Option<u64>,
-}
-
-pub fn parse_owner(s: &str) -> Result<(u32, Option<u32>), String> {
-    let number = |v: &str| {
-        v.parse::<u32>()
-            .map_err(|_| format!("{v:?} is not a numeric id"))
-    };
-    match s.split_once(':') {
-        Some((u, g)) => Ok((number(u)?, Some(number(g)?))),
-        None => Ok((number(s)?, None)),
-    }
-}
-
-fn parse_mode(s: &str) -> Result<u32, String> {
-    match u32::from_str_radix(s, 8) {
-        Ok(m) if m <= 0o777 => Ok(m),
-        _ => Err(format!("{s:?} is not a mode from 0 to 777 (octal)")),
-    }
-}
+use crate::{
+    CtlError,
+    cli::{CreateArgs, SlowClient, WritersArg},
+};
 
 pub async fn create(conn: &mut Connection, a: CreateArgs) -> Result<(), CtlError> {
     let owner = (a.owner.is_some() || a.mode.is_some()).then(|| {

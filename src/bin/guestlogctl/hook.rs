@@ -48,55 +48,10 @@ use serde_json::json;
 use tokio::io::AsyncReadExt;
 use zlink::tokio::unix::{Connection, Stream};
 
-use crate::consoles::{WritersArg, parse_owner};
+use crate::cli::HookArgs;
 
 /// The most XML read from stdin; libvirt's own domain XML is far smaller.
 const MAX_XML: u64 = 16 * 1024 * 1024;
-
-#[derive(clap::Args, Debug)]
-pub struct HookArgs {
-    /// The domain's name (libvirt's first argument).
-    #[arg(allow_hyphen_values = true)]
-    domain: String,
-    /// libvirt's operation: prepare, start, started, stopped, release, ...
-    operation: String,
-    /// libvirt's sub-operation: begin or end.
-    subop: String,
-    /// libvirt's extra argument, "-" for these operations; unused.
-    extra: Option<String>,
-    /// Bytes of each boot kept in NAME.boot.log; 0 keeps none.
-    #[arg(long, default_value_t = 1024 * 1024)]
-    boot_bytes: u64,
-    /// Who may type on the consoles.
-    #[arg(long, value_enum, default_value = "all")]
-    writers: WritersArg,
-    /// No NAME.view socket for read-only watchers.
-    #[arg(long)]
-    no_viewers: bool,
-    /// The sockets' owner, UID:GID, instead of QEMU's user.
-    #[arg(long, value_parser = parse_owner)]
-    owner: Option<(u32, Option<u32>)>,
-    /// Where QEMU's default user and group are read from.
-    #[arg(long, default_value = "/etc/libvirt/qemu.conf")]
-    qemu_conf: PathBuf,
-    /// Seconds the whole hook may take.
-    #[arg(long, default_value_t = 5)]
-    timeout: u64,
-    /// The most consoles one domain may have.
-    #[arg(long, default_value_t = 16)]
-    max_consoles: usize,
-    /// The consoles' rate limit, bytes a second (0: none, the default,
-    /// unless the daemon's [log] max-rate sets one): a guest over it waits.
-    #[arg(long)]
-    max_rate: Option<u64>,
-    /// The bytes a console's guest may send at once beyond its rate.
-    #[arg(long)]
-    max_burst: Option<u64>,
-    /// Export the consoles' logs to the journal, with the domain's name
-    /// and UUID (VM_NAME, VM_UUID).
-    #[arg(long)]
-    journal: bool,
-}
 
 /// Why the hook refused or failed.
 #[derive(Debug, thiserror::Error)]

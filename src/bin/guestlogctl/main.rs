@@ -1,12 +1,14 @@
 //! guestlogctl: a command line for `io.guestlogd.Manager`, and libvirt's
 //! QEMU hook for guestlogd's consoles.
 //!
+//! `cli` is the command line (build.rs renders guestlogctl(1) from it);
 //! `main` has the log commands; `consoles` creates, removes and shows
 //! consoles; `attach` puts a terminal on one; `hook` is the libvirt hook
 //! (`guestlogctl hook DOMAIN OPERATION SUBOP EXTRA`, the domain XML on
 //! stdin).
 
 mod attach;
+mod cli;
 mod consoles;
 mod escape;
 mod hook;
@@ -15,7 +17,7 @@ mod metrics;
 use std::{io::Write, path::PathBuf, process::ExitCode};
 
 use base64::Engine as _;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use guestlogd::{
     api::{FollowOutput, ListLogsOutput, Manager as _, ManagerError, Position},
     daemon::SOCKET,
@@ -24,60 +26,7 @@ use guestlogd::{
 use serde::Serialize;
 use zlink::{Call, tokio::unix::Connection};
 
-#[derive(Parser, Debug)]
-#[command(version, about = "Talk to guestlogd")]
-struct Args {
-    /// The daemon's runtime directory.
-    #[arg(long, default_value = "/run/guestlogd", global = true)]
-    runtime_dir: PathBuf,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand, Debug)]
-enum Command {
-    /// List the logs with their sizes and counters.
-    List,
-    /// List the consoles.
-    Consoles,
-    /// Print a log's bytes, oldest backup first, to stdout. On a terminal,
-    /// control characters but newline and tab are shown escaped (\xNN).
-    Read {
-        /// Print the guest's bytes as they are, even to a terminal.
-        #[arg(long)]
-        raw: bool,
-        name: String,
-    },
-    /// Print the end of a log; with -f, keep printing what is written. On a
-    /// terminal, control characters are shown escaped, as by read.
-    Tail {
-        /// Keep following the log.
-        #[arg(short, long)]
-        follow: bool,
-        /// How many of the last bytes to print first.
-        #[arg(short = 'c', long, default_value_t = 16384)]
-        bytes: usize,
-        /// Print the guest's bytes as they are, even to a terminal.
-        #[arg(long)]
-        raw: bool,
-        name: String,
-    },
-    /// Rotate a log now.
-    Rotate { name: String },
-    /// Attach the terminal to a console by its name. Ctrl-] detaches.
-    Attach(attach::AttachArgs),
-    /// Create a console (see CreateConsole in the interface).
-    Create(consoles::CreateArgs),
-    /// Remove a console; its logs stay.
-    Remove { name: String },
-    /// The daemon's status, or with NAME, one console's.
-    Status { name: Option<String> },
-    /// libvirt's QEMU hook: install as /etc/libvirt/hooks/qemu.d/guestlogd.
-    Hook(hook::HookArgs),
-    /// The daemon's metrics in Prometheus' text format (from its
-    /// io.systemd.Metrics socket).
-    Metrics(metrics::MetricsArgs),
-}
+use cli::{Args, Command};
 
 #[derive(Debug, thiserror::Error)]
 enum CtlError {

@@ -8,26 +8,12 @@
 //! metric's object becomes a `log`, `console` or `front` label after its
 //! family, and its fields become labels of their own.
 
-use std::{
-    collections::BTreeMap,
-    io::Write,
-    path::{Path, PathBuf},
-};
+use std::{collections::BTreeMap, io::Write, path::Path};
 
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use crate::CtlError;
-
-#[derive(clap::Args, Debug)]
-pub struct MetricsArgs {
-    /// The metrics socket.
-    #[arg(long, default_value = "/run/systemd/report/io.guestlogd")]
-    socket: PathBuf,
-    /// Write DIR/guestlogd.prom (atomically) instead of printing.
-    #[arg(long, value_name = "DIR")]
-    textfile: Option<PathBuf>,
-}
+use crate::{CtlError, cli::MetricsArgs};
 
 #[derive(Debug, Deserialize)]
 struct Family {

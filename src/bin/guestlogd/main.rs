@@ -1,31 +1,20 @@
-//! The guestlogd daemon.
+//! The guestlogd daemon: its command line (`cli`), its configuration, and
+//! what happens to the process after `daemon::run`.
 
-use std::{path::PathBuf, process::ExitCode};
+mod cli;
+
+use std::{path::Path, process::ExitCode};
 
 use clap::Parser;
+use cli::{Args, DEFAULT_CONFIG, DEFAULT_VIRTLOGD_CONF};
 use guestlogd::{
-    config::Config,
+    config::{Config, virtlogd::VirtlogdConf},
     daemon::{self, Exit, Options},
     error_chain,
     handover::activation::{Activation, own_path, reexec},
 };
-use tracing::error;
+use tracing::{error, info};
 use tracing_subscriber::{EnvFilter, prelude::*};
-
-/// Owns the logs and consoles of virtual machines.
-#[derive(Parser, Debug)]
-#[command(version)]
-struct Args {
-    /// Where the varlink socket lives.
-    #[arg(long, default_value = "/run/guestlogd")]
-    runtime_dir: PathBuf,
-    /// Where logs are written.
-    #[arg(long, default_value = "/var/log/guestlogd")]
-    log_dir: PathBuf,
-    /// A TOML configuration file.
-    #[arg(long)]
-    config: Option<PathBuf>,
-}
 
 fn main() -> ExitCode {
     // SAFETY: no thread has been started yet.
@@ -41,13 +30,34 @@ fn main() -> ExitCode {
         }
     };
     activation.report();
-    let config = match args.config.as_deref().map(Config::load).transpose() {
-        Ok(c) => c.unwrap_or_default(),
+    let mut config = match load_config(&args) {
+        Ok(c) => c,
         Err(e) => {
-            error!(error = %error_chain(&e), "bad configuration");
+            // In the message itself: the journal shows no other field.
+            error!("bad configuration: {}", error_chain(&*e));
             return ExitCode::FAILURE;
         }
     };
+    // Only a daemon in virtlogd's place has virtlogd's settings to honour.
+    if activation.libvirt.is_some() || config.libvirt.socket.is_some() {
+        let (path, required) = match &args.virtlogd_conf {
+            Some(p) => (p.as_path(), true),
+            None => (Path::new(DEFAULT_VIRTLOGD_CONF), false),
+        };
+        let applied = VirtlogdConf::load(path, required).and_then(|v| match v {
+            Some(v) => config.apply_virtlogd(&v, &path.display().to_string()),
+            None => Ok(()),
+        });
+        if let Err(e) = applied {
+            error!("bad virtlogd configuration: {}", error_chain(&e));
+            return ExitCode::FAILURE;
+        }
+    } else if let Some(path) = &args.virtlogd_conf {
+        info!(
+            "{}: not read, since guestlogd does not serve libvirt's protocol",
+            path.display()
+        );
+    }
     let opts = Options {
         runtime_dir: args.runtime_dir,
         log_dir: args.log_dir,
@@ -64,6 +74,18 @@ fn main() -> ExitCode {
             error!(error = %error_chain(&e), "guestlogd failed");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The configuration `--config` names, else the default file if it exists,
+/// else the defaults.
+fn load_config(args: &Args) -> Result<Config, Box<guestlogd::config::ConfigError>> {
+    match &args.config {
+        Some(path) => Config::load(path).map_err(Box::new),
+        None if Path::new(DEFAULT_CONFIG).exists() => {
+            Config::load(Path::new(DEFAULT_CONFIG)).map_err(Box::new)
+        }
+        None => Ok(Config::default()),
     }
 }
 
