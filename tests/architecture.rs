@@ -411,7 +411,7 @@ fn no_file_of_src_imports_a_file_that_imports_it_back() {
 const FLOORS: &[&[&str]] = &[
     &["lib.rs", "fdstore.rs", "logging"],
     &["logs"],
-    &["config.rs", "config"],
+    &["config"],
     &["consoles"],
     &["handover"],
     &["ops.rs"],
