@@ -28,7 +28,7 @@ use crate::{
             Journal,
             export::{Kind, Settings as JournalSettings},
         },
-        log::{Log, Slot, Wait},
+        log::{Log, LogDomain, Slot, Wait},
         name::LogName,
         pipe,
         policy::PolicyChange,
@@ -84,6 +84,11 @@ pub struct PipeOptions {
     pub exclusive: bool,
     /// A change to the log's journal export.
     pub journal: JournalRequest,
+    /// The libvirt domain whose output the pipe carries, if known.
+    pub domain: Option<LogDomain>,
+    /// The domain arrives by live migration: its first byte in the log
+    /// follows a line that says so (`logs::migration`).
+    pub arrival: Option<String>,
 }
 
 /// What a call asks of a log's journal export.
@@ -210,6 +215,12 @@ impl Ops {
                 return Err(e.into());
             }
         };
+        if o.domain.is_some() {
+            log.set_domain(o.domain);
+        }
+        if let Some(name) = &o.arrival {
+            log.expect_arrival(name);
+        }
         let path = log.path().to_owned();
         let fd = pipe::open(guard, &self.tracker, self.shutdown.clone()).map_err(OpError::Pipe)?;
         self.saver.save_now();
@@ -416,15 +427,39 @@ impl Ops {
     }
 
     /// Closes a console's connections and removes its sockets; its log
-    /// stays. With `owner`, only if the console belongs to that domain.
-    pub async fn remove_console(&self, name: &LogName, owner: Option<&str>) -> Result<(), OpError> {
+    /// stays. With `owner`, only if the console belongs to that domain;
+    /// `migrated`: the domain left by live migration, and the log and the
+    /// clients are told so first.
+    pub async fn remove_console(
+        &self,
+        name: &LogName,
+        owner: Option<&str>,
+        migrated: bool,
+    ) -> Result<(), OpError> {
         self.consoles
-            .remove(name, owner)
+            .remove(name, owner, migrated)
             .await
             .map_err(|e| match e {
                 RemoveError::NoSuchConsole(name) => OpError::NoSuchConsole(name),
                 RemoveError::Owned { name, owner } => OpError::ConsoleOwned { name, owner },
             })
+    }
+
+    /// The domain is arriving by live migration (`logs::migration`).
+    pub fn expect_migration(&self, domain: &Domain) {
+        self.registry
+            .migrations()
+            .expect(&domain.uuid, &domain.name);
+        self.registry.touch();
+    }
+
+    /// The domain's arrival is over; true if it was arriving.
+    pub fn end_migration(&self, uuid: &str) -> bool {
+        let was = self.registry.migrations().end(uuid);
+        if was {
+            self.registry.touch();
+        }
+        was
     }
 
     /// Applies a call's journal request to `log` (no I/O: the export

@@ -37,6 +37,16 @@ impl Front {
 
     /// With `virtlogd` as the daemon's virtlogd.conf.
     fn start_with(policy: &str, virtlogd: Option<&str>) -> Self {
+        Self::start_in(policy, virtlogd, None)
+    }
+
+    /// A second daemon whose libvirt root is `other`'s: two hosts that
+    /// share a log directory.
+    fn start_sharing(policy: &str, other: &Front) -> Self {
+        Self::start_in(policy, None, Some(other.root()))
+    }
+
+    fn start_in(policy: &str, virtlogd: Option<&str>, root: Option<PathBuf>) -> Self {
         let dir = tempfile::Builder::new()
             .prefix("vlproto")
             .tempdir()
@@ -48,7 +58,7 @@ impl Front {
         let config = format!(
             "[libvirt]\nsocket = {}\nroots = [{}]\n{policy}",
             f(dir.path().join("virtlogd-sock")),
-            f(dir.path().join("logs")),
+            f(root.unwrap_or_else(|| dir.path().join("logs"))),
         );
         let conf = dir.path().join("virtlogd.conf");
         let daemon = Daemon::start_args(&config, |_| match virtlogd {
@@ -376,5 +386,80 @@ fn a_malformed_virtlogd_conf_stops_the_start_naming_its_line() {
     assert!(
         !run.exists() && !sock.exists(),
         "the refused start made something"
+    );
+}
+
+/// Runs tests/virtlogd/migration.py with `args`; panics, with its output
+/// and the daemons' logs, unless it succeeds.
+fn migration(python: &Path, args: &[&Path], daemons: &mut [&mut Front]) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/virtlogd/migration.py");
+    let out = Command::new(python)
+        .arg(&script)
+        .args(args)
+        .current_dir("/")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!("migration.py:\n{text}");
+    let mut logs = String::new();
+    for d in daemons.iter_mut() {
+        d.daemon.assert_alive();
+        logs.push_str(&d.daemon.stderr());
+    }
+    assert!(
+        out.status.success() && text.contains("OK: "),
+        "migration.py failed ({}):\n{text}\n--- daemons:\n{logs}",
+        out.status
+    );
+}
+
+/// Python and varlinkctl, or why the migration tests skip.
+fn python_and_varlinkctl() -> Result<(PathBuf, PathBuf), String> {
+    Ok((python()?, common::tool("varlinkctl")?))
+}
+
+/// What libvirt and guestlogd's hook do to a host's logs as a domain
+/// leaves by live migration, comes back, fails to leave and starts afresh:
+/// `migrated out` where each log ends and followers told; TRUNCATE while
+/// arriving appends and removes nothing; `migrated in` before the first
+/// byte; a failed migration and a fresh start as before.
+#[test]
+fn a_migrating_domain_keeps_its_logs_and_they_say_where_it_went() {
+    let (python, varlinkctl) = match python_and_varlinkctl() {
+        Ok(t) => t,
+        Err(why) => return println!("SKIPPED: {why}"),
+    };
+    let mut front = Front::start("");
+    let (socket, varlink, root) = (front.socket(), front.daemon.socket(), front.root());
+    migration(
+        &python,
+        &[Path::new("single"), &varlinkctl, &socket, &varlink, &root],
+        &mut [&mut front],
+    );
+}
+
+/// Two hosts writing one log directory: the destination appends after the
+/// source's last byte, which the source writes after the destination
+/// opened the file (and past a rotation), and neither loses the other's
+/// output; the destination then rotates at the true size.
+#[test]
+fn two_hosts_sharing_a_log_directory_keep_one_file_through_a_migration() {
+    let (python, varlinkctl) = match python_and_varlinkctl() {
+        Ok(t) => t,
+        Err(why) => return println!("SKIPPED: {why}"),
+    };
+    let policy = "max-size = 4096\nmax-backups = 9\n";
+    let mut a = Front::start(policy);
+    let mut b = Front::start_sharing(policy, &a);
+    let (sa, va, root) = (a.socket(), a.daemon.socket(), a.root());
+    let (sb, vb) = (b.socket(), b.daemon.socket());
+    migration(
+        &python,
+        &[Path::new("shared"), &varlinkctl, &sa, &va, &sb, &vb, &root],
+        &mut [&mut a, &mut b],
     );
 }

@@ -86,6 +86,13 @@ impl BootLog {
         }
     }
 
+    /// This guest connection is not a boot (its domain arrived by live
+    /// migration): the boot log keeps the last boot, and nothing of this
+    /// connection's output is added to it.
+    pub fn close(&mut self) {
+        self.written = self.limit;
+    }
+
     /// Keeps what of `data` still fits in this boot.
     pub async fn output(&mut self, data: &Bytes) {
         let room = self.limit.saturating_sub(self.written);

@@ -395,6 +395,25 @@ impl Clients {
     }
 
     /// Closes every client for good, at the console's end.
+    /// A line of guestlogd's own to every client and viewer, in order with
+    /// their output.
+    pub(super) fn notice_all(&mut self, text: &str) {
+        for c in &self.table {
+            notice(c, text);
+        }
+    }
+
+    /// Lets every client take what is queued for it, for at most `limit`,
+    /// then closes them all.
+    pub(super) async fn close_flushed(&mut self, limit: Duration) {
+        for c in &self.table {
+            c.queue.finish();
+        }
+        self.tasks.close();
+        let _ = tokio::time::timeout(limit, self.tasks.wait()).await;
+        self.close().await;
+    }
+
     pub(super) async fn close(&mut self) {
         for c in self.table.drain(..) {
             c.stop.cancel();

@@ -125,6 +125,9 @@ pub struct Stats {
     /// Every client's credentials, by descriptor name, for the saved state:
     /// a client made by AttachConsole has the daemon as its socket peer.
     pub peers: Mutex<BTreeMap<String, Who>>,
+    /// The guest connection came with its domain's live migration, so it
+    /// adds nothing to the boot log (`boot`); for the saved state.
+    pub boot_closed: AtomicBool,
 }
 
 /// A running console.
@@ -147,6 +150,9 @@ pub struct Console {
     /// Set by RemoveConsole: the relay closes everything instead of handing
     /// it over.
     pub(super) removing: AtomicBool,
+    /// Set by RemoveConsole too: the domain left by live migration, and
+    /// the log and the clients are told before the end.
+    pub(super) migrated: AtomicBool,
     /// The relay task; taken by whoever waits for it to end.
     pub(super) task: Mutex<Option<JoinHandle<Handover>>>,
     /// AttachConsole's way to the relay.
@@ -171,6 +177,8 @@ pub struct Adopted {
     pub clients: Vec<AdoptedClient>,
     /// With one writer: the writer's descriptor name.
     pub writer: Option<String>,
+    /// The guest connection is not a boot (`Stats::boot_closed`).
+    pub boot_closed: bool,
 }
 
 #[derive(Debug)]
@@ -286,6 +294,11 @@ impl Console {
     /// Whether RemoveConsole is closing this console for good.
     pub fn removing(&self) -> bool {
         self.removing.load(Relaxed)
+    }
+
+    /// Removed because its domain left by live migration.
+    pub fn migrated(&self) -> bool {
+        self.migrated.load(Relaxed)
     }
 
     /// The socket files, for removal when the console ends.

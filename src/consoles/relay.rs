@@ -39,6 +39,10 @@ use crate::{
     logs::{log::Wait, queue::Output},
 };
 
+/// How long clients have to take their last output, the migration's line
+/// included, when their console is removed because its domain left.
+const FLUSH_LIMIT: Duration = Duration::from_secs(2);
+
 /// The most read from the guest at once.
 const CHUNK: usize = 64 * 1024;
 /// Client input waiting for the guest to read it; past this, clients that
@@ -64,6 +68,12 @@ struct Relay {
     boot: Option<BootLog>,
     /// The guest is being held to the log's rate.
     throttling: bool,
+    console: Arc<Console>,
+    /// The guest connection ended, and the relay has not yet looked at
+    /// why (`guest_ended`).
+    guest_left: bool,
+    /// The log and the clients were told that the domain migrated out.
+    departed: bool,
 }
 
 /// How an attach went.
@@ -91,7 +101,14 @@ pub async fn run(
     let (input_tx, mut input_rx) = mpsc::channel(64);
     let guest_name = format!("console/{}/guest", settings.name);
     let boot = match settings.boot.clone() {
-        Some(log) => Some(BootLog::resume(log, settings.boot_bytes).await),
+        Some(log) => {
+            let mut boot = BootLog::resume(log, settings.boot_bytes).await;
+            if adopted.boot_closed {
+                boot.close();
+                stats.boot_closed.store(true, Relaxed);
+            }
+            Some(boot)
+        }
         None => None,
     };
     let mut relay = Relay {
@@ -105,6 +122,9 @@ pub async fn run(
         guest_name,
         boot,
         throttling: false,
+        console: console.clone(),
+        guest_left: false,
+        departed: false,
     };
     if let Some(guest) = adopted.guest {
         relay.guest_pid(&guest);
@@ -217,6 +237,9 @@ pub async fn run(
                 let _ = r.reply.send(answer);
             }
         }
+        if std::mem::take(&mut relay.guest_left) {
+            relay.guest_ended().await;
+        }
     }
     let registry = relay.settings.registry.clone();
     if registry.handing_over() && !console.removing() {
@@ -224,7 +247,14 @@ pub async fn run(
     }
     // What the guest has sent is taken and logged before the console ends.
     relay.drain_guest().await;
-    relay.clients.close().await;
+    if console.migrated() {
+        relay.migrated_out().await;
+    }
+    if relay.departed {
+        relay.clients.close_flushed(FLUSH_LIMIT).await;
+    } else {
+        relay.clients.close().await;
+    }
     let store = registry.store();
     store.remove(&relay.guest_name);
     for kind in ["guest-listen", "client-listen", "view-listen"] {
@@ -254,10 +284,23 @@ impl Relay {
         store.add(self.guest_name.clone(), guest.as_fd(), false);
         self.settings.registry.touch();
         // After the old connection's output was taken: that belongs to
-        // the boot before.
+        // the boot before. A guest that comes with its domain's live
+        // migration is not a boot, however late its first byte.
+        let arriving = self
+            .console
+            .domain()
+            .and_then(|d| self.settings.registry.migrations().arriving(&d.uuid));
+        self.stats.boot_closed.store(arriving.is_some(), Relaxed);
         if let Some(boot) = &mut self.boot {
-            boot.guest_connected().await;
+            match arriving {
+                Some(_) => boot.close(),
+                None => boot.guest_connected().await,
+            }
         }
+        if let (Some(name), Some(log)) = (&arriving, &self.settings.log) {
+            log.expect_arrival(name);
+        }
+        self.departed = false;
         self.guest_pid(&guest);
         self.guest = Some(guest);
         self.stats.guest_connected.store(true, Relaxed);
@@ -276,11 +319,40 @@ impl Relay {
         self.input.clear();
         self.input_bytes = 0;
         if self.guest.take().is_some() {
+            self.guest_left = true;
             crate::limited!(info, "guest disconnected");
             self.settings.registry.store().remove(&self.guest_name);
             self.settings.registry.touch();
         }
         self.stats.guest_connected.store(false, Relaxed);
+    }
+
+    /// The guest connection ended: if its QEMU went because the domain
+    /// is migrating away, that is the domain's departure.
+    async fn guest_ended(&mut self) {
+        let leaving = self
+            .console
+            .domain()
+            .and_then(|d| self.settings.registry.migrations().leaving(&d.uuid));
+        if leaving.is_some() {
+            self.migrated_out().await;
+        }
+    }
+
+    /// Tells the log and every client that the domain migrated out, once.
+    async fn migrated_out(&mut self) {
+        if std::mem::replace(&mut self.departed, true) {
+            return;
+        }
+        let Some(domain) = self.console.domain() else {
+            return;
+        };
+        if let Some(log) = &self.settings.log {
+            log.depart(domain.name.clone()).await;
+        }
+        self.clients
+            .notice_all(&format!("domain {} migrated out", domain.name));
+        info!(domain = domain.name, "the console's domain migrated out");
     }
 
     /// Stops without closing anything: output already read is in the log,

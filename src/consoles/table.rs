@@ -152,6 +152,7 @@ impl Consoles {
             settings: settings.clone(),
             stop: stop.clone(),
             removing: AtomicBool::new(false),
+            migrated: AtomicBool::new(false),
             task: Mutex::new(None),
             attach,
         });
@@ -216,8 +217,14 @@ impl Consoles {
 
     /// Stops a console, waits until its connections are closed and its
     /// sockets removed, then forgets it. With `owner`, only a console that
-    /// belongs to the domain of that UUID.
-    pub async fn remove(&self, name: &LogName, owner: Option<&str>) -> Result<(), RemoveError> {
+    /// belongs to the domain of that UUID. `migrated`: the domain left by
+    /// live migration, which the console's log and clients are told.
+    pub async fn remove(
+        &self,
+        name: &LogName,
+        owner: Option<&str>,
+        migrated: bool,
+    ) -> Result<(), RemoveError> {
         let console = {
             let map = lock(&self.map);
             let console = map
@@ -230,6 +237,7 @@ impl Consoles {
                     owner: domain,
                 });
             }
+            console.migrated.store(migrated, Relaxed);
             console.removing.store(true, Relaxed);
             console.clone()
         };

@@ -131,6 +131,7 @@ pub fn adopt(
             size: log.size,
             backups: log.backups,
             gaps: log.gaps.clone(),
+            hop: log.hop.clone(),
         };
         match registry.restore(&log.name, log.policy, counters) {
             Ok(restored) => {
@@ -145,6 +146,7 @@ pub fn adopt(
             Err(e) => warn!(log = log.name, error = %error_chain(&e), "cannot reopen a log"),
         }
     }
+    registry.migrations().restore(saved.migrations.clone());
     for f in &saved.forgotten {
         if let Err(e) = registry.restore_forgotten(&f.name, f.policy) {
             warn!(log = f.name, error = %error_chain(&e), "cannot remember a forgotten log");
@@ -281,6 +283,7 @@ fn adopt_console(
         guest: store.get(&format!("{prefix}/guest")).and_then(stream),
         clients: Vec::new(),
         writer: saved.writer.clone(),
+        boot_closed: saved.boot_closed,
     };
     for (fd_name, viewer) in attached {
         let Some(s) = store.get(&fd_name).and_then(stream) else {
@@ -425,6 +428,7 @@ impl Saver {
                     bytes_evicted: s.bytes_evicted,
                     gaps: s.gaps,
                     journal: journal_state(l.journal()),
+                    hop: l.hop_state(),
                 }
             })
             .collect();
@@ -451,6 +455,7 @@ impl Saver {
                     peers: lock(&c.stats.peers).clone(),
                     boot_bytes: if st.boot.is_some() { st.boot_bytes } else { 0 },
                     domain: c.domain(),
+                    boot_closed: c.stats.boot_closed.load(Relaxed),
                 }
             })
             .collect();
@@ -475,6 +480,7 @@ impl Saver {
                 })
                 .collect(),
             totals: self.totals.get().map(|t| (t.0)()).unwrap_or_default(),
+            migrations: registry.migrations().state(),
         };
         let fd = match state.to_memfd() {
             Ok(fd) => fd,

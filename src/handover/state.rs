@@ -24,6 +24,8 @@ use crate::{
     logs::{
         gap::Gaps,
         journal::{cursors::Record, export::Settings},
+        log::HopState,
+        migration::MigrationState,
         policy::Policy,
         queue::SlowPolicy,
     },
@@ -52,6 +54,8 @@ pub struct State {
     /// The policies of logs forgotten under `max-logs`, so that one that
     /// comes back gets its own.
     pub forgotten: Vec<ForgottenLog>,
+    /// The domains arriving and leaving by live migration.
+    pub migrations: MigrationState,
 }
 
 /// A forgotten log's policy.
@@ -89,6 +93,9 @@ pub struct LogState {
     /// The journal export, if the log has one.
     #[serde(default)]
     pub journal: Option<JournalState>,
+    /// Its domain's migrations.
+    #[serde(default, skip_serializing_if = "HopState::is_empty")]
+    pub hop: HopState,
 }
 
 /// A log's journal export: what its entries say, and where it stood.
@@ -152,6 +159,9 @@ pub struct ConsoleState {
     /// The domain the console belongs to.
     #[serde(default)]
     pub domain: Option<Domain>,
+    /// The guest connection came by live migration: not a boot.
+    #[serde(default)]
+    pub boot_closed: bool,
 }
 
 /// Why a stored state could not be read.
@@ -231,6 +241,10 @@ mod tests {
                 bytes_evicted: 0,
                 gaps: Gaps::default(),
                 journal: None,
+                hop: HopState {
+                    arrival: Some("vm".into()),
+                    ..HopState::default()
+                },
             }],
             consoles: vec![],
             fds: vec!["pipe/vm/1".into()],
@@ -240,6 +254,7 @@ mod tests {
                 policy: Policy::default(),
             }],
             totals: BTreeMap::from([("varlink/accepted".into(), 4)]),
+            migrations: MigrationState::default(),
         };
         assert_eq!(State::read(state.to_memfd().unwrap()).unwrap(), state);
         assert_eq!(seq(&fd_name(42)), Some(42));

@@ -32,6 +32,12 @@ pub const EVICTION: &str = "f2d3b2f60bcf44dba81eabc047915d25";
 pub const THROTTLE_START: &str = "86cfb2569b5b42d4a546089298d52574";
 /// A log's rate limit let its writer go at its own pace again.
 pub const THROTTLE_END: &str = "87c8a2a33d194778807a33d7ba9cd2f9";
+/// A log's domain arrived on this host by live migration: the log got
+/// the line "domain NAME migrated in" before its first byte here.
+pub const MIGRATED_IN: &str = "d5d4150057484b8c9fdec1264f9b673f";
+/// A log's domain left this host by live migration: the log got the line
+/// "domain NAME migrated out" where its output here ends.
+pub const MIGRATED_OUT: &str = "b1d86257792949389416d6a2c758910d";
 
 /// Every id, with its constant's name, for the catalog check.
 pub const ALL: &[(&str, &str)] = &[
@@ -44,6 +50,8 @@ pub const ALL: &[(&str, &str)] = &[
     ("EVICTION", EVICTION),
     ("THROTTLE_START", THROTTLE_START),
     ("THROTTLE_END", THROTTLE_END),
+    ("MIGRATED_IN", MIGRATED_IN),
+    ("MIGRATED_OUT", MIGRATED_OUT),
 ];
 
 #[cfg(test)]

@@ -101,4 +101,6 @@ pub struct Counters {
     pub backups: u64,
     /// Gaps the previous guestlogd had not written into the log yet.
     pub gaps: Gaps,
+    /// Its domain's migrations, as the previous guestlogd left them.
+    pub hop: super::log::HopState,
 }

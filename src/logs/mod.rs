@@ -6,7 +6,8 @@
 //! (`rotator`) and its `policy`, each log with its jobs and followers
 //! (`log`), where files live (`places`), the registry of every known log
 //! (`registry`), the pipes that feed logs (`pipe`), each log's export to
-//! the journal (`journal`), and the bounded queue
+//! the journal (`journal`), the domains on the move between hosts
+//! (`migration`), and the bounded queue
 //! of one reader of output (`queue`), which a log's followers and a
 //! console's clients both use.
 //!
@@ -23,6 +24,7 @@ pub mod inventory;
 pub mod journal;
 pub mod log;
 pub mod logdir;
+pub mod migration;
 pub mod name;
 #[allow(unsafe_code)]
 pub mod pipe;

@@ -105,6 +105,8 @@ async fn pump(
     // pipe came back more than half full, so its writer never fills it).
     let mut dropping = Duration::ZERO;
     let mut paused: Option<tokio::time::Instant> = None;
+    // Every writer closed the pipe (not a stop or a failure).
+    let mut ended = false;
     loop {
         let ready = tokio::select! {
             // A stop comes first: a writer that keeps its pipe full must
@@ -130,6 +132,7 @@ async fn pump(
                     let eof = read_dry(&read, &guard, Instant::now() + DRAIN_FOR).await.is_some_and(|eof| eof);
                     let _ = done.send(());
                     if eof {
+                        ended = true;
                         break;
                     }
                     continue;
@@ -144,6 +147,7 @@ async fn pump(
                     }
                     if read_dry(&read, &guard, Instant::now() + DRAIN_FOR).await == Some(true) {
                         finished = Some(done);
+                        ended = true;
                         break;
                     }
                     let _ = done.send(false);
@@ -168,7 +172,10 @@ async fn pump(
         // writer is never held up.
         if guard.log().rate_exhausted() {
             match discard(read.get_ref()) {
-                Ok(0) => break,
+                Ok(0) => {
+                    ended = true;
+                    break;
+                }
                 Ok(n) => {
                     guard.log().suppressed(n);
                     dropping = if n >= PIPE_SIZE as usize / 2 {
@@ -188,7 +195,10 @@ async fn pump(
         }
         dropping = Duration::ZERO;
         match transfer(&read, &guard, Until::More).await {
-            Moved::Eof => break,
+            Moved::Eof => {
+                ended = true;
+                break;
+            }
             Moved::Dry => ready.clear_ready(),
             Moved::More => {}
             Moved::Failed(e) => {
@@ -199,6 +209,11 @@ async fn pump(
     }
     let registry = guard.registry().clone();
     registry.store().remove(&name);
+    if ended {
+        // Every writer closed it: if its QEMU went because the domain
+        // migrated away, the log says so where its output ends.
+        guard.log().pipe_ended(registry.migrations()).await;
+    }
     registry.touch();
     drop(guard);
     if let Some(done) = finished {

@@ -158,6 +158,9 @@ struct State {
     /// Dropped since the consumer last popped; all of it precedes `chunks`.
     dropped: u64,
     closed: bool,
+    /// The producer is done: the consumer gets what is queued, then the
+    /// end (`finish`).
+    finished: bool,
     /// The consumer popped a batch and is still sending it.
     sending: bool,
 }
@@ -186,6 +189,7 @@ impl State {
             in_flight: 0,
             dropped: 0,
             closed: false,
+            finished: false,
             sending: false,
         }
     }
@@ -448,6 +452,9 @@ impl OutputQueue {
                 if s.closed {
                     return None;
                 }
+                if s.finished && s.is_empty() && s.dropped == 0 {
+                    return None;
+                }
                 if !s.is_empty() || s.dropped > 0 {
                     s.seal_tail();
                     let budget = self.cap / 2;
@@ -524,6 +531,13 @@ impl OutputQueue {
         s.closed = true;
         s.clear();
         drop(s);
+        self.ready.notify_one();
+    }
+
+    /// Ends the queue once the consumer has what it holds: `pop` gives
+    /// the rest, then `None`.
+    pub fn finish(&self) {
+        self.lock().finished = true;
         self.ready.notify_one();
     }
 
@@ -699,6 +713,26 @@ mod tests {
         let (_, got) = drain(&q).await;
         assert!(newest.ends_with(&got));
         assert!(got.len() >= CAP / 2 - 2 * OVERHEAD, "{} kept", got.len());
+    }
+
+    #[tokio::test]
+    async fn a_finished_queue_gives_what_it_holds_then_ends() {
+        let q = OutputQueue::new(CAP, SlowPolicy::Drop);
+        push(&q, b"last words\n");
+        q.finish();
+        let batch = q.pop().await.unwrap();
+        assert_eq!(batch.chunks.concat(), b"last words\n");
+        q.sent();
+        assert_eq!(q.pop().await, None);
+        // A consumer already waiting is woken for the end.
+        let q = std::sync::Arc::new(OutputQueue::new(CAP, SlowPolicy::Drop));
+        let waiting = tokio::spawn({
+            let q = q.clone();
+            async move { q.pop().await }
+        });
+        tokio::task::yield_now().await;
+        q.finish();
+        assert_eq!(waiting.await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -25,6 +25,7 @@ use tokio::sync::Notify;
 
 use super::{
     log::{Counters, Log},
+    migration::Migrations,
     name::LogName,
     places::Places,
     policy::{Policy, PolicyChange},
@@ -65,6 +66,8 @@ pub struct Registry {
     forgotten: Mutex<Forgotten>,
     /// Where every log counts what it writes, for the disk budget.
     usage: Arc<Usage>,
+    /// The domains arriving and leaving by live migration.
+    migrations: Migrations,
 }
 
 /// The policies of forgotten logs, the most recently forgotten kept: at
@@ -183,6 +186,7 @@ impl Registry {
                 ..Forgotten::default()
             }),
             usage,
+            migrations: Migrations::default(),
         }
     }
 
@@ -192,6 +196,10 @@ impl Registry {
 
     pub fn usage(&self) -> &Arc<Usage> {
         &self.usage
+    }
+
+    pub fn migrations(&self) -> &Migrations {
+        &self.migrations
     }
 
     /// Forgets the log called `name`, and what is remembered of it, unless

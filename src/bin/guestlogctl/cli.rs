@@ -209,7 +209,8 @@ pub struct HookArgs {
     pub operation: String,
     /// libvirt's sub-operation: begin or end.
     pub subop: String,
-    /// libvirt's extra argument, "-" for these operations; unused.
+    /// libvirt's extra argument: at "release end", why the domain went
+    /// ("migrated" tells the consoles' clients); "-" otherwise.
     pub extra: Option<String>,
     /// Bytes of each boot kept in NAME.boot.log; 0 keeps none.
     #[arg(long, value_name = "N", default_value_t = 1024 * 1024)]

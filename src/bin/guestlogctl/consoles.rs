@@ -48,7 +48,7 @@ pub async fn create(conn: &mut Connection, a: CreateArgs) -> Result<(), CtlError
 }
 
 pub async fn remove(conn: &mut Connection, name: &str) -> Result<(), CtlError> {
-    conn.remove_console(name, None)
+    conn.remove_console(name, None, None)
         .await
         .map_err(CtlError::Call)?
         .map_err(CtlError::Refused)

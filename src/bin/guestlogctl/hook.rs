@@ -6,9 +6,15 @@
 //! exists) it creates a console for every `<serial>` and `<console>` of
 //! `type='unix'` whose source has `mode='connect'` and a path
 //! `RUNDIR/consoles/NAME.guest`; at `release end` it removes them (their
-//! logs stay). Everything else it ignores, silently: libvirt reads a
+//! logs stay), saying so to their clients when EXTRA is `migrated`.
+//!
+//! Live migration: at `migrate begin`, which only the destination gets,
+//! it tells guestlogd that the domain is arriving (ExpectMigration), so
+//! that its logs and consoles keep their history (`logs::migration`); at
+//! `started begin` and `release end` that the arrival is over
+//! (EndMigration). Everything else it ignores, silently. libvirt reads a
 //! hook's stdout as a new domain XML at `migrate` and `restore`, so this
-//! hook never prints there.
+//! hook never prints on stdout: the XML stays as it is, untainted.
 //!
 //! The rules, so that a domain touches only its own consoles:
 //! - Each console is made with the domain's UUID and name (`domain`), and
@@ -86,6 +92,8 @@ pub enum HookError {
     Call(#[source] zlink::Error),
     #[error("guestlogd consoles: guestlogd refused console {name}: {error:?}")]
     Daemon { name: String, error: ManagerError },
+    #[error("guestlogd: domain {domain}: guestlogd refused its migration: {error:?}")]
+    Migration { domain: String, error: ManagerError },
     #[error(
         "guestlogd consoles: domain {domain}: console {name} belongs to {owner}; remove it (guestlogctl remove {name}) if that is stale"
     )]
@@ -113,10 +121,26 @@ pub struct Plan {
     pub uuid: Option<String>,
 }
 
+/// What the hook does for libvirt's operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// `migrate begin`: the domain is arriving by live migration.
+    Arriving,
+    /// `prepare begin`: its consoles are made.
+    Prepare,
+    /// `started begin`: its arrival, if it was arriving, is over.
+    Started,
+    /// `release end`: its consoles go (and its arrival, if it failed);
+    /// `true` when it left by migration.
+    Release(bool),
+}
+
 pub async fn run(runtime_dir: &Path, a: HookArgs) -> Result<(), HookError> {
-    let creating = match (a.operation.as_str(), a.subop.as_str()) {
-        ("prepare", "begin") => true,
-        ("release", "end") => false,
+    let step = match (a.operation.as_str(), a.subop.as_str()) {
+        ("migrate", "begin") => Step::Arriving,
+        ("prepare", "begin") => Step::Prepare,
+        ("started", "begin") => Step::Started,
+        ("release", "end") => Step::Release(a.extra.as_deref() == Some("migrated")),
         _ => return Ok(()),
     };
     let secs = a.timeout;
@@ -124,6 +148,22 @@ pub async fn run(runtime_dir: &Path, a: HookArgs) -> Result<(), HookError> {
     let work = async {
         let xml = read_stdin().await?;
         let plan = plan(&xml, &a.domain, &runtime_dir.join("consoles"))?;
+        let creating = match step {
+            Step::Arriving => return migration(&socket, &a, &plan, step).await,
+            Step::Prepare => true,
+            Step::Started | Step::Release(_) => {
+                // The arrival is over (at release: it failed). Said on
+                // stderr if guestlogd does not hear it: the arrival ends
+                // by itself in time, and the domain must not pay for it.
+                if let Err(e) = migration(&socket, &a, &plan, Step::Started).await {
+                    eprintln!("{}", guestlogd::error_chain(&e));
+                }
+                if step == Step::Started {
+                    return Ok(());
+                }
+                false
+            }
+        };
         if plan.consoles.is_empty() {
             return Ok(());
         }
@@ -160,15 +200,16 @@ pub async fn run(runtime_dir: &Path, a: HookArgs) -> Result<(), HookError> {
                     Err(e) => {
                         // The domain will not start: what this run made goes.
                         for c in made {
-                            let _ = remove(&mut conn, c, &a.domain, &uuid).await;
+                            let _ = remove(&mut conn, c, &a.domain, &uuid, false).await;
                         }
                         return Err(e);
                     }
                 }
             }
         } else {
+            let migrated = step == Step::Release(true);
             for c in &plan.consoles {
-                remove(&mut conn, c, &a.domain, &uuid).await?;
+                remove(&mut conn, c, &a.domain, &uuid, migrated).await?;
             }
         }
         Ok(())
@@ -257,6 +298,32 @@ async fn create(
     }
 }
 
+/// Tells guestlogd that the domain is arriving by live migration
+/// (`migrate begin`), or that its arrival is over (`started begin`).
+/// libvirt reads what a hook prints at `migrate` as a new domain XML:
+/// nothing is printed, so the XML stays as it is and untainted. A domain
+/// without a UUID (libvirt always gives one) has nothing to say.
+async fn migration(socket: &Path, a: &HookArgs, plan: &Plan, step: Step) -> Result<(), HookError> {
+    let Some(uuid) = &plan.uuid else {
+        return Ok(());
+    };
+    let mut conn = connect(socket).await?;
+    let (method, params) = match step {
+        Step::Arriving => (
+            "ExpectMigration",
+            json!({"domain": {"uuid": uuid, "name": a.domain}}),
+        ),
+        _ => ("EndMigration", json!({"domainUuid": uuid})),
+    };
+    match call(&mut conn, method, params).await? {
+        Ok(()) => Ok(()),
+        Err(error) => Err(HookError::Migration {
+            domain: a.domain.clone(),
+            error,
+        }),
+    }
+}
+
 /// Removes the domain's console; one that is gone, or that belongs to
 /// another domain, is left alone (said on stderr for the latter).
 async fn remove(
@@ -264,8 +331,12 @@ async fn remove(
     c: &Wanted,
     domain: &str,
     uuid: &str,
+    migrated: bool,
 ) -> Result<(), HookError> {
-    let params = json!({"name": c.name, "domainUuid": uuid});
+    let mut params = json!({"name": c.name, "domainUuid": uuid});
+    if migrated {
+        params["migrated"] = json!(true);
+    }
     match call(conn, "RemoveConsole", params).await? {
         Ok(()) | Err(ManagerError::NoSuchConsole { .. }) => Ok(()),
         Err(ManagerError::ConsoleOwned { .. }) => {

@@ -330,7 +330,11 @@ async fn follow(
             .map_err(CtlError::Decode)?;
         stdout.write(&data).map_err(CtlError::Stdout)?;
         if reply.continues() != Some(true) {
-            return stdout.finish().map_err(CtlError::Stdout);
+            stdout.finish().map_err(CtlError::Stdout)?;
+            if let Some(ended) = out.ended {
+                eprintln!("guestlogctl: {name}: {ended}");
+            }
+            return Ok(());
         }
     }
 }

@@ -42,7 +42,24 @@ pub(super) fn follow_stream(
             // stream was polled again): only now does it stop counting
             // against the follower's queue, so a follower costs one queue.
             following.0.sent();
-            let batch = following.0.pop().await?;
+            let Some(batch) = following.0.pop().await else {
+                // Finished by the log: its domain migrated away. Said once,
+                // in a last reply; a queue closed for any other reason
+                // just ends.
+                let ended = following.1.departed()?;
+                let reply = api::FollowOutput {
+                    data: "",
+                    text: text.then_some(""),
+                    dropped: 0,
+                    ended: Some(
+                        ended
+                            .trim_start_matches("[guestlogd: ")
+                            .trim_end_matches(']'),
+                    ),
+                };
+                following.0.close();
+                return Some(((Ok(to_value(reply)), false), (following, ready)));
+            };
             let data = Bytes::from(batch.chunks.concat());
             let mut dropped = batch.dropped;
             for at in (0..data.len().max(1)).step_by(FOLLOW_CHUNK) {
@@ -57,6 +74,7 @@ pub(super) fn follow_stream(
             data: &encoded,
             text: text.as_deref(),
             dropped: int(dropped),
+            ended: None,
         };
         Some(((Ok(to_value(reply)), true), (following, ready)))
     })

@@ -155,6 +155,8 @@ impl Manager {
             "CreateConsole" => self.create_console(parse(parameters)?)?,
             "RemoveConsole" => self.remove_console(parse(parameters)?)?,
             "AttachConsole" => self.attach_console(parse(parameters)?, caller)?,
+            "ExpectMigration" => return self.expect_migration(parse(parameters)?),
+            "EndMigration" => return self.end_migration(parse(parameters)?),
             _ => {
                 return Err(WireError::Varlink(varlink_service::Error::MethodNotFound {
                     method: method.clone().into(),
@@ -443,11 +445,28 @@ impl Manager {
             .as_deref()
             .map(|u| domain_uuid("domainUuid", u))
             .transpose()?;
+        let migrated = p.migrated == Some(true);
         let ops = self.ops.clone();
         Ok(Box::pin(async move {
-            ops.remove_console(&name, owner.as_deref()).await?;
+            ops.remove_console(&name, owner.as_deref(), migrated)
+                .await?;
             Ok((empty(), vec![]))
         }))
+    }
+
+    /// No I/O: the table is in memory, and saved by the state task.
+    fn expect_migration(&self, p: api::ExpectMigrationInput) -> Result<Answer, WireError> {
+        let d = domain("domain", p.domain)?;
+        self.ops.expect_migration(&d);
+        Ok(Answer::Now(empty()))
+    }
+
+    fn end_migration(&self, p: api::EndMigrationInput) -> Result<Answer, WireError> {
+        let uuid = domain_uuid("domainUuid", &p.domain_uuid)?;
+        let was_arriving = self.ops.end_migration(&uuid);
+        Ok(Answer::Now(to_value(api::EndMigrationOutput {
+            was_arriving,
+        })))
     }
 
     /// A client end of a console for the caller, recorded with its

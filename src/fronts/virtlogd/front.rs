@@ -25,6 +25,7 @@ use crate::{
     fronts::varlink::wire::vm_name,
     limited,
     logs::{
+        log::LogDomain,
         name::LogName,
         policy::{Policy, PolicyChange},
         rotator::Pos,
@@ -181,7 +182,20 @@ impl Virtlogd {
     ) -> Result<(Reply, Option<std::os::fd::OwnedFd>), ErrorReply> {
         check_flags(c.flags, OPEN_TRUNCATE, "virLogHandlerDomainOpenLogFile")?;
         let name = self.log(&c.path)?;
-        let truncate = c.flags & OPEN_TRUNCATE != 0;
+        let vm = machine(&c.dom);
+        let domain = log_domain(&vm);
+        let migrations = self.ops.registry.migrations();
+        // A domain arriving by migration keeps what its logs hold here
+        // (its own history, on a return, or the source's very file, on
+        // shared storage); one that opens its logs otherwise starts here
+        // and is not leaving.
+        let arrival = domain.as_ref().and_then(|d| migrations.arriving(&d.uuid));
+        if let Some(d) = &domain
+            && arrival.is_none()
+        {
+            migrations.stay(&d.uuid);
+        }
+        let truncate = c.flags & OPEN_TRUNCATE != 0 && arrival.is_none();
         let options = PipeOptions {
             policy: PolicyChange::from(self.policy),
             truncate,
@@ -189,8 +203,10 @@ impl Virtlogd {
             exclusive: true,
             journal: JournalRequest {
                 on: self.journal.then_some(true),
-                vm: self.journal.then(|| machine(&c.dom)),
+                vm: self.journal.then_some(vm),
             },
+            domain,
+            arrival,
         };
         let opened = self
             .ops
@@ -254,6 +270,9 @@ impl Virtlogd {
     async fn append(&self, c: AppendLogFile) -> Result<Reply, ErrorReply> {
         no_flags(c.flags, "virLogHandlerDomainAppendLogFile")?;
         let name = self.log(&c.path)?;
+        if let Some(d) = log_domain(&machine(&c.dom)) {
+            self.note_migration(&d, &c.message);
+        }
         // A log this front makes gets its policy, as OpenLogFile's do.
         let policy = PolicyChange::from(self.policy);
         self.ops
@@ -262,6 +281,35 @@ impl Virtlogd {
             .map_err(to_reply_any)?;
         Ok(Reply::Appended(0))
     }
+}
+
+impl Virtlogd {
+    /// What libvirt's own lines in a domain's log say of a migration: the
+    /// source writes `initiating migration` as it begins, and `shutting
+    /// down, reason=R` as its QEMU stops, R being `migrated` only if the
+    /// domain went.
+    fn note_migration(&self, domain: &LogDomain, message: &[u8]) {
+        let text = String::from_utf8_lossy(message);
+        let text = text.trim_end();
+        let migrations = self.ops.registry.migrations();
+        if text.ends_with("initiating migration") {
+            migrations.leave(&domain.uuid, &domain.name);
+            self.ops.registry.touch();
+        } else if let Some((_, reason)) = text.rsplit_once("shutting down, reason=")
+            && reason.trim() != "migrated"
+            && migrations.stay(&domain.uuid)
+        {
+            self.ops.registry.touch();
+        }
+    }
+}
+
+/// The domain a call names, for its logs' migrations: its UUID and a name
+/// to show (the UUID if libvirt's name is not one we can show).
+fn log_domain(vm: &Machine) -> Option<LogDomain> {
+    let uuid = vm.uuid.clone()?;
+    let name = vm.name.clone().unwrap_or_else(|| uuid.clone());
+    Some(LogDomain { uuid, name })
 }
 
 /// The domain libvirt names, for the journal: its name if it is one we

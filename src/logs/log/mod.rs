@@ -30,7 +30,10 @@ use tracing::warn;
 
 pub use super::figures::{Counters, JournalFigures, LogSnapshot};
 mod export;
+mod hop;
 mod shaping;
+
+pub use hop::{HopState, LogDomain};
 
 use super::{
     figures::Stats,
@@ -113,6 +116,8 @@ pub struct Log {
     /// The journal export, when on; used in the log's jobs (and by the
     /// journal's tick, which only tries).
     export: Mutex<Option<Export>>,
+    /// Its domain's migrations (`hop`).
+    hop: Mutex<HopState>,
 }
 
 /// Where a pipe task takes requests; each is answered once done.
@@ -167,6 +172,7 @@ impl Log {
             usage,
             journal: Arc::default(),
             export: Mutex::new(None),
+            hop: Mutex::new(counters.hop),
         };
         log.touch();
         log
@@ -342,6 +348,7 @@ impl Log {
     /// included) is counted in `bytesDropped`, logged, rate-limited, and
     /// marked in the log at the next write that succeeds (`gap`).
     pub fn write_in(&self, slot: &mut Slot, data: &[u8]) -> Result<(), RotatorError> {
+        self.write_arrival(slot);
         let result = match self.file(slot) {
             Ok(f) => {
                 self.write_gaps(f);
