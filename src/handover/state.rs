@@ -24,8 +24,7 @@ use crate::{
     logs::{
         gap::Gaps,
         journal::{cursors::Record, export::Settings},
-        log::HopState,
-        migration::MigrationState,
+        migration::{HopState, MigrationState},
         policy::Policy,
         queue::SlowPolicy,
     },

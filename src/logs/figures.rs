@@ -102,5 +102,5 @@ pub struct Counters {
     /// Gaps the previous guestlogd had not written into the log yet.
     pub gaps: Gaps,
     /// Its domain's migrations, as the previous guestlogd left them.
-    pub hop: super::log::HopState,
+    pub hop: super::migration::HopState,
 }

@@ -42,6 +42,35 @@ pub const ARRIVAL_LIMIT: Duration = Duration::from_secs(120);
 /// The most domains arriving, and separately leaving, at once.
 pub const MAX_DOMAINS: usize = 4096;
 
+/// The libvirt domain a log belongs to, as OpenLogFile names it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogDomain {
+    pub uuid: String,
+    pub name: String,
+}
+
+/// A log's part in its domain's migrations, kept across restarts.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HopState {
+    /// The domain whose output the log is, if a caller said.
+    #[serde(default)]
+    pub domain: Option<LogDomain>,
+    /// The domain arrived by migration, and has not written yet: its name,
+    /// for the line that goes before its first byte.
+    #[serde(default)]
+    pub arrival: Option<String>,
+    /// The domain left by migration: the line that said so, which is how
+    /// the log's followers are told why their stream ended.
+    #[serde(default)]
+    pub departed: Option<String>,
+}
+
+impl HopState {
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// One domain on the move: its UUID (libvirt's canonical form) and name.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hop {

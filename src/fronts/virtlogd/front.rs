@@ -25,7 +25,7 @@ use crate::{
     fronts::varlink::wire::vm_name,
     limited,
     logs::{
-        log::LogDomain,
+        migration::LogDomain,
         name::LogName,
         policy::{Policy, PolicyChange},
         rotator::Pos,

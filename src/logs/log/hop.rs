@@ -11,46 +11,16 @@
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use tracing::info;
 
 use super::{Log, Slot, Wait};
 use crate::{
     error_chain, lock,
     logs::{
-        migration::{self, Migrations},
+        migration::{self, HopState, LogDomain, Migrations},
         rotator::RotatingFile,
     },
 };
-
-/// The libvirt domain a log belongs to, as OpenLogFile names it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LogDomain {
-    pub uuid: String,
-    pub name: String,
-}
-
-/// A log's part in its domain's migrations, kept across restarts.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HopState {
-    /// The domain whose output the log is, if a caller said.
-    #[serde(default)]
-    pub domain: Option<LogDomain>,
-    /// The domain arrived by migration, and has not written yet: its name,
-    /// for the line that goes before its first byte.
-    #[serde(default)]
-    pub arrival: Option<String>,
-    /// The domain left by migration: the line that said so, which is how
-    /// the log's followers are told why their stream ended.
-    #[serde(default)]
-    pub departed: Option<String>,
-}
-
-impl HopState {
-    pub fn is_empty(&self) -> bool {
-        *self == Self::default()
-    }
-}
 
 impl Log {
     /// The log is now the output of `domain` (or of none), opened afresh:

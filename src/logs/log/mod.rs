@@ -33,12 +33,11 @@ mod export;
 mod hop;
 mod shaping;
 
-pub use hop::{HopState, LogDomain};
-
 use super::{
     figures::Stats,
     gap::{Gaps, Reason},
     journal::export::{Export, Shared},
+    migration::HopState,
     name::LogName,
     places::Places,
     policy::Policy,
