@@ -101,13 +101,20 @@ fn round_trip(shared_logs: bool) {
     // B's Prepare recreated the file it names: in a shared directory, A's
     // first stay is already gone from it.
     let a_on_leaving = pair.a().read(&serial_log);
-    wait_ticks(&pair, Side::B, STAY);
+    let b_before = wait_ticks(&pair, Side::B, STAY);
     // Without sharing, A's serial log stays as QEMU left it until the guest
     // comes back: read it now, whole (virtlogd had QEMU's EOF long ago).
     let a_first_stay = pair.a().read(&serial_log);
 
     let ba = pair.migrate(NAME, Side::B, true);
+    // Without sharing, B's whole stay (QEMU's EOF came in Confirm); with
+    // it, A's Prepare has already recreated the file: `b_before` is B's.
     let b_on_leaving = pair.b().read(&serial_log);
+    let b_stay = if shared_logs {
+        &b_before
+    } else {
+        &b_on_leaving
+    };
     wait_ticks(&pair, Side::A, STAY);
     // Destroyed before the final reads: QEMU's EOF ends both the log and
     // the listener's connection, so nothing is half-read.
@@ -135,14 +142,30 @@ fn round_trip(shared_logs: bool) {
 
     // --- The serial logs: each destination deleted and recreated its file.
     let (log_report, files) = if shared_logs {
-        // One file: after A→B it held only B's stay, at the end only A's
-        // second stay.
-        assert_eq!(a_on_leaving, pair.b().read(&serial_log));
+        // One file, recreated by each destination's Prepare: right after
+        // A→B it held nothing of A's stay, before B→A only B's stay, at the
+        // end only A's second stay. A's ticks after `a_before` went to the
+        // unlinked inode A's virtlogd still wrote: in no file at all.
+        let inode = |lv: &libvirt::Libvirt| {
+            std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(lv.inside(&serial_log)).unwrap())
+        };
+        assert_eq!(inode(pair.a()), inode(pair.b()), "not one file");
         assert!(
-            first_tick(&b_on_leaving) > last_tick(&a_before),
-            "B's stay begins with A's ticks:\n{b_on_leaving}"
+            !a_on_leaving.contains("GUEST READY")
+                && ticks(&a_on_leaving)
+                    .iter()
+                    .all(|&t| t > last_tick(&a_before)),
+            "A's stay still in the file after A→B:\n{a_on_leaving}"
         );
-        let r = check_ticks(&[&a_before, &b_on_leaving, &a_after]);
+        assert!(
+            first_tick(b_stay) > last_tick(&a_before) && !b_stay.contains("GUEST READY"),
+            "B's stay begins with A's:\n{b_stay}"
+        );
+        assert!(
+            ticks(&b_on_leaving).iter().all(|&t| t > last_tick(b_stay)),
+            "B's stay still in the file after B→A:\n{b_on_leaving}"
+        );
+        let r = check_ticks(&[&a_before, b_stay, &a_after]);
         assert_eq!(a_after, b_after, "one shared file");
         (r, "A before A→B, the file before B→A, the file at the end")
     } else {
@@ -167,7 +190,7 @@ fn round_trip(shared_logs: bool) {
         "A's serial log kept its boot after the round trip:\n{a_after}"
     );
     assert!(
-        first_tick(&a_after) > last_tick(&b_on_leaving),
+        first_tick(&a_after) > last_tick(b_stay),
         "A's serial log holds ticks from before B→A:\n{a_after}"
     );
 
@@ -202,13 +225,23 @@ fn round_trip(shared_logs: bool) {
     eprintln!("[{variant}] {ab}");
     eprintln!("[{variant}] {ba}");
     eprintln!("[{variant}] listeners (A stay 1, B, A stay 2): {report}");
-    eprintln!("[{variant}] serial logs ({files}): {log_report}");
     eprintln!(
-        "[{variant}] A's serial log: {} bytes before A→B, {} bytes after the round trip \
-         (first tick {}, boot gone)",
-        a_before.len().max(a_first_stay.len()),
+        "[{variant}] serial logs ({files}): {log_report}; {} ticks in no file",
+        log_report.missing.len()
+    );
+    let first_stay = if shared_logs {
+        &a_before
+    } else {
+        &a_first_stay
+    };
+    eprintln!(
+        "[{variant}] A's serial log: {} bytes with the boot before A→B; after the round \
+         trip {} bytes, ticks {}..{} of the {} the guest printed, no boot",
+        first_stay.len(),
         a_after.len(),
-        first_tick(&a_after)
+        first_tick(&a_after),
+        last_tick(&a_after),
+        report.last.unwrap()
     );
     for (what, src, dst) in [("A→B", &ca[0], &cb[0]), ("B→A", &cb[0], &ca[1])] {
         // Relative to the destination's connect, made in its Prepare.
