@@ -226,7 +226,7 @@ fn round_trip(shared_logs: bool) {
     eprintln!("[{variant}] {ba}");
     eprintln!("[{variant}] listeners (A stay 1, B, A stay 2): {report}");
     eprintln!(
-        "[{variant}] serial logs ({files}): {log_report}; {} ticks in no file",
+        "[{variant}] serial logs ({files}): {log_report}; {} ticks in none of them",
         log_report.missing.len()
     );
     let first_stay = if shared_logs {
