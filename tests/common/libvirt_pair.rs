@@ -330,6 +330,9 @@ impl Pair {
             "{domain} on {}",
             to.name()
         );
+        // The same look finds the destination's QEMU: the check below is
+        // not vacuous.
+        assert!(!self.qemus(to).is_empty(), "no QEMU on {}", to.name());
         let left = self.virsh(from, &["list", "--all", "--name"]);
         assert!(
             !left.lines().any(|l| l.trim() == domain),
