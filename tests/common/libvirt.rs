@@ -47,9 +47,16 @@ impl Libvirt {
 
     /// Boots with HOSTDIR `dir` (prepared by the caller: binaries, units…).
     pub fn boot_in(dir: tempfile::TempDir) -> Self {
+        Self::boot_env(dir, &[])
+    }
+
+    /// Like `boot_in`, with boot.sh's opt-in variables (`SD_NET`,
+    /// `SD_FILES`, `SD_BIND`: tests/systemd/boot.sh) in its environment.
+    pub fn boot_env(dir: tempfile::TempDir, env: &[(&str, &str)]) -> Self {
         let out = Command::new(format!("{HARNESS}/boot.sh"))
             .arg(dir.path())
             .env("SD_OWNER_PID", std::process::id().to_string())
+            .envs(env.iter().copied())
             .output()
             .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -206,6 +213,11 @@ pub fn uuid_of(name: &str) -> String {
 
 /// The same domain with `devices` (besides no balloon) as its devices.
 pub fn domain_with_devices(name: &str, cmdline: &str, devices: &str) -> String {
+    domain_booting(name, "/var/lib/libvirt/boot/initrd.gz", cmdline, devices)
+}
+
+/// The same domain booting another initramfs (a path inside).
+pub fn domain_booting(name: &str, initrd: &str, cmdline: &str, devices: &str) -> String {
     let uuid = uuid_of(name);
     format!(
         "<domain type='qemu'>
@@ -216,7 +228,7 @@ pub fn domain_with_devices(name: &str, cmdline: &str, devices: &str) -> String {
   <os>
     <type arch='x86_64' machine='pc'>hvm</type>
     <kernel>/var/lib/libvirt/boot/vmlinuz</kernel>
-    <initrd>/var/lib/libvirt/boot/initrd.gz</initrd>
+    <initrd>{initrd}</initrd>
     <cmdline>{cmdline}</cmdline>
   </os>
   <on_poweroff>destroy</on_poweroff>

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Run a command inside the libvirt instance started by boot.sh (its pid, mount
-# and root namespaces, cwd /), with a clean environment, virsh talking to
+# Run a command inside the libvirt instance started by boot.sh (its pid, mount,
+# net, uts and root namespaces, cwd /), with a clean environment, virsh talking to
 # qemu:///system and no pager; stdio and the exit code pass through.
 # Usage: ctl.sh PID1 CMD [ARGS...]   e.g.  ctl.sh "$PID1" virsh list --all
 #                                           ctl.sh "$PID1" systemctl status virtlogd

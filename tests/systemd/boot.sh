@@ -15,6 +15,17 @@
 # Stop with tests/systemd/stop.sh PID1. On failure it cleans up and exits
 # non-zero (2: the cached root is missing; see systemd.unavailable).
 # SD_ROOT, SD_STATE, SD_NAME, SD_PIVOT: see common.sh.
+# Opt-in, for two instances that talk to each other (e.g. libvirt migration);
+# unset, the boot is exactly as without them:
+#   SD_NET=1    also a private net namespace (unshare --net), with nothing in
+#               it but a down lo: the caller moves links in (PID1's netns)
+#   SD_FILES=DIR  a tree of files copied over the overlay's root before
+#               systemd starts, since systemd reads units and their enable
+#               links, and daemons their config, only when they start;
+#               existing directories (and symlinks to them) keep their
+#               owner and mode
+#   SD_BIND="HOSTPATH:INSIDEPATH ..."  bind mounts made by ns-init.sh
+#               before systemd starts (e.g. one log directory for two)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 . "$HERE/common.sh"
@@ -44,13 +55,20 @@ mount -t overlay -o "lowerdir=$SD_ROOT,upperdir=$INST/upper,workdir=$INST/work" 
 CG=$CGBASE/$SD_NAME-$ID
 echo "$CG" >"$INST/cgroup"
 mkdir "$CG"
+if [ -n "${SD_FILES:-}" ]; then
+    [ -d "$SD_FILES" ] || { sd_log "SD_FILES=$SD_FILES: not a directory"; exit 64; }
+    # tar, not cp -a: cp would give SRC's own mode (a 0700 temp dir) to /,
+    # and replace /bin (a symlink) with a directory.
+    tar -C "$SD_FILES" -cf - . |
+        tar -C "$INST/root" -xf - --no-overwrite-dir --keep-directory-symlink
+fi
 
 # The subshell moves itself into its own cgroup (the root of systemd's cgroup
 # namespace), records its pid, and becomes unshare, whose child becomes PID 1.
 (
     echo "$BASHPID $(sd_proc_id "$BASHPID")" >"$INST/unshare"
     echo "$BASHPID" >"$CG/cgroup.procs"
-    exec setsid unshare --fork --pid --mount --cgroup --uts --ipc --propagation private \
+    exec setsid unshare --fork --pid --mount --cgroup --uts --ipc ${SD_NET:+--net} --propagation private \
         bash "$HERE/ns-init.sh" "$INST/root" "$HOSTDIR"
 ) </dev/null >>"$CONSOLE" 2>&1 &
 

@@ -34,11 +34,13 @@ sd_proc_id() {
 sd_alive() {
     local pid st
     [ -s "$1" ] || return 1
-    read -r pid st <"$1" || return 1
+    # 2>/dev/null first: another stop.sh may remove the file meanwhile
+    # (stop.sh looks at every instance), and that is just "not alive".
+    read -r pid st 2>/dev/null <"$1" || return 1
     [ -n "$pid" ] && [ -n "$st" ] && [ "$(sd_proc_id "$pid")" = "$st" ]
 }
 
-sd_pid() { local pid st; read -r pid st <"$1" 2>/dev/null && echo "$pid"; }
+sd_pid() { local pid st; read -r pid st 2>/dev/null <"$1" && echo "$pid"; }
 
 # Wait up to $2 tenths of a second for the process in FILE $1 to be gone.
 sd_wait_gone() {

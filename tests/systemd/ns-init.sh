@@ -5,6 +5,8 @@
 # With SD_PIVOT set it enters ROOT with pivot_root (and detaches the old root)
 # instead of chroot: libvirt needs that, as its helpers setns() into QEMU's
 # mount namespace, and after a chroot that lands in the host's /.
+# SD_BIND="HOSTPATH:INSIDEPATH ..." (see boot.sh) binds each HOSTPATH at
+# INSIDEPATH, made if missing, once /host is bound.
 set -euo pipefail
 R=$1 H=$2
 mount --bind "$R" "$R"
@@ -30,6 +32,10 @@ mount -t tmpfs -o mode=755,nosuid,nodev tmpfs "$R/run"
 mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$R/tmp"
 mkdir -p "$R/host"
 mount --bind "$H" "$R/host"
+for b in ${SD_BIND:-}; do
+    mkdir -p "$R/${b#*:}"
+    mount --bind "${b%%:*}" "$R/${b#*:}"
+done
 if [ -z "${SD_PIVOT:-}" ]; then
     exec chroot "$R" /usr/bin/env -i container=unshare /usr/lib/systemd/systemd
 fi
