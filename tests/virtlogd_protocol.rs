@@ -423,7 +423,8 @@ fn python_and_varlinkctl() -> Result<(PathBuf, PathBuf), String> {
 }
 
 /// What libvirt and guestlogd's hook do to a host's logs as a domain
-/// leaves by live migration, comes back, fails to leave and starts afresh:
+/// leaves by live migration, comes back (across a re-exec between its
+/// arrival and its first byte), fails to leave and starts afresh:
 /// `migrated out` where each log ends and followers told; TRUNCATE while
 /// arriving appends and removes nothing; `migrated in` before the first
 /// byte; a failed migration and a fresh start as before.
@@ -435,9 +436,17 @@ fn a_migrating_domain_keeps_its_logs_and_they_say_where_it_went() {
     };
     let mut front = Front::start("");
     let (socket, varlink, root) = (front.socket(), front.daemon.socket(), front.root());
+    let pid = PathBuf::from(front.daemon.pid().to_string());
     migration(
         &python,
-        &[Path::new("single"), &varlinkctl, &socket, &varlink, &root],
+        &[
+            Path::new("single"),
+            &varlinkctl,
+            &socket,
+            &varlink,
+            &root,
+            &pid,
+        ],
         &mut [&mut front],
     );
 }

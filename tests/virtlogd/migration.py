@@ -5,9 +5,10 @@ independent client in client.py, and the hook's varlink calls
 varlinkctl. Standard library only.
 
 Usage:
-    migration.py single VARLINKCTL SOCKET VARLINK ROOT
-        one host: a domain leaves, comes back, fails to leave, starts
-        afresh
+    migration.py single VARLINKCTL SOCKET VARLINK ROOT PID
+        one host: a domain leaves, comes back (across a re-exec of the
+        daemon, PID, between its arrival and its first byte), fails to
+        leave, starts afresh
     migration.py shared VARLINKCTL SOCKET_A VARLINK_A SOCKET_B VARLINK_B ROOT
         two daemons, one log directory (a shared instance directory):
         the domain moves from A to B while A still writes the file
@@ -21,6 +22,7 @@ numbered, as in protocol.py; the first failure prints "FAIL <n> <what>:
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 
@@ -149,6 +151,19 @@ def single_checks():
         eq(varlink(VARLINK, "EndMigration", {"domainUuid": UUID}),
            {"wasArriving": True}, "EndMigration")
 
+    def arrival_survives_a_reexec():
+        before = varlink(VARLINK, "GetStatus", {})["adoptions"]
+        os.kill(PID, signal.SIGUSR1)
+
+        def adopted():
+            got = varlink(VARLINK, "GetStatus", {})
+            return isinstance(got, dict) and got["adoptions"] == before + 1
+        poll(adopted, "the re-executed daemon")
+        # Callers' connections end at a re-exec (libvirt opens one per
+        # domain operation); the pipes stay.
+        st["cl"].close()
+        st["cl"] = c.Client(SOCKET, timeout=DEADLINE)
+
     def first_byte_follows_migrated_in():
         # Nothing at the opening: on shared storage the source may still
         # write a line there.
@@ -198,6 +213,7 @@ def single_checks():
         ("a follower gets that line and ends, told why", follower_is_told),
         ("arriving (ExpectMigration): TRUNCATE appends and removes nothing",
          arriving_truncate_appends),
+        ("a re-exec before the first byte keeps the arrival", arrival_survives_a_reexec),
         ("the first byte comes after 'migrated in', however late", first_byte_follows_migrated_in),
         ("a migration that failed ('reason=destroyed'): no 'migrated out'",
          failed_migration_stays),
@@ -264,8 +280,9 @@ def shared_checks():
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    if args[:1] == ["single"] and len(args) == 5:
-        VARLINKCTL, SOCKET, VARLINK, ROOT = args[1:]
+    if args[:1] == ["single"] and len(args) == 6:
+        VARLINKCTL, SOCKET, VARLINK, ROOT, PID = args[1:]
+        PID = int(PID)
         single_checks()
     elif args[:1] == ["shared"] and len(args) == 7:
         VARLINKCTL, SOCKET_A, VARLINK_A, SOCKET_B, VARLINK_B, ROOT = args[1:]
