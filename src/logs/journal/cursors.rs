@@ -249,7 +249,10 @@ mod tests {
         next.free(again);
         assert!(store.get(FD_NAME).is_some(), "vm2's record is in use");
         next.free(b);
-        assert!(store.get(FD_NAME).is_none(), "an empty table kept its memfd");
+        assert!(
+            store.get(FD_NAME).is_none(),
+            "an empty table kept its memfd"
+        );
     }
 
     #[test]
