@@ -169,7 +169,15 @@ fn wait_idle(lv: &Libvirt) {
         if status.contains("stored fds   1\n") {
             return;
         }
-        assert!(Instant::now() < deadline, "guestlogd never idle:\n{status}");
+        if Instant::now() >= deadline {
+            let pid = main_pid(lv);
+            let fds = lv.try_run(&["ls", "-l", &format!("/proc/{pid}/fd")]);
+            panic!(
+                "guestlogd never idle:\n{status}\n{}{}",
+                String::from_utf8_lossy(&fds.stdout),
+                String::from_utf8_lossy(&fds.stderr)
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }

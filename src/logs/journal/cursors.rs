@@ -180,7 +180,7 @@ impl Cursors {
 
     /// Frees a record whose log is gone.
     pub fn free(&self, index: usize) {
-        self.with(|t| {
+        self.with_existing(|t| {
             if let Some(slot) = t.names.get_mut(index) {
                 *slot = None;
                 let _ = t.file.write_all_at(&[0u8; RECORD], (index * RECORD) as u64);
@@ -191,12 +191,28 @@ impl Cursors {
     /// Frees what a previous guestlogd left for logs this one did not
     /// take over.
     pub fn prune(&self) {
-        self.with(|t| {
+        self.with_existing(|t| {
             for (_, (i, _)) in std::mem::take(&mut t.found) {
                 t.names[i] = None;
                 let _ = t.file.write_all_at(&[0u8; RECORD], (i * RECORD) as u64);
             }
         });
+    }
+
+    /// `f` on the table if there is one (here or in the store); a table
+    /// left with no record in use is dropped, its memfd with it, so a
+    /// daemon whose logs no longer export holds nothing for it.
+    fn with_existing(&self, f: impl FnOnce(&mut Table)) {
+        let mut table = lock(&self.table);
+        if table.is_none() && self.store.get(FD_NAME).is_some() {
+            *table = self.open();
+        }
+        let Some(t) = table.as_mut() else { return };
+        f(t);
+        if t.names.iter().all(Option::is_none) && t.found.is_empty() {
+            *table = None;
+            self.store.remove(FD_NAME);
+        }
     }
 }
 
@@ -229,5 +245,21 @@ mod tests {
         next.prune();
         let (again, found) = next.claim("vm3").unwrap();
         assert_eq!((again, found), (a, None), "vm1's record was freed");
+        // Once no record is in use, the memfd goes.
+        next.free(again);
+        assert!(store.get(FD_NAME).is_some(), "vm2's record is in use");
+        next.free(b);
+        assert!(
+            store.get(FD_NAME).is_none(),
+            "an empty table kept its memfd"
+        );
+    }
+
+    #[test]
+    fn a_takeover_without_exports_stores_nothing() {
+        let store = Arc::new(FdStore::new(false));
+        Cursors::new(store.clone()).prune();
+        assert!(store.get(FD_NAME).is_none());
+        assert_eq!(store.len(), 0);
     }
 }
