@@ -133,16 +133,12 @@ fn signal_pid(pid: u32, sig: Signal) {
 #[tokio::test]
 async fn the_descriptor_budget_is_checked_at_start() {
     let d = Daemon::start("[limits]\nmax-consoles = 10\nmax-pipes = 100\n");
-    assert!(
-        d.stderr().contains("descriptor budget fits"),
-        "{}",
-        d.stderr()
-    );
+    let said = d.wait_stderr("descriptor budget fits");
+    assert!(said.contains("descriptor budget fits"), "{said}");
     let d = Daemon::start("[limits]\nmax-consoles = 100000\nmax-pipes = 100000\n");
+    let said = d.wait_stderr("may need more descriptors than RLIMIT_NOFILE allows");
     assert!(
-        d.stderr()
-            .contains("may need more descriptors than RLIMIT_NOFILE allows"),
-        "{}",
-        d.stderr()
+        said.contains("may need more descriptors than RLIMIT_NOFILE allows"),
+        "{said}"
     );
 }

@@ -100,6 +100,19 @@ impl Daemon {
         std::fs::read_to_string(self.dir.path().join("daemon.stderr")).unwrap_or_default()
     }
 
+    /// Waits (up to 10 s) until the daemon's log says `what`: the socket
+    /// may answer before the lines written just before "ready" are read.
+    pub fn wait_stderr(&self, what: &str) -> String {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let text = self.stderr();
+            if text.contains(what) || std::time::Instant::now() > deadline {
+                return text;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Panics if the daemon has exited.
     pub fn assert_alive(&mut self) {
         let status = self.child.as_mut().unwrap().try_wait().unwrap();
