@@ -125,6 +125,8 @@ async fn introspection_is_the_interface_file() {
             "CreateConsole",
             "AttachConsole",
             "RemoveConsole",
+            "ExpectMigration",
+            "EndMigration",
             "Follow",
             "GetStatus"
         ]
