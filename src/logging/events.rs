@@ -32,6 +32,15 @@ pub const EVICTION: &str = "f2d3b2f60bcf44dba81eabc047915d25";
 pub const THROTTLE_START: &str = "86cfb2569b5b42d4a546089298d52574";
 /// A log's rate limit let its writer go at its own pace again.
 pub const THROTTLE_END: &str = "87c8a2a33d194778807a33d7ba9cd2f9";
+/// guestlogd took over libvirt's virtlogd's logs in virtlogd's process
+/// (its SIGUSR1 re-exec): every pipe, libvirt's socket and clients.
+pub const VIRTLOGD_TAKEOVER: &str = "1333fd83617e4a8f81b124cbe3aa5b24";
+/// guestlogd could not take over virtlogd's state and gave it back to the
+/// real virtlogd, which adopts it: nothing was lost, nothing switched.
+pub const VIRTLOGD_FALLBACK: &str = "587e51ac45234e728c34fc5214f5cbeb";
+/// guestlogd handed libvirt's logs back to libvirt's virtlogd
+/// (`guestlogctl restore-virtlogd`).
+pub const HANDBACK: &str = "25ca110fb2a64f5bb0c459848d58c38f";
 
 /// Every id, with its constant's name, for the catalog check.
 pub const ALL: &[(&str, &str)] = &[
@@ -44,6 +53,9 @@ pub const ALL: &[(&str, &str)] = &[
     ("EVICTION", EVICTION),
     ("THROTTLE_START", THROTTLE_START),
     ("THROTTLE_END", THROTTLE_END),
+    ("VIRTLOGD_TAKEOVER", VIRTLOGD_TAKEOVER),
+    ("VIRTLOGD_FALLBACK", VIRTLOGD_FALLBACK),
+    ("HANDBACK", HANDBACK),
 ];
 
 #[cfg(test)]
