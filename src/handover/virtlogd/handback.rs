@@ -198,6 +198,10 @@ pub fn exec(hb: HandBack) -> Failed {
         for f in &inherited {
             fcntl(f, FcntlArg::F_SETFD(FdFlag::empty()))?;
         }
+        // virtlogd sets no status of its own: ours would stay.
+        if std::env::var_os("NOTIFY_SOCKET").is_some() {
+            let _ = sd_notify::notify(&[sd_notify::NotifyState::Status("")]);
+        }
         tracing::info!(
             message_id = crate::logging::events::HANDBACK,
             pipes = pipes.len(),
