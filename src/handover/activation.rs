@@ -141,6 +141,28 @@ pub fn unblock_signals() {
     let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&handled()), None);
 }
 
+/// Before executing a program other than guestlogd (libvirt's virtlogd):
+/// a signal mask survives exec and virtlogd never unblocks these, so they
+/// are unblocked here. One sent while they were blocked is taken by a
+/// handler that does nothing (a reload or a stop asked of a process that
+/// is about to become a fresh virtlogd is moot), and exec resets every
+/// handler to its default.
+pub fn release_signals_for_exec() {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, sigaction};
+    extern "C" fn nothing(_: nix::libc::c_int) {}
+    let ignore = SigAction::new(
+        SigHandler::Handler(nothing),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in handled().iter() {
+        // SAFETY: `nothing` is async-signal-safe (it does nothing), and no
+        // other handler of ours is relied on from here to the exec.
+        let _ = unsafe { sigaction(signal, &ignore) };
+    }
+    unblock_signals();
+}
+
 /// Replaces this process with the guestlogd at `exe` (the new binary,
 /// after an upgrade) and `args` (argv[1..]), handing it `fds` the way
 /// systemd would: from fd 3 up, named in `LISTEN_FDNAMES`. Returns only on

@@ -62,7 +62,7 @@ impl Manager {
         if !closes.is_empty() && p.force != Some(true) {
             return Err(refused(
                 &format!(
-                    "virtlogd cannot take {}: a hand-back would close them",
+                    "a hand-back would close what virtlogd cannot take: {}",
                     closes.join(", ")
                 ),
                 closes,

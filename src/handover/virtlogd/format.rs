@@ -386,6 +386,7 @@ fn typed<T: serde::de::DeserializeOwned>(v: Value, at: &str) -> Result<T, Format
     serde_path_to_error::deserialize(v).map_err(|e| {
         let inner = e.path().to_string();
         let path = match (at, inner.as_str()) {
+            ("", ".") => "the top level".to_owned(),
             ("", p) => p.to_owned(),
             (a, ".") => a.to_owned(),
             (a, p) => format!("{a}.{p}"),

@@ -53,8 +53,10 @@ pub const STATE_FILE: &str = "/run/virtlogd-restart-exec.json";
 pub const VIRTLOGD: &str = "/usr/sbin/virtlogd";
 /// Where `guestlogctl replace-virtlogd` keeps the real binary while
 /// guestlogd sits at `VIRTLOGD` (a dpkg diversion without rename and a hard
-/// link): a fall-back tries it first.
-pub const DIVERTED: &str = "/usr/sbin/virtlogd.libvirt";
+/// link): a fall-back tries it first. Its file name is `virtlogd`, so that
+/// a virtlogd executed from here is still `virtlogd` to `pidof` and
+/// systemctl (the kernel names a process after the file it executed).
+pub const DIVERTED: &str = "/usr/libexec/guestlogd/virtlogd";
 /// virtlogd's pid file, unless `-p` names another.
 pub const PID_FILE: &str = "/run/virtlogd.pid";
 
@@ -468,6 +470,7 @@ pub fn exec_virtlogd(argv: &[OsString]) -> std::io::Error {
         .iter()
         .filter_map(|a| CString::new(a.as_bytes()).ok())
         .collect();
+    crate::handover::activation::release_signals_for_exec();
     for candidate in [DIVERTED, VIRTLOGD] {
         let Ok(m) = std::fs::metadata(candidate) else {
             continue;

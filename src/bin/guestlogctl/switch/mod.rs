@@ -329,6 +329,10 @@ pub fn swap_in(guestlogd: &Path) -> Result<(), SwitchError> {
         "--add",
         VIRTLOGD,
     ])?;
+    if let Some(dir) = Path::new(DIVERTED).parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(file("cannot make the diverted binary's directory"))?;
+    }
     let _ = std::fs::remove_file(DIVERTED);
     std::fs::hard_link(VIRTLOGD, DIVERTED)
         .map_err(file("cannot link virtlogd to its diverted path"))?;
@@ -351,6 +355,10 @@ pub fn swap_back() -> Result<(), SwitchError> {
     }
     if diversion().is_some_and(|d| d == DIVERTED) {
         dpkg_divert(&["--local", "--no-rename", "--remove", VIRTLOGD])?;
+    }
+    // Its directory goes too, if nothing else is in it.
+    if let Some(dir) = diverted.parent() {
+        let _ = std::fs::remove_dir(dir);
     }
     Ok(())
 }
