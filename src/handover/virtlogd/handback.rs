@@ -85,10 +85,17 @@ pub fn plan(registry: &Registry, consoles: &Consoles, origins: &Origins) -> Plan
     plan
 }
 
-/// Why the real virtlogd cannot take over now, if it cannot: it must be at
-/// `VIRTLOGD`, runnable, and not guestlogd itself.
+/// Why the real virtlogd cannot take over now, if it cannot: this process
+/// must be virtlogd.service's (a standalone guestlogd.service that serves
+/// libvirt's protocol on a socket of its own has nothing of virtlogd's to
+/// give back), and virtlogd must be at `VIRTLOGD`, runnable, and not
+/// guestlogd itself.
 pub fn virtlogd_missing() -> Option<String> {
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    if !cgroup.lines().any(|l| l.ends_with("/virtlogd.service")) {
+        return Some("guestlogd does not run as virtlogd.service".into());
+    }
     let m = match std::fs::metadata(VIRTLOGD) {
         Ok(m) => m,
         Err(e) => return Some(format!("{VIRTLOGD}: {e}")),
