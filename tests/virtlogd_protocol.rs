@@ -378,3 +378,47 @@ fn a_malformed_virtlogd_conf_stops_the_start_naming_its_line() {
         "the refused start made something"
     );
 }
+
+/// The calls of the switch between virtlogd and guestlogd refuse where
+/// they do not apply and change nothing: a hand-back to virtlogd from a
+/// guestlogd that is not virtlogd.service's process (forced or not: it has
+/// nothing of virtlogd's to give back), and UseFdStore without a service
+/// manager. The daemon goes on serving libvirt's socket.
+#[tokio::test]
+async fn the_switch_calls_refuse_outside_virtlogd_service() {
+    use guestlogd::api::ManagerError;
+    let front = Front::start("");
+    let mut conn = zlink::tokio::unix::connect(front.daemon.socket())
+        .await
+        .unwrap();
+    for force in [false, true] {
+        let r = common::call(
+            &mut conn,
+            "HandBackToVirtlogd",
+            serde_json::json!({ "force": force }),
+        )
+        .await;
+        match r {
+            Err(ManagerError::HandBackRefused { reason, closes }) => {
+                assert!(reason.contains("virtlogd.service"), "{reason}");
+                assert!(closes.is_empty(), "{closes:?}");
+            }
+            other => panic!("a hand-back outside virtlogd.service: {other:?}"),
+        }
+    }
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        let r = common::call(&mut conn, "UseFdStore", serde_json::json!({})).await;
+        assert!(
+            matches!(&r, Err(ManagerError::IoError { message }) if message.contains("NOTIFY_SOCKET")),
+            "{r:?}"
+        );
+    } else {
+        println!("SKIPPED: UseFdStore's refusal: the tests run under a service manager");
+    }
+    let status = common::call(&mut conn, "GetStatus", serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status["fdStore"], false);
+    assert!(status["virtlogd"].is_null(), "{status}");
+    assert!(UnixStream::connect(front.socket()).is_ok());
+}

@@ -107,10 +107,10 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => {
             if let Some(taken) = state {
-                return give_back(taken.kit(), &format!("bad configuration: {e}"));
+                return give_back(taken.kit(), &e);
             }
             // In the message itself: the journal shows no other field.
-            error!("bad configuration: {e}");
+            error!("{e}");
             return ExitCode::FAILURE;
         }
     };
@@ -205,7 +205,7 @@ fn load_config(args: &Args, libvirt: bool) -> Result<Config, String> {
         None if Path::new(DEFAULT_CONFIG).exists() => Config::load(Path::new(DEFAULT_CONFIG)),
         None => Ok(Config::default()),
     }
-    .map_err(|e| error_chain(&e))?;
+    .map_err(|e| format!("bad configuration: {}", error_chain(&e)))?;
     // Only a daemon in virtlogd's place has virtlogd's settings to honour.
     if libvirt || config.libvirt.socket.is_some() {
         let (path, required) = match &args.virtlogd_conf {
@@ -217,7 +217,7 @@ fn load_config(args: &Args, libvirt: bool) -> Result<Config, String> {
                 Some(v) => config.apply_virtlogd(&v, &path.display().to_string()),
                 None => Ok(()),
             })
-            .map_err(|e| format!("virtlogd configuration: {}", error_chain(&e)))?;
+            .map_err(|e| format!("bad virtlogd configuration: {}", error_chain(&e)))?;
     } else if let Some(path) = &args.virtlogd_conf {
         info!(
             "{}: not read, since guestlogd does not serve libvirt's protocol",

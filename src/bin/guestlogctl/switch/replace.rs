@@ -189,8 +189,9 @@ async fn finish(
         )));
     }
     println!(
-        "guestlogctl: guestlogd (pid {new}) runs under its own unit settings with an FD store \
-         of {stored} descriptors, {} after the restart; every adopted pipe is there; {} in all",
+        "guestlogctl: guestlogd (pid {new}) runs under its own unit settings, systemd's FD \
+         store holding its {stored} descriptor(s), {} after the restart; every adopted pipe is \
+         there; {} in all",
         secs(restarting.elapsed()),
         secs(begin.elapsed())
     );
