@@ -68,6 +68,18 @@ impl Front {
             );
             sleep(Duration::from_millis(10));
         }
+        // The probe above took a connection slot until the daemon saw it
+        // close: a test that counts slots starts once it has.
+        let status = br#"{"method":"io.guestlogd.Manager.GetStatus"}"#;
+        loop {
+            let reply = common::raw_call(&front.daemon.socket(), status).unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(&reply).unwrap_or_default();
+            if v["parameters"]["libvirtConnections"]["open"] == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the probe never closed: {reply}");
+            sleep(Duration::from_millis(10));
+        }
         front
     }
 
