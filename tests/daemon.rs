@@ -126,7 +126,9 @@ async fn introspection_is_the_interface_file() {
             "AttachConsole",
             "RemoveConsole",
             "Follow",
-            "GetStatus"
+            "GetStatus",
+            "UseFdStore",
+            "HandBackToVirtlogd",
         ]
     );
 
