@@ -9,8 +9,9 @@
 //!
 //! Owns: that file's format (`format`), taking it over at start
 //! (`inherit`), which logs libvirt opened and for which domain (`origins`,
-//! kept in guestlogd's own saved state), and writing it for virtlogd again
-//! (`handback`).
+//! kept in guestlogd's own saved state), writing it for virtlogd again
+//! (`handback`), and what both do to the process (`process`: paths, the
+//! exec of the real virtlogd, descriptors, the pid file).
 //!
 //! Invariants:
 //! - a successor never dies with the pipes in its hands: until the daemon
@@ -24,8 +25,9 @@
 //! plan), `activation`'s names, `fdstore`, `logging`.
 
 pub mod format;
-#[allow(unsafe_code)]
 pub mod handback;
 #[allow(unsafe_code)]
 pub mod inherit;
 pub mod origins;
+#[allow(unsafe_code)]
+pub mod process;
