@@ -1,11 +1,14 @@
 //! The daemon's life: set up directories and the socket, serve, and on
-//! SIGTERM drain every pipe into its log before exiting.
+//! SIGTERM drain every pipe into its log before exiting. Started in
+//! libvirt's virtlogd's process (`FromVirtlogd`), it first takes over what
+//! virtlogd left; asked to hand back, it stops as for a re-exec and leaves
+//! libvirt's logs to virtlogd (`Exit::HandBack`).
 
 use std::{
     fs,
     os::{
         fd::{AsFd, OwnedFd},
-        unix::{fs::PermissionsExt, net::UnixStream},
+        unix::fs::PermissionsExt,
     },
     path::{Path, PathBuf},
     sync::Arc,
@@ -25,16 +28,20 @@ use crate::{
             self,
             families::{FrontTally, Sources},
         },
-        server::{self, ConnLimits, Counters},
+        server::{self, BindError, ConnLimits, Counters},
         varlink::{
             framing::Varlink,
             manager::{AccessPolicy, Manager},
         },
-        virtlogd::front::{self as libvirt, Virtlogd},
+        virtlogd::serve::{self as libvirt, Given},
     },
     handover::{
         activation::{self, Activation},
         restart::{self, Saver},
+        virtlogd::{
+            handback::{self, HandBack},
+            inherit::{Inherited, KitHold},
+        },
     },
     logs::{
         journal::{self, Journal},
@@ -72,10 +79,14 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
-    #[error("another guestlogd is listening on {0}")]
-    InUse(PathBuf),
-    #[error("socket group {0:?} does not exist")]
-    NoGroup(String),
+    #[error(transparent)]
+    Socket(#[from] BindError),
+    #[error("cannot take over virtlogd's pipe into {log}")]
+    Adopt {
+        log: String,
+        #[source]
+        source: crate::ops::OpError,
+    },
     #[error("cannot start the runtime")]
     Runtime(#[source] std::io::Error),
     #[error("cannot set up signal handling")]
@@ -89,10 +100,25 @@ pub enum Exit {
     Stopped,
     /// SIGUSR1: exec a new guestlogd with these descriptors.
     Reexec(Vec<(String, OwnedFd)>),
+    /// HandBackToVirtlogd: exec libvirt's virtlogd with libvirt's logs.
+    HandBack(HandBack),
+}
+
+/// What libvirt's virtlogd left this process (`handover::virtlogd`).
+#[derive(Debug)]
+pub struct FromVirtlogd {
+    pub inherited: Inherited,
+    /// Given up (committed) once everything is taken over; until then the
+    /// caller keeps it for a fall-back to virtlogd if `run` fails.
+    pub kit: Arc<KitHold>,
 }
 
 /// Runs the daemon until SIGTERM or SIGINT (or SIGUSR1, for a re-exec).
-pub fn run(opts: Options, activation: Activation) -> Result<Exit, DaemonError> {
+pub fn run(
+    opts: Options,
+    activation: Activation,
+    from_virtlogd: Option<FromVirtlogd>,
+) -> Result<Exit, DaemonError> {
     for (dir, mode) in [(&opts.runtime_dir, 0o755), (&opts.log_dir, 0o750)] {
         create_dir(dir, mode)?;
     }
@@ -101,25 +127,29 @@ pub fn run(opts: Options, activation: Activation) -> Result<Exit, DaemonError> {
         .max_blocking_threads(crate::logs::log::MAX_JOBS)
         .build()
         .map_err(DaemonError::Runtime)?;
-    let exit = runtime.block_on(serve(opts, activation));
+    let exit = runtime.block_on(serve(opts, activation, from_virtlogd));
     // Blocking threads may still wait on a disk; they hold nothing we need.
     runtime.shutdown_timeout(std::time::Duration::from_secs(1));
     exit
 }
 
-async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonError> {
+async fn serve(
+    opts: Options,
+    activation: Activation,
+    from_virtlogd: Option<FromVirtlogd>,
+) -> Result<Exit, DaemonError> {
     let config = &opts.config;
     let socket_path = opts.runtime_dir.join(SOCKET);
     let (listener, bound) = match activation.varlink {
         Some(fd) => {
             let std = std::os::unix::net::UnixListener::from(fd);
-            (listen_on(std, &socket_path)?, false)
+            (server::listen_on(std, &socket_path)?, false)
         }
         None => {
             // The mode was validated when the config was loaded.
             let mode = config.socket_mode().unwrap_or(0o600);
             let group = config.socket.group.as_deref();
-            (bind(&socket_path, mode, group)?, true)
+            (server::bind(&socket_path, mode, group)?, true)
         }
     };
     // Kept to hand the socket itself to a re-exec'd successor.
@@ -195,10 +225,7 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
     let adoptions = takeover.adoptions;
     tokio::spawn(journal.clone().run(shutdown.clone()));
     let saver = Arc::new(Saver::new(registry.clone(), consoles.clone(), adoptions));
-    let status = Arc::new(Status {
-        started: std::time::SystemTime::now(),
-        adoptions,
-    });
+    saver.origins.restore(takeover.libvirt);
     let ops = Ops {
         registry: registry.clone(),
         consoles: consoles.clone(),
@@ -212,16 +239,43 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
     // Connections end with the accept loop; pipes and consoles have their
     // own ending below.
     let stop_serving = CancellationToken::new();
-    let libvirt = libvirt_front(activation.libvirt, config, &ops, &stop_serving)?;
+    let (mut given, mut admin_fd) = (Given::default(), activation.libvirt_admin);
+    let (mut taken, mut kit) = (None, None);
+    if let Some(v) = from_virtlogd {
+        let Inherited {
+            pipes,
+            listener,
+            listener_path,
+            admin,
+            clients,
+        } = v.inherited;
+        kit = Some(v.kit);
+        let adopted = libvirt::adopt(pipes, clients.len(), config, &ops).await;
+        taken = Some(adopted.map_err(|(log, source)| DaemonError::Adopt { log, source })?);
+        given = Given {
+            listener: Some(listener),
+            path: listener_path,
+            clients,
+        };
+        admin_fd = admin_fd.or(admin);
+    }
+    given.listener = given.listener.or(activation.libvirt);
+    let libvirt = libvirt::start(given, config, &ops, &stop_serving)?;
+    let hand_back = Arc::new(handback::Request::default());
     let manager = Manager {
         ops,
         access: AccessPolicy::new(config.access.clone()),
-        status,
+        status: Arc::new(Status {
+            started: std::time::SystemTime::now(),
+            adoptions,
+            from_virtlogd: taken,
+        }),
         counters: counters.clone(),
         connections: connections.clone(),
         libvirt: libvirt
             .as_ref()
             .map(|l| (l.counters.clone(), l.connections.clone())),
+        hand_back: libvirt.as_ref().map(|_| hand_back.clone()),
     };
     let server = server::accept_loop(
         listener,
@@ -241,7 +295,7 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
     if let Some(l) = &libvirt {
         fronts.push(tally("libvirt", &l.counters, &l.connections));
     }
-    let metrics_listener = metrics_listener(activation.metrics, config)?;
+    let metrics_listener = metrics::listener(activation.metrics, config)?;
     let metrics_counters = Arc::new(Counters::default());
     let metrics_connections = TaskTracker::new();
     if metrics_listener.is_some() {
@@ -278,12 +332,20 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
     // when there is no FD store. There is nothing to reload that a re-exec
     // (SIGUSR1) does not do better, so it is ignored, with a word.
     let mut sighup = signal(SignalKind::hangup()).map_err(DaemonError::Signals)?;
+    // Blocked since main's first line; a signal sent meanwhile comes now.
+    // This is the thread `run` was called on: block_on polls us here.
+    activation::unblock_signals();
     tokio::spawn(async move {
         while sighup.recv().await.is_some() {
             crate::limited!(warn, "SIGHUP ignored: SIGUSR1 re-executes, SIGTERM stops");
         }
     });
     check_fd_budget(limits, config.libvirt.max_clients(limits));
+    // Everything virtlogd left is taken: its originals go, and from here
+    // on a failure is guestlogd's to survive, not virtlogd's to take back.
+    if let Some(kit) = &kit {
+        kit.commit();
+    }
     info!(socket = %socket_path.display(), logs = %opts.log_dir.display(), adoptions, "ready");
     notify(&[
         sd_notify::NotifyState::Ready,
@@ -316,17 +378,28 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
         })
     };
 
-    let reexec = tokio::select! {
-        () = server => false,
-        _ = sigterm.recv() => false,
-        _ = sigint.recv() => false,
-        _ = sigusr1.recv() => true,
+    let (reexec, back) = tokio::select! {
+        () = server => (false, false),
+        _ = sigterm.recv() => (false, false),
+        _ = sigint.recv() => (false, false),
+        _ = sigusr1.recv() => (true, false),
+        () = hand_back.asked.cancelled() => (true, true),
     };
+    if back && let Some(l) = &libvirt {
+        l.kept.arm();
+    }
     stop_serving.cancel();
+    if back && let Some(l) = &libvirt {
+        // Each of libvirt's connections finishes the call it is reading
+        // and leaves its socket for virtlogd, before pipes stop: a pipe it
+        // opened meanwhile goes back too.
+        l.connections.close();
+        let _ = tokio::time::timeout(STOP_WAIT, l.connections.wait()).await;
+    }
 
     // Under systemd's FD store, and for a re-exec, everything open is
     // handed over; otherwise pipes are drained and consoles closed.
-    let handing_over = reexec || systemd;
+    let handing_over = reexec || store.under_systemd();
     if handing_over {
         registry.hand_over();
     }
@@ -386,19 +459,47 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
         futures_util::future::join_all(syncs).await;
     }
     if reexec {
+        // The FD store goes empty before a hand-back: a stored read end
+        // would keep open a pipe virtlogd closes.
+        let fd_store = back && store.under_systemd();
+        if back {
+            store.withdraw();
+        }
         let mut fds = store.take_all();
         fds.push((activation::VARLINK.to_owned(), varlink_fd));
+        let (mut kept, mut listener_path) = (Vec::new(), None);
         if let Some(l) = libvirt {
             fds.push((activation::LIBVIRT.to_owned(), l.fd));
+            (kept, listener_path) = (l.kept.take(), l.bound);
+        }
+        if let Some(fd) = admin_fd {
+            fds.push((activation::LIBVIRT_ADMIN.to_owned(), fd));
         }
         if let Some((fd, _)) = metrics {
             fds.push((activation::METRICS.to_owned(), fd));
         }
+        if back {
+            info!(
+                descriptors = fds.len(),
+                clients = kept.len(),
+                "handing back to virtlogd"
+            );
+            return Ok(Exit::HandBack(HandBack {
+                fds,
+                clients: kept,
+                origins: saver.origins.all(),
+                listener_path,
+                fd_store,
+                max_clients: config.libvirt.max_clients.unwrap_or(1024) as u64,
+            }));
+        }
         info!(descriptors = fds.len(), "re-executing");
         return Ok(Exit::Reexec(fds));
     }
-    if bound && !handing_over {
-        let _ = fs::remove_file(&socket_path);
+    if !handing_over {
+        if bound {
+            let _ = fs::remove_file(&socket_path);
+        }
         if let Some(path) = libvirt.as_ref().and_then(|l| l.bound.as_ref()) {
             let _ = fs::remove_file(path);
         }
@@ -408,109 +509,6 @@ async fn serve(opts: Options, activation: Activation) -> Result<Exit, DaemonErro
     }
     info!("stopped");
     Ok(Exit::Stopped)
-}
-
-/// The libvirt front, while it serves.
-struct LibvirtFront {
-    /// Kept to hand the socket to a re-exec'd successor.
-    fd: OwnedFd,
-    /// The path we bound, to remove at a final stop; none under activation.
-    bound: Option<std::path::PathBuf>,
-    counters: Arc<Counters>,
-    connections: TaskTracker,
-}
-
-/// Serves libvirt's log protocol on the socket systemd passed as
-/// `virtlogd.socket`, or else on `libvirt.socket` of the config, if either.
-fn libvirt_front(
-    passed: Option<OwnedFd>,
-    config: &Config,
-    ops: &Ops,
-    stop: &CancellationToken,
-) -> Result<Option<LibvirtFront>, DaemonError> {
-    let shown = config
-        .libvirt
-        .socket
-        .clone()
-        .unwrap_or_else(|| activation::LIBVIRT.into());
-    let (listener, bound) = match (passed, &config.libvirt.socket) {
-        (Some(fd), _) => (listen_on(fd.into(), &shown)?, None),
-        (None, Some(path)) => (bind(path, 0o600, None)?, Some(path.clone())),
-        (None, None) => return Ok(None),
-    };
-    let fd = listener
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|source| DaemonError::Bind {
-            path: shown.clone(),
-            source,
-        })?;
-    let l = &config.limits;
-    let limits = Arc::new(ConnLimits {
-        // virtlogd.conf's max_clients, unless guestlogd's config says.
-        max_connections: config.libvirt.max_clients(l),
-        max_per_uid: l.max_connections_per_uid,
-        root_only: l.root_reserve(),
-        max_message: libvirt::MAX_CALL,
-        message_timeout: std::time::Duration::from_secs(l.message_timeout),
-        // libvirt keeps a connection idle through a whole migration.
-        idle_timeout: None,
-        write_timeout: std::time::Duration::from_secs(l.write_timeout),
-    });
-    let front = Arc::new(Virtlogd {
-        ops: ops.clone(),
-        roots: config.libvirt.roots.clone(),
-        policy: config.libvirt.policy(),
-        journal: config.libvirt.journal,
-    });
-    let (counters, connections) = (Arc::new(Counters::default()), TaskTracker::new());
-    tokio::spawn(server::accept_loop(
-        listener,
-        front,
-        limits,
-        counters.clone(),
-        stop.clone(),
-        connections.clone(),
-    ));
-    info!(socket = %shown.display(), "serving libvirt's log protocol");
-    Ok(Some(LibvirtFront {
-        fd,
-        bound,
-        counters,
-        connections,
-    }))
-}
-
-/// The `io.systemd.Metrics` socket systemd passed as `varlink-metrics`,
-/// or else `[metrics] socket` bound here, if either; with a duplicate for
-/// a re-exec and the path we bound.
-#[allow(clippy::type_complexity)]
-fn metrics_listener(
-    passed: Option<OwnedFd>,
-    config: &Config,
-) -> Result<Option<(tokio::net::UnixListener, OwnedFd, Option<PathBuf>)>, DaemonError> {
-    let (listener, bound) = match (passed, &config.metrics.socket) {
-        (Some(fd), _) => (listen_on(fd.into(), Path::new(activation::METRICS))?, None),
-        (None, Some(path)) => {
-            if let Some(dir) = path.parent() {
-                create_dir(dir, 0o755)?;
-            }
-            // Validated when the config was loaded.
-            let mode = config.metrics_mode().unwrap_or(0o666);
-            (bind(path, mode, None)?, Some(path.clone()))
-        }
-        (None, None) => return Ok(None),
-    };
-    let shown = bound.clone().unwrap_or_else(|| activation::METRICS.into());
-    let fd = listener
-        .as_fd()
-        .try_clone_to_owned()
-        .map_err(|source| DaemonError::Bind {
-            path: shown.clone(),
-            source,
-        })?;
-    info!(socket = %shown.display(), "serving io.systemd.Metrics");
-    Ok(Some((listener, fd, bound)))
 }
 
 /// Says, at start, whether the configuration's worst case fits in
@@ -585,54 +583,6 @@ fn create_dir(dir: &Path, mode: u32) -> Result<(), DaemonError> {
         fs::set_permissions(dir, fs::Permissions::from_mode(mode)).map_err(failed)?;
     }
     Ok(())
-}
-
-/// Binds the socket, replacing a stale one but never a live daemon's, and
-/// applies the configured mode and group.
-fn bind(
-    path: &Path,
-    mode: u32,
-    group: Option<&str>,
-) -> Result<tokio::net::UnixListener, DaemonError> {
-    let failed = |source| DaemonError::Bind {
-        path: path.to_owned(),
-        source,
-    };
-    if UnixStream::connect(path).is_ok() {
-        return Err(DaemonError::InUse(path.to_owned()));
-    }
-    match fs::remove_file(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(failed(e)),
-        _ => {}
-    }
-    let std = std::os::unix::net::UnixListener::bind(path).map_err(failed)?;
-    fs::set_permissions(path, fs::Permissions::from_mode(mode)).map_err(failed)?;
-    if let Some(group) = group {
-        let gid = match group.parse::<u32>() {
-            Ok(gid) => nix::unistd::Gid::from_raw(gid),
-            Err(_) => {
-                nix::unistd::Group::from_name(group)
-                    .ok()
-                    .flatten()
-                    .ok_or_else(|| DaemonError::NoGroup(group.to_owned()))?
-                    .gid
-            }
-        };
-        nix::unistd::chown(path, None, Some(gid)).map_err(|e| failed(e.into()))?;
-    }
-    listen_on(std, path)
-}
-
-fn listen_on(
-    std: std::os::unix::net::UnixListener,
-    path: &Path,
-) -> Result<tokio::net::UnixListener, DaemonError> {
-    let failed = |source| DaemonError::Bind {
-        path: path.to_owned(),
-        source,
-    };
-    std.set_nonblocking(true).map_err(failed)?;
-    tokio::net::UnixListener::from_std(std).map_err(failed)
 }
 
 /// Tells the service manager, if there is one, how we are doing.

@@ -13,13 +13,19 @@
 //! `console/NAME/client-listen`, `console/NAME/view-listen`,
 //! `console/NAME/guest`, `console/NAME/client/ID`, `console/NAME/viewer/ID`,
 //! and `state/SEQ`.
+//!
+//! A guestlogd that took over from libvirt's virtlogd in its process starts
+//! without an FD store (virtlogd's unit has none); `use_systemd` pushes
+//! everything once its unit has one, and a hand-back to virtlogd empties it
+//! (`withdraw`), since a stored read end would keep a pipe virtlogd closes
+//! open.
 
 use std::{
     collections::BTreeMap,
     os::fd::{AsFd, BorrowedFd, OwnedFd},
     sync::{
         Mutex, MutexGuard, PoisonError,
-        atomic::{AtomicU64, Ordering::Relaxed},
+        atomic::{AtomicBool, AtomicU64, Ordering::Relaxed},
     },
 };
 
@@ -28,9 +34,11 @@ use tracing::warn;
 
 #[derive(Debug)]
 pub struct FdStore {
-    fds: Mutex<BTreeMap<String, OwnedFd>>,
-    /// systemd keeps copies (`$FDSTORE` was set and `NOTIFY_SOCKET` works).
-    systemd: bool,
+    /// Each descriptor, and whether systemd may drop it when it hangs up.
+    fds: Mutex<BTreeMap<String, (OwnedFd, bool)>>,
+    /// systemd keeps copies (`$FDSTORE` was set and `NOTIFY_SOCKET` works,
+    /// or `use_systemd` was called).
+    systemd: AtomicBool,
     /// Makes names unique across restarts: ids continue from the largest
     /// adopted one.
     next_id: AtomicU64,
@@ -40,7 +48,7 @@ impl FdStore {
     pub fn new(systemd: bool) -> Self {
         Self {
             fds: Mutex::default(),
-            systemd,
+            systemd: AtomicBool::new(systemd),
             next_id: AtomicU64::new(1),
         }
     }
@@ -48,7 +56,35 @@ impl FdStore {
     /// Whether the service manager keeps copies, so a crash loses nothing
     /// the kernel still holds.
     pub fn under_systemd(&self) -> bool {
-        self.systemd
+        self.systemd.load(Relaxed)
+    }
+
+    /// From now on systemd keeps copies: every descriptor is pushed into
+    /// its FD store, for a process started without one whose unit has one
+    /// now. Returns how many are kept.
+    pub fn use_systemd(&self) -> usize {
+        let fds = self.lock();
+        if !self.systemd.swap(true, Relaxed) {
+            for (name, (fd, poll)) in fds.iter() {
+                if let Err(e) = push(name, fd.as_fd(), *poll) {
+                    warn!(name, error = %e, "cannot push a descriptor to the FD store");
+                }
+            }
+        }
+        fds.len()
+    }
+
+    /// Empties systemd's FD store of everything here, keeping our copies,
+    /// and stops using it: for a hand-back to a daemon without one.
+    pub fn withdraw(&self) {
+        let fds = self.lock();
+        if self.systemd.swap(false, Relaxed) {
+            for name in fds.keys() {
+                if let Err(e) = withdraw(name) {
+                    warn!(name, error = %e, "cannot remove a descriptor from the FD store");
+                }
+            }
+        }
     }
 
     /// A fresh id for a name.
@@ -62,7 +98,10 @@ impl FdStore {
         if let Some(id) = name.rsplit('/').next().and_then(|s| s.parse::<u64>().ok()) {
             self.next_id.fetch_max(id + 1, Relaxed);
         }
-        self.lock().insert(name, fd);
+        // As they were added: listeners and states polled, pipes,
+        // connections and the journal's cursors not.
+        let poll = name.starts_with("state/") || name.ends_with("-listen");
+        self.lock().insert(name, (fd, poll));
     }
 
     /// Keeps a duplicate of `fd` under `name`. `poll: false` keeps systemd
@@ -76,31 +115,31 @@ impl FdStore {
                 return;
             }
         };
-        if self.systemd {
-            let mut state = vec![NotifyState::FdStore, NotifyState::FdName(&name)];
-            if !poll {
-                state.push(NotifyState::Custom("FDPOLL=0"));
-            }
-            if let Err(e) = sd_notify::notify_with_fds(&state, &[dup.as_fd()]) {
-                warn!(name, error = %e, "cannot push a descriptor to the FD store");
-            }
+        let mut fds = self.lock();
+        if self.under_systemd()
+            && let Err(e) = push(&name, dup.as_fd(), poll)
+        {
+            warn!(name, error = %e, "cannot push a descriptor to the FD store");
         }
-        self.lock().insert(name, dup);
+        fds.insert(name, (dup, poll));
     }
 
     /// Forgets `name` and closes our copy and systemd's.
     pub fn remove(&self, name: &str) {
-        if self.lock().remove(name).is_some() && self.systemd {
-            let state = [NotifyState::FdStoreRemove, NotifyState::FdName(name)];
-            if let Err(e) = sd_notify::notify(&state) {
-                warn!(name, error = %e, "cannot remove a descriptor from the FD store");
-            }
+        let mut fds = self.lock();
+        if fds.remove(name).is_some()
+            && self.under_systemd()
+            && let Err(e) = withdraw(name)
+        {
+            warn!(name, error = %e, "cannot remove a descriptor from the FD store");
         }
     }
 
     /// Our copy of `name`, if kept.
     pub fn get(&self, name: &str) -> Option<OwnedFd> {
-        self.lock().get(name).and_then(|fd| fd.try_clone().ok())
+        self.lock()
+            .get(name)
+            .and_then(|(fd, _)| fd.try_clone().ok())
     }
 
     pub fn names(&self) -> Vec<String> {
@@ -117,10 +156,28 @@ impl FdStore {
 
     /// Every descriptor, for a re-exec.
     pub fn take_all(&self) -> Vec<(String, OwnedFd)> {
-        std::mem::take(&mut *self.lock()).into_iter().collect()
+        std::mem::take(&mut *self.lock())
+            .into_iter()
+            .map(|(name, (fd, _))| (name, fd))
+            .collect()
     }
 
-    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, OwnedFd>> {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, (OwnedFd, bool)>> {
         self.fds.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// Pushes a copy of `fd` into systemd's FD store under `name`; `poll:
+/// false` keeps systemd from dropping it when it hangs up.
+pub fn push(name: &str, fd: BorrowedFd<'_>, poll: bool) -> std::io::Result<()> {
+    let mut state = vec![NotifyState::FdStore, NotifyState::FdName(name)];
+    if !poll {
+        state.push(NotifyState::Custom("FDPOLL=0"));
+    }
+    sd_notify::notify_with_fds(&state, &[fd])
+}
+
+/// Removes every copy systemd keeps under `name`.
+pub fn withdraw(name: &str) -> std::io::Result<()> {
+    sd_notify::notify(&[NotifyState::FdStoreRemove, NotifyState::FdName(name)])
 }

@@ -9,7 +9,8 @@
 //! use: `fdstore` holds every descriptor that must outlive this process,
 //! and `logging` is the daemon's own logging (`limited!` bounds the lines
 //! an outsider can cause; `events` names the events an operator alerts on
-//! with their journal `MESSAGE_ID`s).
+//! with their journal `MESSAGE_ID`s). Three helpers every floor uses sit
+//! here: `error_chain`, `lock` and `may_chown`.
 
 #![deny(unsafe_code)]
 
@@ -38,6 +39,24 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     out
+}
+
+/// Whether this process may give a file to another owner: CAP_CHOWN in
+/// its effective set. Under libvirt's virtlogd.service (guestlogd in
+/// virtlogd's process, before it moves to its own unit) it is not, and a
+/// chown there is not refused but kills the process (SIGSYS, the unit's
+/// system call filter), with every pipe it holds: so nothing chowns
+/// without asking this first, and a process whose capabilities cannot be
+/// read is taken not to.
+pub fn may_chown() -> bool {
+    const CAP_CHOWN: u32 = 0;
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|status| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .is_some_and(|caps| caps & (1 << CAP_CHOWN) != 0)
+    })
 }
 
 /// Locks a mutex, taking the data even if a thread panicked while holding

@@ -10,7 +10,11 @@
 //! stores a descriptor saves the state before returning, so a crash right
 //! after the caller hears of it keeps it (`handover::restart`).
 
-use std::{os::fd::OwnedFd, path::PathBuf, sync::Arc};
+use std::{
+    os::fd::{AsFd, OwnedFd},
+    path::PathBuf,
+    sync::Arc,
+};
 
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
@@ -22,7 +26,7 @@ use crate::{
         table::Consoles,
         writers::Writers,
     },
-    handover::restart::Saver,
+    handover::{restart::Saver, virtlogd::origins::Origin},
     logs::{
         journal::{
             Journal,
@@ -70,6 +74,11 @@ pub enum OpError {
     },
     #[error("a pipe into {0} is still open")]
     Busy(LogName),
+    #[error(
+        "cannot give console {0}'s sockets another owner: guestlogd runs without CAP_CHOWN \
+         (in virtlogd.service's sandbox until the switch from virtlogd has finished)"
+    )]
+    NoChown(LogName),
 }
 
 /// How a new pipe treats its log.
@@ -90,6 +99,9 @@ pub struct PipeOptions {
     /// The domain arrives by live migration: its first byte in the log
     /// follows a line that says so (`logs::migration`).
     pub arrival: Option<String>,
+    /// The driver and domain of libvirt's OpenLogFile, for a hand-back to
+    /// virtlogd.
+    pub libvirt: Option<Origin>,
 }
 
 /// What a call asks of a log's journal export.
@@ -146,6 +158,18 @@ pub struct Status {
     pub started: std::time::SystemTime,
     /// How many times a guestlogd took over before this one.
     pub adoptions: u64,
+    /// What this process took over from libvirt's virtlogd, if it started
+    /// in virtlogd's place.
+    pub from_virtlogd: Option<TakenFromVirtlogd>,
+}
+
+/// What a process took over from libvirt's virtlogd.
+#[derive(Debug, Clone)]
+pub struct TakenFromVirtlogd {
+    /// The logs of virtlogd's pipes, by path.
+    pub pipes: Vec<String>,
+    /// libvirt's connections.
+    pub clients: usize,
 }
 
 /// The operations, over the daemon's shared state. Cheap to clone.
@@ -224,8 +248,63 @@ impl Ops {
         }
         let path = log.path().to_owned();
         let fd = pipe::open(guard, &self.tracker, self.shutdown.clone()).map_err(OpError::Pipe)?;
+        if let Some(origin) = o.libvirt {
+            self.saver.origins.set(name.clone(), origin);
+        }
         self.saver.save_now();
         Ok(Opened { fd, path, position })
+    }
+
+    /// Feeds `name`'s log from the read end of a pipe someone else made
+    /// (libvirt's virtlogd, handing over in its process), as `open_pipe`
+    /// would have: the same policy, journal export and origin. Must run
+    /// inside the runtime; the caller saves the state once all are in.
+    pub async fn adopt_pipe(
+        &self,
+        name: &LogName,
+        read: OwnedFd,
+        o: PipeOptions,
+    ) -> Result<(), OpError> {
+        let slot = self.registry.reserve_pipe().ok_or(OpError::Limit {
+            what: "pipes",
+            max: self.registry.max_pipes(),
+        })?;
+        let log = self.enter(name, o.policy)?;
+        let guard = slot.bind(log.clone());
+        self.journal_change(&log, &o.journal, Kind::Pipe);
+        let change = o.policy;
+        // The file opens now, appended to as virtlogd left it.
+        let opened = log
+            .run(Wait::Call, move |log, slot| {
+                let f = log.placed_file(slot)?;
+                f.change_policy(change)?;
+                log.journal_begin(f, false);
+                Ok(())
+            })
+            .await;
+        if let Err(e) = opened {
+            // The pipe is kept all the same: a log that cannot be written
+            // counts what it drops, while a closed pipe loses all after.
+            tracing::warn!(log = %name, error = %crate::error_chain(&e), "cannot open an adopted pipe's log");
+        }
+        let store = self.registry.store();
+        let fd_name = format!("pipe/{}/{}", log.name().fd_part(), store.id());
+        // No polling: a pipe whose writers are gone may still hold data.
+        store.add(fd_name.clone(), read.as_fd(), false);
+        if let Some(origin) = o.libvirt {
+            self.saver.origins.set(name.clone(), origin);
+        }
+        pipe::adopt(
+            fd_name.clone(),
+            read,
+            guard,
+            &self.tracker,
+            self.shutdown.clone(),
+        )
+        .map_err(|e| {
+            store.remove(&fd_name);
+            OpError::Pipe(e)
+        })
     }
 
     /// Appends `message` to `name`'s log, created if new (with `policy`
@@ -360,8 +439,21 @@ impl Ops {
     }
 
     /// Makes a console and its log. Must run inside the runtime.
-    pub async fn create_console(&self, r: ConsoleRequest) -> Result<Arc<Console>, OpError> {
+    pub async fn create_console(&self, mut r: ConsoleRequest) -> Result<Arc<Console>, OpError> {
         self.check_console(&r.name, r.domain.as_ref())?;
+        // Without CAP_CHOWN (virtlogd's sandbox, where a chown kills the
+        // process and every pipe with it) only our own owner needs none.
+        if !crate::may_chown() {
+            let (uid, gid) = (
+                nix::unistd::geteuid().as_raw(),
+                nix::unistd::getegid().as_raw(),
+            );
+            if r.owner.uid.is_some_and(|u| u != uid) || r.owner.gid.is_some_and(|g| g != gid) {
+                return Err(OpError::NoChown(r.name));
+            }
+            r.owner.uid = None;
+            r.owner.gid = None;
+        }
         if let Some((boot_name, _)) = &r.boot
             && self.registry.get(boot_name).is_some_and(|l| !l.is_boot())
         {

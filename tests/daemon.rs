@@ -128,7 +128,9 @@ async fn introspection_is_the_interface_file() {
             "ExpectMigration",
             "EndMigration",
             "Follow",
-            "GetStatus"
+            "GetStatus",
+            "UseFdStore",
+            "HandBackToVirtlogd",
         ]
     );
 

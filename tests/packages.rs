@@ -4,10 +4,17 @@
 //! same build again as a higher version for the upgrade, before the tests);
 //! each run boots a fresh overlay of the cached root, so dpkg inside changes
 //! nothing outside.
-//! - virtlogd.conf says max_size = 65536, max_backups = 2; both packages
-//!   installed with no domain running: guestlogd takes virtlogd's place at
-//!   once, and a flooding domain's libvirt log is at most 64 KiB with
-//!   exactly 2 backups.
+//! - both packages installed while two domains print a numbered line to a
+//!   logged pty serial port every 100 ms under libvirt's virtlogd: the
+//!   switch happens live (guestlogctl replace-virtlogd, from the postinst),
+//!   virtlogd.service's main process is guestlogd, and every line is in
+//!   each log once; guestlogd-virtlogd removed with them running: libvirt's
+//!   virtlogd is back live (restore-virtlogd, from the prerm), every line is
+//!   still there, new ones keep coming and a new domain is logged by
+//!   virtlogd; installed again with the three running: guestlogd again,
+//!   nothing lost. The figures are printed.
+//! - virtlogd.conf says max_size = 65536, max_backups = 2: a flooding
+//!   domain's libvirt log is at most 64 KiB with exactly 2 backups.
 //! - guestlogd.conf's [libvirt] max-size = 4 MiB wins over virtlogd.conf
 //!   (after a reload); a libvirt log past libvirt's logrotate threshold is
 //!   left alone by logrotate, which libvirt's own rule alone would copy
@@ -17,14 +24,11 @@
 //!   are upgraded: the daemon re-executes in place (same pid, the new
 //!   binary), every line is in the log once and the client saw every line
 //!   once. The figures are printed.
-//! - guestlogd-virtlogd removed while that domain runs: guestlogd goes on
-//!   and says when virtlogd comes back; once the domain is gone, the
-//!   commands it names bring virtlogd back, and the next domain start is
-//!   logged by libvirt's own virtlogd.
-//! - installed again while that domain runs: virtlogd stays, and it says
-//!   so; once the domain is gone, `systemctl restart virtlogd.service`
-//!   brings guestlogd. A malformed virtlogd.conf then fails guestlogd's
-//!   start, naming its line.
+//! - guestlogd-virtlogd removed while that domain runs: refused, naming its
+//!   console, and nothing changes; once the domain is gone, removed, and
+//!   virtlogd is back at once.
+//! - installed again with no domain running: guestlogd at once; a
+//!   malformed virtlogd.conf then fails guestlogd's start, naming its line.
 //! - removed with no domain running: virtlogd is back at once; guestlogd
 //!   on its own (guestlogd.service) is re-executed in place by a package
 //!   change too.
@@ -42,7 +46,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use libvirt::{Libvirt, QEMU_LOGS, check_seq, domain_with_devices, domain_xml, pty_serial};
+use libvirt::{
+    Libvirt, QEMU_LOGS, check_seq, counting_domain, domain_with_devices, domain_xml, holds,
+    pty_serial, seq_so_far,
+};
 
 const LIMIT: Duration = Duration::from_secs(120);
 const UNIT: &str = "virtlogd.service";
@@ -110,19 +117,56 @@ fn stage(lv: &Libvirt, (main, virt): &(PathBuf, PathBuf), sub: &str) -> [String;
 
 /// A dpkg command inside; what it printed, both streams.
 fn dpkg(lv: &Libvirt, args: &[&str]) -> String {
+    let (text, ok) = try_dpkg(lv, args);
+    assert!(ok, "dpkg {args:?} failed:\n{text}");
+    text
+}
+
+/// A dpkg command inside that may fail: what it printed, and whether it
+/// succeeded.
+fn try_dpkg(lv: &Libvirt, args: &[&str]) -> (String, bool) {
     let out = lv.try_run(&[&["dpkg"], args].concat());
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        out.status.success(),
-        "dpkg {args:?}: {}\n{text}",
-        out.status
-    );
-    println!("--- dpkg {args:?}\n{}", text.trim_end());
-    text
+    println!("--- dpkg {args:?} ({})\n{}", out.status, text.trim_end());
+    (text, out.status.success())
+}
+
+/// Every log's numbered lines so far: each there once, in order; the
+/// highest of each.
+fn intact(lv: &Libvirt, logs: &[String], when: &str) -> Vec<u32> {
+    logs.iter()
+        .map(|log| {
+            // Oldest first, across rotations (virtlogd.conf caps them).
+            let text: String = [".2", ".1", ".0", ""]
+                .iter()
+                .map(|b| lv.read(&format!("{log}{b}")))
+                .collect();
+            let (n, missing, errors) = seq_so_far(&text);
+            assert!(
+                missing.is_empty() && errors.is_empty(),
+                "{when}: {log}: {} of {n} lines missing {missing:?}, {errors:?}",
+                missing.len()
+            );
+            n
+        })
+        .collect()
+}
+
+/// Waits until each log has new lines past `since`, then checks them all.
+fn still_counting(lv: &Libvirt, logs: &[String], since: &[u32], when: &str) -> Vec<u32> {
+    for (log, n) in logs.iter().zip(since) {
+        lv.wait_for(log, &format!("SEQ {:06}", n + 3), LIMIT);
+    }
+    intact(lv, logs, when)
+}
+
+/// Lines written between two counts, over all logs.
+fn written(before: &[u32], after: &[u32]) -> u32 {
+    before.iter().zip(after).map(|(b, a)| a - b).sum()
 }
 
 fn main_pid(lv: &Libvirt) -> String {
@@ -161,19 +205,25 @@ fn journal(lv: &Libvirt) -> String {
     lv.run(&["journalctl", "-u", UNIT, "-o", "cat", "--no-pager"])
 }
 
-/// Polls guestlogd's stored descriptors until only its state is left.
+/// Polls guestlogd until no log has a pipe and no console is left.
 fn wait_idle(lv: &Libvirt) {
     let deadline = Instant::now() + LIMIT;
     loop {
-        let status = lv.run(&["guestlogctl", "status"]);
-        if status.contains("stored fds   1\n") {
+        let logs = lv.run(&["guestlogctl", "list"]);
+        let consoles = lv.run(&["guestlogctl", "consoles"]);
+        // Columns: NAME SIZE MAX BACKUPS PIPES ...
+        let piped = logs
+            .lines()
+            .skip(1)
+            .any(|l| l.split_whitespace().nth(4).is_some_and(|p| p != "0"));
+        if !piped && consoles.lines().count() <= 1 {
             return;
         }
         if Instant::now() >= deadline {
             let pid = main_pid(lv);
             let fds = lv.try_run(&["ls", "-l", &format!("/proc/{pid}/fd")]);
             panic!(
-                "guestlogd never idle:\n{status}\n{}{}",
+                "guestlogd never idle:\n{logs}{consoles}\n{}{}",
                 String::from_utf8_lossy(&fds.stdout),
                 String::from_utf8_lossy(&fds.stderr)
             );
@@ -283,11 +333,29 @@ async fn packages_install_upgrade_and_remove_with_domains_running() {
     .unwrap();
     let socket = lv.inside("/run/guestlogd/io.guestlogd.Manager");
 
-    // --- Both packages, no domain running: the switch happens at once.
+    // --- Both packages, with domains running: the switch happens live.
+    let mut logs = vec![
+        counting_domain(&lv, "pa", 100),
+        counting_domain(&lv, "pb", 100),
+    ];
+    let virtlogd = main_pid(&lv);
+    assert_eq!(daemon(&lv), "virtlogd");
+    let before = intact(&lv, &logs, "before the installation");
     let t = Instant::now();
     let out = dpkg(&lv, &["-i", &main1, &virt1]);
-    assert!(out.contains("guestlogd now serves libvirt's logs in virtlogd's place"));
+    let took = t.elapsed();
+    let after = intact(&lv, &logs, "after the installation");
+    assert!(
+        out.contains(&format!(
+            "guestlogd (pid {virtlogd}) serves in virtlogd's place"
+        )) && out.contains("runs under its own unit settings"),
+        "{out}"
+    );
+    for log in &logs {
+        assert!(out.contains(log.as_str()), "{log} not adopted:\n{out}");
+    }
     assert_eq!(daemon(&lv), "guestlogd");
+    assert_ne!(main_pid(&lv), virtlogd);
     assert_eq!(
         lv.systemctl(&["is-enabled", "guestlogd.socket"]).trim(),
         "enabled"
@@ -298,12 +366,63 @@ async fn packages_install_upgrade_and_remove_with_domains_running() {
         j.contains("applied to libvirt's logs and connections: max_size = 65536, max_backups = 2"),
         "{j}"
     );
+    // Once per start: in virtlogd's process, then under its own unit.
     assert_eq!(
         j.matches("ignored (virtlogd's own settings").count(),
-        1,
+        2,
         "{j}"
     );
-    println!("installed {v1} in {:?}", t.elapsed());
+    let now = still_counting(&lv, &logs, &after, "guestlogd serving");
+    println!(
+        "dpkg -i of both packages ({v1}), virtlogd -> guestlogd live: {took:?}; {} lines \
+         written during it, 0 lost or repeated",
+        written(&before, &after)
+    );
+
+    // --- guestlogd-virtlogd removed with them running: virtlogd back live.
+    let before = now;
+    let pid = main_pid(&lv);
+    let t = Instant::now();
+    let out = dpkg(&lv, &["-r", "guestlogd-virtlogd"]);
+    let took = t.elapsed();
+    let after = intact(&lv, &logs, "after the removal");
+    assert!(out.contains("libvirt's virtlogd (pid"), "{out}");
+    assert_eq!(
+        (main_pid(&lv), daemon(&lv)),
+        (pid.clone(), "virtlogd".into())
+    );
+    assert_eq!(lv.prop(UNIT, "DropInPaths"), "");
+    still_counting(&lv, &logs, &after, "virtlogd serving again");
+    for log in &logs {
+        assert!(holds(&lv, &pid, log), "virtlogd does not write {log}");
+    }
+    println!(
+        "dpkg -r guestlogd-virtlogd, guestlogd -> virtlogd live: {took:?}; {} lines written \
+         during it, 0 lost or repeated",
+        written(&before, &after)
+    );
+    logs.push(counting_domain(&lv, "pn", 100));
+    assert!(
+        holds(&lv, &pid, &logs[2]),
+        "virtlogd does not write {}",
+        logs[2]
+    );
+
+    // --- Installed again with the three running: guestlogd again, live.
+    let before = intact(&lv, &logs, "before installing again");
+    let out = dpkg(&lv, &["-i", &virt1]);
+    let after = intact(&lv, &logs, "after installing again");
+    assert!(out.contains("serves in virtlogd's place"), "{out}");
+    assert_eq!(daemon(&lv), "guestlogd");
+    still_counting(&lv, &logs, &after, "guestlogd serving again");
+    println!(
+        "dpkg -i guestlogd-virtlogd again: {} lines written during it, 0 lost or repeated",
+        written(&before, &after)
+    );
+    for vm in ["pa", "pb", "pn"] {
+        lv.virsh(&["destroy", vm]);
+    }
+    wait_idle(&lv);
 
     // --- virtlogd.conf's policy on a libvirt log.
     let log = pty_domain(&lv, "flood");
@@ -453,50 +572,37 @@ async fn packages_install_upgrade_and_remove_with_domains_running() {
         gaps[gaps.len() - 1]
     );
 
-    // --- Removed while the domain runs: guestlogd goes on, and says so.
-    let out = dpkg(&lv, &["-r", "guestlogd-virtlogd"]);
+    // --- Removed while the console domain runs: refused, nothing changes.
+    let (out, ok) = try_dpkg(&lv, &["-r", "guestlogd-virtlogd"]);
+    assert!(!ok, "removed while a console runs:\n{out}");
     assert!(
-        out.contains("guestlogd goes on serving as virtlogd.service")
-            && out.contains("the running domains (up)")
-            && out
-                .contains("systemctl restart virtlogd.service && systemctl start guestlogd.socket"),
+        out.contains("console up-serial0")
+            && out.contains("guestlogd-virtlogd stays installed")
+            && out.contains("GUESTLOGD_FORCE=1"),
         "{out}"
     );
     assert_eq!(
         (main_pid(&lv), daemon(&lv)),
         (pid.clone(), "guestlogd".into())
     );
+    // dpkg keeps the package, marked for removal ("deinstall").
+    let state = lv.run(&["dpkg-query", "-W", "-f", "${Status}", "guestlogd-virtlogd"]);
+    assert!(state.ends_with(" ok installed"), "{state}");
     client.type_line("echo still-guestlogd");
     client.wait_for("ECHO still-guestlogd");
     lv.wait_for(&console_log, "ECHO still-guestlogd", LIMIT);
     lv.virsh(&["destroy", "up"]);
-    // The hook left behind still removes the console at release.
+    // The hook still removes the console at release.
     wait_idle(&lv);
-    lv.systemctl(&["restart", UNIT]);
-    lv.systemctl(&["start", "guestlogd.socket"]);
-    assert_eq!(daemon(&lv), "virtlogd");
-    let log = pty_domain(&lv, "next");
-    let virtlogd = main_pid(&lv);
-    let held = lv.run(&["sh", "-c", &format!("readlink /proc/{virtlogd}/fd/*")]);
-    assert!(
-        held.contains(&log),
-        "virtlogd does not write {log}:\n{held}"
-    );
-    println!("removed: the next domain is logged by libvirt's virtlogd (pid {virtlogd})");
 
-    // --- Installed again while that domain runs: virtlogd stays, and says so.
+    // --- Removed with no domain running: virtlogd is back at once.
+    let out = dpkg(&lv, &["-r", "guestlogd-virtlogd"]);
+    assert!(out.contains("libvirt's virtlogd (pid"), "{out}");
+    assert_eq!((main_pid(&lv), daemon(&lv)), (pid, "virtlogd".into()));
+
+    // --- Installed again with no domain running: guestlogd at once.
     let out = dpkg(&lv, &["-i", &virt2]);
-    assert!(
-        out.contains("virtlogd.service was not restarted")
-            && out.contains("the running domains (next)")
-            && out.contains("systemctl restart virtlogd.service"),
-        "{out}"
-    );
-    assert_eq!((main_pid(&lv), daemon(&lv)), (virtlogd, "virtlogd".into()));
-    libvirt::type_into(&lv, "next", "echo still-virtlogd");
-    lv.wait_for(&log, "ECHO still-virtlogd", LIMIT);
-    lv.virsh(&["destroy", "next"]);
-    lv.systemctl(&["restart", UNIT]);
+    assert!(out.contains("serves in virtlogd's place"), "{out}");
     assert_eq!(daemon(&lv), "guestlogd");
     systemd::wait_status(&socket, "guestlogd again", |s| s.fd_store).await;
 
@@ -524,10 +630,7 @@ async fn packages_install_upgrade_and_remove_with_domains_running() {
 
     // --- Removed with no domain running: virtlogd is back at once.
     let out = dpkg(&lv, &["-r", "guestlogd-virtlogd"]);
-    assert!(
-        out.contains("libvirt's virtlogd is back in virtlogd's place"),
-        "{out}"
-    );
+    assert!(out.contains("libvirt's virtlogd (pid"), "{out}");
     assert_eq!(daemon(&lv), "virtlogd");
 
     // --- guestlogd on its own (guestlogd.service, socket-activated): a

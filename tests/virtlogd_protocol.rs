@@ -78,6 +78,18 @@ impl Front {
             );
             sleep(Duration::from_millis(10));
         }
+        // The probe above took a connection slot until the daemon saw it
+        // close: a test that counts slots starts once it has.
+        let status = br#"{"method":"io.guestlogd.Manager.GetStatus"}"#;
+        loop {
+            let reply = common::raw_call(&front.daemon.socket(), status).unwrap_or_default();
+            let v: serde_json::Value = serde_json::from_str(&reply).unwrap_or_default();
+            if v["parameters"]["libvirtConnections"]["open"] == 0 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the probe never closed: {reply}");
+            sleep(Duration::from_millis(10));
+        }
         front
     }
 
@@ -487,4 +499,48 @@ fn two_hosts_sharing_a_log_directory_keep_one_file_through_a_migration() {
         &[Path::new("shared"), &varlinkctl, &sa, &va, &sb, &vb, &root],
         &mut [&mut a, &mut b],
     );
+}
+
+/// The calls of the switch between virtlogd and guestlogd refuse where
+/// they do not apply and change nothing: a hand-back to virtlogd from a
+/// guestlogd that is not virtlogd.service's process (forced or not: it has
+/// nothing of virtlogd's to give back), and UseFdStore without a service
+/// manager. The daemon goes on serving libvirt's socket.
+#[tokio::test]
+async fn the_switch_calls_refuse_outside_virtlogd_service() {
+    use guestlogd::api::ManagerError;
+    let front = Front::start("");
+    let mut conn = zlink::tokio::unix::connect(front.daemon.socket())
+        .await
+        .unwrap();
+    for force in [false, true] {
+        let r = common::call(
+            &mut conn,
+            "HandBackToVirtlogd",
+            serde_json::json!({ "force": force }),
+        )
+        .await;
+        match r {
+            Err(ManagerError::HandBackRefused { reason, closes }) => {
+                assert!(reason.contains("virtlogd.service"), "{reason}");
+                assert!(closes.is_empty(), "{closes:?}");
+            }
+            other => panic!("a hand-back outside virtlogd.service: {other:?}"),
+        }
+    }
+    if std::env::var_os("NOTIFY_SOCKET").is_none() {
+        let r = common::call(&mut conn, "UseFdStore", serde_json::json!({})).await;
+        assert!(
+            matches!(&r, Err(ManagerError::IoError { message }) if message.contains("NOTIFY_SOCKET")),
+            "{r:?}"
+        );
+    } else {
+        println!("SKIPPED: UseFdStore's refusal: the tests run under a service manager");
+    }
+    let status = common::call(&mut conn, "GetStatus", serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(status["fdStore"], false);
+    assert!(status["virtlogd"].is_null(), "{status}");
+    assert!(UnixStream::connect(front.socket()).is_ok());
 }

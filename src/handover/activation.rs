@@ -2,7 +2,14 @@
 //! `LISTEN_FDS`/`LISTEN_FDNAMES`.
 //!
 //! Must run before any thread exists: it reads and then unsets the
-//! activation environment, so no child inherits it.
+//! activation environment, so no child inherits it. A `LISTEN_FDNAMES`
+//! without a `LISTEN_PID` of ours (virtlogd leaves one when it re-executes
+//! into guestlogd) is not activation, and is dropped the same way.
+//!
+//! Also the first thing every start does (`block_signals`): SIGUSR1
+//! re-executes guestlogd, SIGTERM, SIGINT and SIGHUP stop it or are
+//! ignored, and until their handlers exist the default action would kill
+//! the process and every pipe it holds.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
@@ -18,7 +25,8 @@ pub const METRICS: &str = "varlink-metrics";
 /// serve in virtlogd's place.
 pub const LIBVIRT: &str = "virtlogd.socket";
 /// libvirt's admin socket for virtlogd (virt-admin); no libvirt daemon
-/// uses it, and we do not serve it.
+/// uses it, and we do not serve it: it is held, so that a hand-back to
+/// virtlogd gives it back.
 pub const LIBVIRT_ADMIN: &str = "virtlogd-admin.socket";
 
 /// What the service manager passed.
@@ -30,8 +38,8 @@ pub struct Activation {
     pub libvirt: Option<OwnedFd>,
     /// The listening `io.systemd.Metrics` socket, if one was passed.
     pub metrics: Option<OwnedFd>,
-    /// Passed sockets we do not serve, closed; logged once tracing is up.
-    pub unserved: Vec<String>,
+    /// virt-admin's listening socket, held and not served.
+    pub libvirt_admin: Option<OwnedFd>,
     /// Every other passed descriptor, by name: what a previous guestlogd
     /// stored (see `fdstore`).
     pub stored: Vec<(String, OwnedFd)>,
@@ -45,6 +53,17 @@ impl Activation {
     /// # Safety
     /// No other thread may run: this changes the environment.
     pub unsafe fn take() -> std::io::Result<Self> {
+        let ours = std::env::var("LISTEN_PID").is_ok_and(|p| p == std::process::id().to_string());
+        if !ours {
+            // SAFETY: the caller guarantees that the process is
+            // single-threaded.
+            unsafe {
+                for var in ["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"] {
+                    std::env::remove_var(var);
+                }
+            }
+            return Ok(Self::default());
+        }
         // SAFETY: the caller guarantees that the process is single-threaded.
         let fds = unsafe { sd_notify::listen_fds_with_names_and_unset_env() }?;
         let mut out = Self::default();
@@ -61,9 +80,8 @@ impl Activation {
                 out.libvirt = Some(fd);
             } else if out.metrics.is_none() && name == METRICS {
                 out.metrics = Some(fd);
-            } else if name == LIBVIRT_ADMIN {
-                drop(fd);
-                out.unserved.push(name);
+            } else if out.libvirt_admin.is_none() && name == LIBVIRT_ADMIN {
+                out.libvirt_admin = Some(fd);
             } else {
                 out.stored.push((name, fd));
             }
@@ -75,9 +93,6 @@ impl Activation {
     pub fn report(&self) {
         for name in &self.missing {
             warn!(name, "a passed file descriptor was not open");
-        }
-        for name in &self.unserved {
-            tracing::info!(name, "closed a passed socket guestlogd does not serve");
         }
     }
 }
@@ -95,11 +110,68 @@ pub fn own_path() -> std::path::PathBuf {
     }
 }
 
+/// The signals the daemon handles, whose default action kills.
+fn handled() -> nix::sys::signal::SigSet {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    for s in [
+        Signal::SIGUSR1,
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+    ] {
+        set.add(s);
+    }
+    set
+}
+
+/// Blocks the signals the daemon handles, in this thread and every thread
+/// it starts: the first thing a start does. The daemon unblocks them once
+/// its handlers exist (`unblock_signals`); a signal sent meanwhile waits
+/// and is handled then, instead of killing the process with every pipe.
+pub fn block_signals() {
+    use nix::sys::signal::{SigmaskHow, pthread_sigmask};
+    // Cannot fail with a valid `how` and set.
+    let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&handled()), None);
+}
+
+/// Unblocks them in the calling thread, once every handler exists.
+pub fn unblock_signals() {
+    use nix::sys::signal::{SigmaskHow, pthread_sigmask};
+    let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&handled()), None);
+}
+
+/// Before executing a program other than guestlogd (libvirt's virtlogd):
+/// a signal mask survives exec and virtlogd never unblocks these, so they
+/// are unblocked here. One sent while they were blocked is taken by a
+/// handler that does nothing (a reload or a stop asked of a process that
+/// is about to become a fresh virtlogd is moot), and exec resets every
+/// handler to its default.
+pub fn release_signals_for_exec() {
+    use nix::sys::signal::{SaFlags, SigAction, SigHandler, SigSet, sigaction};
+    extern "C" fn nothing(_: nix::libc::c_int) {}
+    let ignore = SigAction::new(
+        SigHandler::Handler(nothing),
+        SaFlags::SA_RESTART,
+        SigSet::empty(),
+    );
+    for signal in handled().iter() {
+        // SAFETY: `nothing` is async-signal-safe (it does nothing), and no
+        // other handler of ours is relied on from here to the exec.
+        let _ = unsafe { sigaction(signal, &ignore) };
+    }
+    unblock_signals();
+}
+
 /// Replaces this process with the guestlogd at `exe` (the new binary,
-/// after an upgrade), handing it `fds` the way systemd would: from fd 3
-/// up, named in `LISTEN_FDNAMES`. Returns only on failure.
-pub fn reexec(exe: &std::path::Path, fds: Vec<(String, OwnedFd)>) -> std::io::Error {
-    use std::os::unix::process::CommandExt;
+/// after an upgrade) and `args` (argv[1..]), handing it `fds` the way
+/// systemd would: from fd 3 up, named in `LISTEN_FDNAMES`. Returns only on
+/// failure.
+pub fn reexec(
+    exe: &std::path::Path,
+    args: &[std::ffi::OsString],
+    fds: Vec<(String, OwnedFd)>,
+) -> std::io::Error {
     let count = fds.len();
     let names: Vec<String> = fds.iter().map(|(n, _)| n.clone()).collect();
     // Each descriptor first moves above the range it will take, so that
@@ -120,12 +192,41 @@ pub fn reexec(exe: &std::path::Path, fds: Vec<(String, OwnedFd)>) -> std::io::Er
             return std::io::Error::last_os_error();
         }
     }
-    std::process::Command::new(exe)
-        .args(std::env::args_os().skip(1))
-        .env("LISTEN_FDS", count.to_string())
-        .env("LISTEN_PID", std::process::id().to_string())
-        .env("LISTEN_FDNAMES", names.join(":"))
-        .exec()
+    // execve itself rather than Command, which would unblock every
+    // signal: the new image starts with them still blocked, so a reload or
+    // a stop sent while it starts waits for its handler instead of killing
+    // it.
+    use std::os::unix::ffi::OsStrExt;
+    let cstring = |b: &[u8]| std::ffi::CString::new(b).ok();
+    let mut env: Vec<std::ffi::CString> = std::env::vars_os()
+        .filter(|(k, _)| {
+            !matches!(
+                k.to_str(),
+                Some("LISTEN_FDS" | "LISTEN_PID" | "LISTEN_FDNAMES")
+            )
+        })
+        .filter_map(|(k, v)| cstring(&[k.as_bytes(), b"=", v.as_bytes()].concat()))
+        .collect();
+    env.extend(
+        [
+            format!("LISTEN_FDS={count}"),
+            format!("LISTEN_PID={}", std::process::id()),
+            format!("LISTEN_FDNAMES={}", names.join(":")),
+        ]
+        .iter()
+        .filter_map(|v| cstring(v.as_bytes())),
+    );
+    let Some(path) = cstring(exe.as_os_str().as_bytes()) else {
+        return std::io::Error::other("the binary's path holds a NUL");
+    };
+    let argv: Vec<std::ffi::CString> = std::iter::once(path.clone())
+        .chain(args.iter().filter_map(|a| cstring(a.as_bytes())))
+        .collect();
+    block_signals();
+    match nix::unistd::execve(&path, &argv, &env) {
+        Err(e) => e.into(),
+        Ok(never) => match never {},
+    }
 }
 
 /// Wraps a passed descriptor, if it is really open: wrapping a closed one

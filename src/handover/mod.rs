@@ -2,8 +2,9 @@
 //! next across a restart, a re-exec or a crash.
 //!
 //! Owns: the descriptors passed at start (`activation`), the saved state's
-//! format (`state`), and taking over from a previous guestlogd and saving
-//! for the next one (`restart`).
+//! format (`state`), taking over from a previous guestlogd and saving for
+//! the next one (`restart`), and the same with libvirt's virtlogd in its
+//! own process, both ways (`virtlogd`).
 //!
 //! Invariants: a call that stores a new descriptor saves the state before
 //! it replies; descriptors that arrive with no call carry in their names
@@ -17,3 +18,4 @@
 pub mod activation;
 pub mod restart;
 pub mod state;
+pub mod virtlogd;

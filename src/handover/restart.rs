@@ -25,7 +25,10 @@ use base64::Engine as _;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
-use super::state::{self, ConsoleState, ForgottenLog, JournalState, LogState, State};
+use super::{
+    state::{self, ConsoleState, ForgottenLog, JournalState, LogState, State},
+    virtlogd::origins::{Origin, Origins},
+};
 use crate::{
     config::Limits,
     consoles::{
@@ -59,6 +62,8 @@ pub struct Takeover {
     pub adoptions: u64,
     /// The daemon-wide counters the state carried (`State::totals`).
     pub totals: std::collections::BTreeMap<String, u64>,
+    /// The libvirt logs' origins the state carried (`State::libvirt`).
+    pub libvirt: std::collections::BTreeMap<String, Origin>,
 }
 
 /// Takes over what `stored` holds: logs (with their journal exports),
@@ -195,6 +200,7 @@ pub fn adopt(
     Takeover {
         adoptions: saved.adoptions + 1,
         totals: saved.totals,
+        libvirt: saved.libvirt,
     }
 }
 
@@ -373,6 +379,8 @@ pub struct Saver {
     adoptions: u64,
     /// Set once the fronts exist.
     totals: std::sync::OnceLock<Totals>,
+    /// Which logs libvirt opened, saved with them.
+    pub origins: Origins,
 }
 
 impl Saver {
@@ -383,6 +391,7 @@ impl Saver {
             last: std::sync::Mutex::new(None),
             adoptions,
             totals: std::sync::OnceLock::new(),
+            origins: Origins::default(),
         }
     }
 
@@ -481,6 +490,7 @@ impl Saver {
                 .collect(),
             totals: self.totals.get().map(|t| (t.0)()).unwrap_or_default(),
             migrations: registry.migrations().state(),
+            libvirt: self.origins.save(|name| registry.get(name).is_some()),
         };
         let fd = match state.to_memfd() {
             Ok(fd) => fd,

@@ -16,6 +16,7 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
+use super::virtlogd::origins::Origin;
 use crate::{
     consoles::{
         console::{Domain, Pending},
@@ -55,6 +56,10 @@ pub struct State {
     pub forgotten: Vec<ForgottenLog>,
     /// The domains arriving and leaving by live migration.
     pub migrations: MigrationState,
+    /// The logs libvirt opened, by name, with the driver and domain of
+    /// their OpenLogFile: what a hand-back to virtlogd writes.
+    #[serde(default)]
+    pub libvirt: BTreeMap<String, Origin>,
 }
 
 /// A forgotten log's policy.
@@ -254,6 +259,14 @@ mod tests {
             }],
             totals: BTreeMap::from([("varlink/accepted".into(), 4)]),
             migrations: MigrationState::default(),
+            libvirt: BTreeMap::from([(
+                "/var/log/libvirt/qemu/vm.log".into(),
+                Origin {
+                    driver: "QEMU".into(),
+                    domain: "vm".into(),
+                    uuid: "00010203-0405-0607-0809-0a0b0c0d0e0f".into(),
+                },
+            )]),
         };
         assert_eq!(State::read(state.to_memfd().unwrap()).unwrap(), state);
         assert_eq!(seq(&fd_name(42)), Some(42));

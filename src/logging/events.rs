@@ -38,6 +38,15 @@ pub const MIGRATED_IN: &str = "d5d4150057484b8c9fdec1264f9b673f";
 /// A log's domain left this host by live migration: the log got the line
 /// "domain NAME migrated out" where its output here ends.
 pub const MIGRATED_OUT: &str = "b1d86257792949389416d6a2c758910d";
+/// guestlogd took over libvirt's virtlogd's logs in virtlogd's process
+/// (its SIGUSR1 re-exec): every pipe, libvirt's socket and clients.
+pub const VIRTLOGD_TAKEOVER: &str = "1333fd83617e4a8f81b124cbe3aa5b24";
+/// guestlogd could not take over virtlogd's state and gave it back to the
+/// real virtlogd, which adopts it: nothing was lost, nothing switched.
+pub const VIRTLOGD_FALLBACK: &str = "587e51ac45234e728c34fc5214f5cbeb";
+/// guestlogd handed libvirt's logs back to libvirt's virtlogd
+/// (`guestlogctl restore-virtlogd`).
+pub const HANDBACK: &str = "25ca110fb2a64f5bb0c459848d58c38f";
 
 /// Every id, with its constant's name, for the catalog check.
 pub const ALL: &[(&str, &str)] = &[
@@ -52,6 +61,9 @@ pub const ALL: &[(&str, &str)] = &[
     ("THROTTLE_END", THROTTLE_END),
     ("MIGRATED_IN", MIGRATED_IN),
     ("MIGRATED_OUT", MIGRATED_OUT),
+    ("VIRTLOGD_TAKEOVER", VIRTLOGD_TAKEOVER),
+    ("VIRTLOGD_FALLBACK", VIRTLOGD_FALLBACK),
+    ("HANDBACK", HANDBACK),
 ];
 
 #[cfg(test)]

@@ -125,6 +125,36 @@ impl LogName {
     pub fn from_fd_part(part: &str) -> Result<Self, NameError> {
         Self::parse(&part.replace("%2F", "/"))
     }
+
+    /// A log libvirt names by its path: a valid path under one of `roots`,
+    /// not ending like a backup (`.0` …), which could be another log's
+    /// backup in the same directory. The same rule whether libvirt asks
+    /// (OpenLogFile) or virtlogd hands its logs over; the error says why
+    /// in words libvirt shows its user.
+    pub fn libvirt(path: &str, roots: &[std::path::PathBuf]) -> Result<Self, String> {
+        let name = Self::from_path(path).map_err(|e| e.to_string())?;
+        let file = path.rsplit('/').next().unwrap_or_default();
+        let ext = file.rsplit_once('.').map(|(_, e)| e);
+        if ext.is_some_and(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit())) {
+            return Err("ends like a log backup (.N)".into());
+        }
+        let inside = roots.iter().any(|root| {
+            name.as_path()
+                .and_then(|p| p.strip_prefix(root).ok())
+                .is_some_and(|rest| !rest.as_os_str().is_empty())
+        });
+        if !inside {
+            return Err(format!(
+                "is not under an allowed root ({})",
+                roots
+                    .iter()
+                    .map(|r| r.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+        Ok(name)
+    }
 }
 
 impl TryFrom<&str> for LogName {

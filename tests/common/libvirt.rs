@@ -280,3 +280,48 @@ pub fn check_seq(text: &str, n: u32) -> (Vec<u32>, Vec<String>) {
     let missing = (1..=n).filter(|i| !seen.contains(i)).collect();
     (missing, errors)
 }
+
+/// The highest `SEQ n` in a log.
+pub fn highest_seq(text: &str) -> u32 {
+    text.lines()
+        .filter_map(|l| l.trim_end_matches('\r').strip_prefix("SEQ "))
+        .filter_map(|v| v.parse::<u32>().ok())
+        .max()
+        .unwrap_or(0)
+}
+
+/// Which of the lines up to the highest seen are missing, and whether any
+/// came twice or out of order: `check_seq` up to what was written so far.
+pub fn seq_so_far(text: &str) -> (u32, Vec<u32>, Vec<String>) {
+    let n = highest_seq(text);
+    let (missing, errors) = check_seq(text, n);
+    (n, missing, errors)
+}
+
+/// Starts a transient domain whose serial port is logged by the log
+/// daemon (`NAME-serial0.log`) and has it print a numbered line every
+/// `every_ms` until destroyed; returns its serial log once the first line
+/// is there.
+pub fn counting_domain(lv: &Libvirt, name: &str, every_ms: u32) -> String {
+    let cmdline = lv.read("/var/lib/libvirt/boot/cmdline");
+    let xml = domain_xml(name, cmdline.trim(), &pty_serial(name));
+    std::fs::write(lv.host().join(format!("{name}.xml")), xml).unwrap();
+    lv.virsh(&["create", &format!("/host/{name}.xml")]);
+    let log = format!("{QEMU_LOGS}/{name}-serial0.log");
+    lv.wait_for(&log, "GUEST READY", Duration::from_secs(120));
+    type_into(lv, name, &format!("count 9999999 {every_ms}"));
+    lv.wait_for(&log, "SEQ 000001", Duration::from_secs(120));
+    log
+}
+
+/// Which daemon runs as virtlogd.service: "guestlogd" or "virtlogd".
+pub fn log_daemon(lv: &Libvirt) -> String {
+    let pid = lv.prop("virtlogd.service", "MainPID");
+    lv.read(&format!("/proc/{pid}/comm")).trim().to_owned()
+}
+
+/// Whether the process holds `path` open.
+pub fn holds(lv: &Libvirt, pid: &str, path: &str) -> bool {
+    let fds = lv.run(&["sh", "-c", &format!("readlink /proc/{pid}/fd/*")]);
+    fds.lines().any(|l| l == path)
+}

@@ -17,7 +17,8 @@ use clap::{Parser, Subcommand, ValueEnum};
     long_about = "guestlogctl lists, reads and follows the logs guestlogd keeps, manages its \
                   consoles and attaches a terminal to them, over guestlogd's varlink API \
                   (io.guestlogd.Manager). It is also libvirt's QEMU hook for guestlogd's \
-                  consoles (the hook verb)."
+                  consoles (the hook verb), and switches a running host from libvirt's \
+                  virtlogd to guestlogd and back (replace-virtlogd, restore-virtlogd)."
 )]
 pub struct Args {
     /// The daemon's runtime directory: its socket is
@@ -108,11 +109,55 @@ pub enum Command {
                          < vm1.xml"
     )]
     Hook(HookArgs),
+    /// Switch this host's log daemon from libvirt's virtlogd to guestlogd,
+    /// with its domains running and nothing lost: guestlogd is put at
+    /// /usr/sbin/virtlogd (a dpkg diversion, atomically), virtlogd's own
+    /// reload (SIGUSR1) executes it in virtlogd's process with every pipe,
+    /// and guestlogd then moves onto its own unit settings through its FD
+    /// store. Refuses, saying why, when the switch could lose something.
+    /// Installs the drop-in and units the package guestlogd-virtlogd would,
+    /// when it is not installed. Where virtlogd is not running, it only
+    /// installs them. Prints what was adopted; exits 0 once guestlogd
+    /// serves with every pipe, non-zero with what happened otherwise.
+    #[command(after_long_help = "Example:\n  guestlogctl replace-virtlogd")]
+    ReplaceVirtlogd(ReplaceArgs),
+    /// Put libvirt's virtlogd back, with the domains running: guestlogd
+    /// hands the pipes of libvirt's logs, libvirt's socket and its
+    /// connections to the real virtlogd in its own process, and the unit
+    /// runs virtlogd's own ExecStart again, with no diversion left.
+    /// Consoles and pipes libvirt did not open cannot go to virtlogd: it
+    /// refuses, naming them, unless --force. With the package
+    /// guestlogd-virtlogd installed, remove the package instead.
+    #[command(after_long_help = "Examples:\n  guestlogctl restore-virtlogd\n  \
+                         guestlogctl restore-virtlogd --force")]
+    RestoreVirtlogd(RestoreArgs),
     /// The daemon's metrics in Prometheus' text format (from its
     /// io.systemd.Metrics socket).
     #[command(after_long_help = "Examples:\n  guestlogctl metrics\n  \
                          guestlogctl metrics --textfile /var/lib/prometheus/node-exporter")]
     Metrics(MetricsArgs),
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ReplaceArgs {
+    /// guestlogd's binary, put in virtlogd's place.
+    #[arg(long, value_name = "PATH", default_value = "/usr/sbin/guestlogd")]
+    pub guestlogd: PathBuf,
+    /// Seconds each step may take: virtlogd's re-exec into guestlogd, and
+    /// guestlogd's restart onto its own settings.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub timeout: u64,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RestoreArgs {
+    /// Close the consoles and the pipes libvirt did not open, which
+    /// virtlogd cannot take; they are named first.
+    #[arg(long)]
+    pub force: bool,
+    /// Seconds the hand-back may take.
+    #[arg(long, value_name = "SECONDS", default_value_t = 60)]
+    pub timeout: u64,
 }
 
 #[derive(clap::Args, Debug)]

@@ -69,6 +69,13 @@ pub async fn daemon_status(conn: &mut Connection) -> Result<(), CtlError> {
         if s.fd_store { "systemd" } else { "none" }
     );
     println!("connections  {} open", s.connections.open);
+    if let Some(v) = &s.virtlogd {
+        println!(
+            "virtlogd     took over {} pipes and {} connections",
+            v.pipes.len(),
+            v.connections
+        );
+    }
     Ok(())
 }
 

@@ -5,7 +5,7 @@
 //! `main` has the log commands; `consoles` creates, removes and shows
 //! consoles; `attach` puts a terminal on one; `hook` is the libvirt hook
 //! (`guestlogctl hook DOMAIN OPERATION SUBOP EXTRA`, the domain XML on
-//! stdin).
+//! stdin); `switch` switches the host from virtlogd to guestlogd and back.
 
 mod attach;
 mod cli;
@@ -13,6 +13,7 @@ mod consoles;
 mod escape;
 mod hook;
 mod metrics;
+mod switch;
 
 use std::{io::Write, path::PathBuf, process::ExitCode};
 
@@ -56,6 +57,8 @@ enum CtlError {
     Hook(#[from] hook::HookError),
     #[error("metrics: {0}")]
     Metrics(String),
+    #[error(transparent)]
+    Switch(#[from] switch::SwitchError),
     #[error("cannot write {path}")]
     Textfile {
         path: PathBuf,
@@ -85,6 +88,8 @@ async fn run(args: Args) -> Result<(), CtlError> {
         Command::Attach(a) => return attach::attach(&args.runtime_dir, a).await,
         Command::Hook(h) => return Ok(hook::run(&args.runtime_dir, h).await?),
         Command::Metrics(m) => return metrics::run(m).await,
+        Command::ReplaceVirtlogd(r) => return Ok(switch::replace(&args.runtime_dir, r).await?),
+        Command::RestoreVirtlogd(r) => return Ok(switch::restore(&args.runtime_dir, r).await?),
         _ => {}
     }
     let path = args.runtime_dir.join(SOCKET);
@@ -190,7 +195,11 @@ async fn run(args: Args) -> Result<(), CtlError> {
             let all = list(&mut conn).await?;
             consoles::console_status(all, &name)?;
         }
-        Command::Attach(_) | Command::Hook(_) | Command::Metrics(_) => {}
+        Command::Attach(_)
+        | Command::Hook(_)
+        | Command::Metrics(_)
+        | Command::ReplaceVirtlogd(_)
+        | Command::RestoreVirtlogd(_) => {}
     }
     Ok(())
 }

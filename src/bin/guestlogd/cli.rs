@@ -45,3 +45,27 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub virtlogd_conf: Option<PathBuf>,
 }
+
+impl Args {
+    /// The arguments (argv[1..]) that give these options again: what a
+    /// re-exec of guestlogd passes on, even when this start read
+    /// virtlogd's command line.
+    pub fn to_argv(&self) -> Vec<std::ffi::OsString> {
+        let mut out: Vec<std::ffi::OsString> = vec![
+            "--runtime-dir".into(),
+            self.runtime_dir.clone().into(),
+            "--log-dir".into(),
+            self.log_dir.clone().into(),
+        ];
+        for (flag, value) in [
+            ("--config", &self.config),
+            ("--virtlogd-conf", &self.virtlogd_conf),
+        ] {
+            if let Some(v) = value {
+                out.push(flag.into());
+                out.push(v.clone().into());
+            }
+        }
+        out
+    }
+}

@@ -16,15 +16,20 @@
 pub mod families;
 pub mod service;
 
-use std::sync::Arc;
+use std::{
+    os::fd::{AsFd, OwnedFd},
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use tokio::net::UnixListener;
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 
 use super::{
-    server::{ConnLimits, Counters, accept_loop},
+    server::{self, BindError, ConnLimits, Counters, accept_loop},
     varlink::framing::Varlink,
 };
+use crate::{config::Config, handover::activation};
 
 /// Connections the metrics socket serves at once, and per non-root uid:
 /// collectors call briefly, and anyone may connect.
@@ -61,4 +66,46 @@ pub fn serve(
         stop,
         connections,
     ));
+}
+
+/// The `io.systemd.Metrics` socket systemd passed as `varlink-metrics`,
+/// or else `[metrics] socket` bound here, if either; with a duplicate for
+/// a re-exec and the path we bound.
+#[allow(clippy::type_complexity)]
+pub fn listener(
+    passed: Option<OwnedFd>,
+    config: &Config,
+) -> Result<Option<(UnixListener, OwnedFd, Option<PathBuf>)>, BindError> {
+    let (listener, bound) = match (passed, &config.metrics.socket) {
+        (Some(fd), _) => (
+            server::listen_on(fd.into(), Path::new(activation::METRICS))?,
+            None,
+        ),
+        (None, Some(path)) => {
+            if let Some(dir) = path.parent().filter(|d| !d.is_dir()) {
+                use std::os::unix::fs::PermissionsExt;
+                let failed = |source| BindError::Bind {
+                    path: dir.to_owned(),
+                    source,
+                };
+                std::fs::create_dir_all(dir).map_err(failed)?;
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+                    .map_err(failed)?;
+            }
+            // Validated when the config was loaded.
+            let mode = config.metrics_mode().unwrap_or(0o666);
+            (server::bind(path, mode, None)?, Some(path.clone()))
+        }
+        (None, None) => return Ok(None),
+    };
+    let shown = bound.clone().unwrap_or_else(|| activation::METRICS.into());
+    let fd = listener
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|source| BindError::Bind {
+            path: shown.clone(),
+            source,
+        })?;
+    tracing::info!(socket = %shown.display(), "serving io.systemd.Metrics");
+    Ok(Some((listener, fd, bound)))
 }

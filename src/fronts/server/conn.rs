@@ -171,6 +171,12 @@ impl Conn {
         &self.limits
     }
 
+    /// Whether nothing of a next message has arrived: every byte read was
+    /// part of a message already returned.
+    pub fn at_frame_boundary(&self) -> bool {
+        self.buf.len() == self.start + self.pending
+    }
+
     /// Waits for the next whole message, within the connection's deadlines.
     pub async fn next_message(
         &mut self,

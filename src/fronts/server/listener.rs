@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{Instrument, debug_span};
 
@@ -49,7 +49,52 @@ pub async fn accept_loop<F: Front>(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
+    let conns = Conns {
+        front,
+        limits,
+        counters,
+        shutdown,
+        tracker,
+    };
+    accept_adopting(listener, Vec::new(), conns).await;
+}
+
+/// What the connections of one listener share.
+pub struct Conns<F> {
+    pub front: Arc<F>,
+    pub limits: Arc<ConnLimits>,
+    pub counters: Arc<Counters>,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+/// `accept_loop`, after serving `adopted`: connections a previous daemon
+/// accepted (libvirt's virtlogd, handing over), under the same caps.
+pub async fn accept_adopting<F: Front>(
+    listener: UnixListener,
+    adopted: Vec<UnixStream>,
+    c: Conns<F>,
+) {
+    let Conns {
+        front,
+        limits,
+        counters,
+        shutdown,
+        tracker,
+    } = c;
     let taken = Arc::new(Mutex::new(Taken::default()));
+    for stream in adopted {
+        let Ok(peer) = Peer::of(stream.as_fd()) else {
+            continue;
+        };
+        match take_slot(&taken, &limits, peer.uid) {
+            Ok(slot) => {
+                let conn = Conn::new(stream, peer, limits.clone(), counters.clone(), slot);
+                serve(conn, &front, &counters, &shutdown, &tracker);
+            }
+            Err(_) => front.refuse(stream.as_fd(), "connections", limits.max_connections),
+        }
+    }
     let mut backoff = Duration::ZERO;
     loop {
         let accepted = tokio::select! {
@@ -109,29 +154,40 @@ pub async fn accept_loop<F: Front>(
             }
         };
         counters.accepted.fetch_add(1, Relaxed);
-        let span = debug_span!(
-            "connection",
-            front = front.name(),
-            uid = peer.uid,
-            pid = peer.pid
-        );
         let conn = Conn::new(stream, peer, limits.clone(), counters.clone(), slot);
-        let (front, counters, shutdown) = (front.clone(), counters.clone(), shutdown.clone());
-        tracker.spawn(
-            async move {
-                let why = front.clone().serve(conn, shutdown).await;
-                count_close(&counters, &why);
-                match &why {
-                    ConnError::Closed | ConnError::Shutdown | ConnError::Refused => {}
-                    ConnError::Io(e) => {
-                        limited!(debug, front = front.name(), error = %e, "connection failed");
-                    }
-                    why => limited!(warn, front = front.name(), reason = %why, "connection closed"),
-                }
-            }
-            .instrument(span),
-        );
+        serve(conn, &front, &counters, &shutdown, &tracker);
     }
+}
+
+/// Serves one connection in a task of its own.
+fn serve<F: Front>(
+    conn: Conn,
+    front: &Arc<F>,
+    counters: &Arc<Counters>,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) {
+    let span = debug_span!(
+        "connection",
+        front = front.name(),
+        uid = conn.peer.uid,
+        pid = conn.peer.pid
+    );
+    let (front, counters, shutdown) = (front.clone(), counters.clone(), shutdown.clone());
+    tracker.spawn(
+        async move {
+            let why = front.clone().serve(conn, shutdown).await;
+            count_close(&counters, &why);
+            match &why {
+                ConnError::Closed | ConnError::Shutdown | ConnError::Refused => {}
+                ConnError::Io(e) => {
+                    limited!(debug, front = front.name(), error = %e, "connection failed");
+                }
+                why => limited!(warn, front = front.name(), reason = %why, "connection closed"),
+            }
+        }
+        .instrument(span),
+    );
 }
 
 /// Counts why a connection ended, if it ended for a reason we count.

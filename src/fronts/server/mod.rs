@@ -20,12 +20,16 @@
 //!   connection is closed: no front takes FDs from callers.
 //!
 //! Each such close is counted in `Counters` and logged, rate-limited.
+//!
+//! `socket` binds the listeners the daemon makes itself.
 
 #[allow(unsafe_code)]
 pub mod conn;
 pub mod limits;
 pub mod listener;
+pub mod socket;
 
 pub use conn::{Conn, ConnError, Framing, Peer};
 pub use limits::{ConnLimits, Counters};
-pub use listener::{Front, accept_loop};
+pub use listener::{Conns, Front, accept_adopting, accept_loop};
+pub use socket::{BindError, bind, listen_on};

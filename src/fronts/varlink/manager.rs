@@ -39,6 +39,7 @@ use crate::{
     },
     error_chain,
     fronts::server::{Counters, Peer},
+    handover::virtlogd::handback::Request,
     limited,
     logs::{policy::PolicyChange, queue::SlowPolicy, rotator::Pos},
     ops::{ConsoleRequest, OpError, Ops, PipeOptions, Status},
@@ -96,6 +97,9 @@ pub struct Manager {
     pub connections: TaskTracker,
     /// The libvirt front's counters and connection tasks, if it serves.
     pub libvirt: Option<(Arc<Counters>, TaskTracker)>,
+    /// Where HandBackToVirtlogd asks the daemon, when the libvirt front
+    /// serves.
+    pub hand_back: Option<Arc<Request>>,
 }
 
 impl Service for Manager {
@@ -157,6 +161,11 @@ impl Manager {
             "AttachConsole" => self.attach_console(parse(parameters)?, caller)?,
             "ExpectMigration" => return self.expect_migration(parse(parameters)?),
             "EndMigration" => return self.end_migration(parse(parameters)?),
+            "UseFdStore" => {
+                let _: Empty = parse(parameters)?;
+                return self.use_fd_store(caller);
+            }
+            "HandBackToVirtlogd" => return self.hand_back(parse(parameters)?, caller),
             _ => {
                 return Err(WireError::Varlink(varlink_service::Error::MethodNotFound {
                     method: method.clone().into(),
@@ -303,6 +312,14 @@ impl Manager {
             logs: int(self.ops.registry.len() as u64),
             open_log_files: int(self.ops.registry.open_files() as u64),
             disk: self.disk_status(),
+            virtlogd: self
+                .status
+                .from_virtlogd
+                .as_ref()
+                .map(|t| api::FromVirtlogd {
+                    pipes: t.pipes.clone(),
+                    connections: int(t.clients as u64),
+                }),
         })
     }
 

@@ -66,7 +66,8 @@ impl From<OpError> for WireError {
             e @ (OpError::File(_)
             | OpError::Pipe(_)
             | OpError::Console { .. }
-            | OpError::Busy(_)) => {
+            | OpError::Busy(_)
+            | OpError::NoChown(_)) => {
                 limited!(warn, error = %error_chain(&e), "call failed");
                 ManagerError::IoError {
                     message: error_chain(&e),

@@ -23,6 +23,7 @@ use crate::{
     error_chain,
     fronts::server::{Conn, ConnError, Framing, Front},
     fronts::varlink::wire::vm_name,
+    handover::virtlogd::origins::{Origin, uuid_string},
     limited,
     logs::{
         migration::LogDomain,
@@ -48,6 +49,41 @@ pub struct Virtlogd {
     pub policy: Policy,
     /// Export the logs it opens to the journal (`[libvirt] journal`).
     pub journal: bool,
+    /// Connections kept for a hand-back to virtlogd.
+    pub kept: Arc<Kept>,
+}
+
+/// At a hand-back to virtlogd, each connection that stops at a frame
+/// boundary, with nothing queued, leaves its socket here instead of
+/// closing it: virtlogd serves it next, and libvirt's next call on it
+/// works. Unarmed (every other stop), connections just close.
+#[derive(Debug, Default)]
+pub struct Kept {
+    armed: std::sync::atomic::AtomicBool,
+    sockets: std::sync::Mutex<Vec<std::os::fd::OwnedFd>>,
+}
+
+impl Kept {
+    /// The next stop is a hand-back.
+    pub fn arm(&self) {
+        self.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn armed(&self) -> bool {
+        self.armed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    fn keep(&self, conn: &Conn) {
+        match conn.fd().try_clone_to_owned() {
+            Ok(fd) => crate::lock(&self.sockets).push(fd),
+            Err(e) => limited!(warn, error = %e, "cannot keep a libvirt connection for virtlogd"),
+        }
+    }
+
+    /// The sockets kept.
+    pub fn take(&self) -> Vec<std::os::fd::OwnedFd> {
+        std::mem::take(&mut *crate::lock(&self.sockets))
+    }
 }
 
 /// Where a frame ends, for `server::Conn`.
@@ -74,9 +110,23 @@ impl Front for Virtlogd {
             );
             return ConnError::Refused;
         }
+        // At a hand-back, a call already begun is read whole and answered
+        // first (within the message timeout), so the socket goes to
+        // virtlogd at a frame boundary.
+        let mut finishing = false;
         loop {
             let (header, call) = tokio::select! {
-                () = shutdown.cancelled() => return ConnError::Shutdown,
+                () = shutdown.cancelled(), if !finishing => {
+                    if !self.kept.armed() {
+                        return ConnError::Shutdown;
+                    }
+                    if conn.at_frame_boundary() {
+                        self.kept.keep(&conn);
+                        return ConnError::Shutdown;
+                    }
+                    finishing = true;
+                    continue;
+                }
                 m = conn.next_message(frame) => match m {
                     Err(e) => return e,
                     Ok(bytes) => match Frame::parse(bytes) {
@@ -111,6 +161,12 @@ impl Front for Virtlogd {
                 && let Err(e) = conn.send(&[0], &[fd]).await
             {
                 return e;
+            }
+            if finishing {
+                if conn.at_frame_boundary() {
+                    self.kept.keep(&conn);
+                }
+                return ConnError::Shutdown;
             }
         }
     }
@@ -150,30 +206,7 @@ impl Virtlogd {
             )
         };
         let text = std::str::from_utf8(path).map_err(|_| invalid("is not UTF-8".into()))?;
-        let name = LogName::from_path(text).map_err(|e| invalid(e.to_string()))?;
-        // A name that ends like a backup (`.0` …) could be another log's
-        // backup in the same directory.
-        let file = text.rsplit('/').next().unwrap_or_default();
-        let ext = file.rsplit_once('.').map(|(_, e)| e);
-        if ext.is_some_and(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit())) {
-            return Err(invalid("ends like a log backup (.N)".into()));
-        }
-        let inside = self.roots.iter().any(|root| {
-            name.as_path()
-                .and_then(|p| p.strip_prefix(root).ok())
-                .is_some_and(|rest| !rest.as_os_str().is_empty())
-        });
-        if !inside {
-            return Err(invalid(format!(
-                "is not under an allowed root ({})",
-                self.roots
-                    .iter()
-                    .map(|r| r.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )));
-        }
-        Ok(name)
+        LogName::libvirt(text, &self.roots).map_err(invalid)
     }
 
     async fn open(
@@ -207,6 +240,11 @@ impl Virtlogd {
             },
             domain,
             arrival,
+            libvirt: Some(Origin {
+                driver: String::from_utf8_lossy(&c.driver).into_owned(),
+                domain: String::from_utf8_lossy(&c.dom.name).into_owned(),
+                uuid: uuid_string(&c.dom.uuid),
+            }),
         };
         let opened = self
             .ops
@@ -319,18 +357,7 @@ fn machine(dom: &super::Domain) -> Machine {
         .ok()
         .and_then(|n| vm_name(n).ok());
     let u = &dom.uuid;
-    let hex =
-        |r: std::ops::Range<usize>| u[r].iter().map(|b| format!("{b:02x}")).collect::<String>();
-    let uuid = (u.iter().any(|b| *b != 0)).then(|| {
-        format!(
-            "{}-{}-{}-{}-{}",
-            hex(0..4),
-            hex(4..6),
-            hex(6..8),
-            hex(8..10),
-            hex(10..16)
-        )
-    });
+    let uuid = (u.iter().any(|b| *b != 0)).then(|| uuid_string(u));
     Machine { name, uuid }
 }
 

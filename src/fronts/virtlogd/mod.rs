@@ -1,7 +1,8 @@
 //! The codec of libvirt's log manager protocol, what libvirt speaks to
 //! virtlogd: framing, XDR and the four procedures of program 0x87539319
-//! version 1, as pure synchronous functions with no I/O; and `front`, the
-//! connection task that serves it over the operations of `ops`.
+//! version 1, as pure synchronous functions with no I/O; `front`, the
+//! connection task that serves it over the operations of `ops`; and
+//! `serve`, the listener and its connections, for the daemon.
 //!
 //! Wire facts are those of `/shared/notes/virtlogd-protocol.md`, checked
 //! against libvirt's `virnetprotocol.x`, `virnetmessage.c`,
@@ -33,6 +34,7 @@ mod codec;
 mod error_reply;
 mod frame;
 pub mod front;
+pub mod serve;
 mod xdr;
 
 pub use codec::{
