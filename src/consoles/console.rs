@@ -16,13 +16,14 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tokio::{
     net::{UnixListener, UnixStream},
-    sync::{mpsc, oneshot},
+    sync::oneshot,
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
 
 use super::writers::{Who, Writers};
 use crate::{
+    fdstore::Kept,
     lock,
     logs::{log::Log, name::LogName, queue::SlowPolicy, registry::Registry},
 };
@@ -149,8 +150,11 @@ pub struct Console {
     pub(super) removing: AtomicBool,
     /// The relay task; taken by whoever waits for it to end.
     pub(super) task: Mutex<Option<JoinHandle<Handover>>>,
-    /// AttachConsole's way to the relay.
-    pub(super) attach: mpsc::Sender<AttachRequest>,
+    /// AttachConsole's way to the relay: requests it has not taken yet
+    /// (none once it has ended), allocated only while some wait.
+    pub(super) attaches: Mutex<Option<std::collections::VecDeque<AttachRequest>>>,
+    /// Told when a request is queued.
+    pub(super) attach_ready: tokio::sync::Notify,
 }
 
 /// A client handed to the relay by AttachConsole.
@@ -167,7 +171,7 @@ pub struct AttachRequest {
 /// What a previous guestlogd passed on for one console.
 #[derive(Debug, Default)]
 pub struct Adopted {
-    pub guest: Option<tokio::net::UnixStream>,
+    pub guest: Option<Kept<UnixStream>>,
     pub clients: Vec<AdoptedClient>,
     /// With one writer: the writer's descriptor name.
     pub writer: Option<String>,
@@ -175,8 +179,7 @@ pub struct Adopted {
 
 #[derive(Debug)]
 pub struct AdoptedClient {
-    pub fd_name: String,
-    pub stream: tokio::net::UnixStream,
+    pub stream: Kept<UnixStream>,
     pub viewer: bool,
     pub pending: Vec<u8>,
     /// Its credentials as saved; else its socket peer's.
@@ -228,9 +231,9 @@ pub enum AttachError {
 /// A console's listening sockets.
 #[derive(Debug)]
 pub struct Listeners {
-    pub guest: UnixListener,
-    pub client: UnixListener,
-    pub view: Option<UnixListener>,
+    pub guest: Kept<UnixListener>,
+    pub client: Kept<UnixListener>,
+    pub view: Option<Kept<UnixListener>>,
 }
 
 /// What a console's relay leaves for the next guestlogd: client output
@@ -247,6 +250,36 @@ pub struct Pending {
 }
 
 impl Console {
+    /// Hands a client to the relay; gives it back if the relay has ended.
+    pub(super) fn request_attach(&self, r: AttachRequest) -> Result<(), AttachRequest> {
+        match lock(&self.attaches).as_mut() {
+            Some(q) => {
+                q.push_back(r);
+                self.attach_ready.notify_one();
+                Ok(())
+            }
+            None => Err(r),
+        }
+    }
+
+    /// The next client AttachConsole handed over, if any.
+    pub(super) fn next_attach(&self) -> Option<AttachRequest> {
+        let mut slot = lock(&self.attaches);
+        let q = slot.as_mut()?;
+        let r = q.pop_front();
+        if q.is_empty() {
+            // Freed, not kept for the next call.
+            *q = std::collections::VecDeque::new();
+        }
+        r
+    }
+
+    /// The relay has ended: requests still waiting are dropped (their
+    /// callers are told the console is gone) and no more are taken.
+    pub(super) fn close_attach(&self) {
+        lock(&self.attaches).take();
+    }
+
     /// Stops the relay and waits for it.
     pub(super) async fn stop(&self) -> Handover {
         self.stop.cancel();

@@ -1,61 +1,53 @@
 //! A console's relay: one task owns the guest connection, the log and the
 //! client table (`clients`).
 //!
-//! The relay reads the guest, writes what it read to the log (a slow disk
-//! thus slows the guest, through the socket, and loses nothing), then
-//! passes it to every client without waiting (`clients`). Input from
-//! clients is written to the guest without blocking. Neither the guest nor
-//! the log ever waits for a client, and a guest with no client and no log
-//! is still read, so it never stalls.
+//! The relay reads the guest into one buffer, then writes it to the log
+//! and passes it to every client at once, from that buffer (the log's job
+//! runs on a blocking thread meanwhile): it reads again only once the log
+//! has it, so a slow disk slows the guest, through the socket, and loses
+//! nothing. A client's full queue is waited for at most `CLIENT_WAIT` per
+//! read (`clients`); past that the client loses output, never the guest
+//! or the log. Input from clients is written to the guest without
+//! blocking. A guest with no client and no log is still read, so it
+//! never stalls. The read buffer exists while the guest sends, and is
+//! given back when it is idle.
 //!
 //! Beside that path: the boot log (`boot`) gets the first bytes after each
 //! guest connection.
 
 use std::{
-    cell::RefCell,
     collections::VecDeque,
     io,
-    os::fd::AsFd,
     sync::{Arc, atomic::Ordering::Relaxed},
     time::Duration,
 };
 
-use bytes::Bytes;
-use tokio::{
-    net::{UnixListener, UnixStream},
-    sync::mpsc,
-};
+use bytes::{Bytes, BytesMut};
+use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{
     boot::BootLog,
     clients::{Clients, Start},
-    console::{Adopted, AttachRequest, Console, Handover, Listeners, Settings, Stats},
+    console::{Adopted, Console, Handover, Listeners, Settings, Stats},
+    input::Input,
     writers::Who,
 };
-use crate::{
-    error_chain,
-    logs::{log::Wait, queue::Output},
-};
+use crate::{error_chain, fdstore::Kept, logs::log::Wait};
 
 /// The most read from the guest at once.
-const CHUNK: usize = 64 * 1024;
-/// Client input waiting for the guest to read it; past this, clients that
-/// type wait (only they do).
-const INPUT_CAP: usize = 64 * 1024;
-
-thread_local! {
-    static BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; CHUNK]);
-}
+const CHUNK: usize = 128 * 1024;
 
 struct Relay {
     settings: Settings,
     stats: Arc<Stats>,
-    guest: Option<UnixStream>,
+    guest: Option<Kept<UnixStream>>,
     /// Client input not yet taken by the guest.
-    input: VecDeque<Bytes>,
-    input_bytes: usize,
+    input: Arc<Input>,
+    /// The guest's output is read into this while it sends; empty (no
+    /// allocation) while it is idle.
+    buf: BytesMut,
     clients: Clients,
     /// The latest output, for replay, when there is no log to read it from.
     ring: VecDeque<u8>,
@@ -86,9 +78,8 @@ pub async fn run(
     stats: Arc<Stats>,
     stop: CancellationToken,
     console: Arc<Console>,
-    mut attach_rx: mpsc::Receiver<AttachRequest>,
 ) -> Handover {
-    let (input_tx, mut input_rx) = mpsc::channel(64);
+    let input = Arc::new(Input::new());
     let guest_name = format!("console/{}/guest", settings.name);
     let boot = match settings.boot.clone() {
         Some(log) => Some(BootLog::resume(log, settings.boot_bytes).await),
@@ -98,9 +89,9 @@ pub async fn run(
         settings: settings.clone(),
         stats: stats.clone(),
         guest: None,
-        input: VecDeque::new(),
-        input_bytes: 0,
-        clients: Clients::new(settings.clone(), stats.clone(), input_tx),
+        input: input.clone(),
+        buf: BytesMut::new(),
+        clients: Clients::new(settings.clone(), stats.clone(), input.clone()),
         ring: VecDeque::new(),
         guest_name,
         boot,
@@ -116,17 +107,14 @@ pub async fn run(
     // so that the longest attached still takes over when the writer leaves.
     let mut clients = adopted.clients;
     clients.sort_by_key(|c| {
-        let id = c
-            .fd_name
-            .rsplit('/')
-            .next()
-            .and_then(|n| n.parse::<u64>().ok());
-        (Some(&c.fd_name) != adopted.writer.as_ref(), id)
+        let name = c.stream.name();
+        let id = name.rsplit('/').next().and_then(|n| n.parse::<u64>().ok());
+        (Some(name) != adopted.writer.as_deref(), id)
     });
     for c in clients {
         let who = c.who.or_else(|| Who::of(&c.stream)).unwrap_or_default();
         relay
-            .attach(c.stream, c.viewer, Some((c.fd_name, c.pending)), who, false)
+            .attach(Start::Adopted(c.stream, c.pending), c.viewer, who, false)
             .await;
     }
     let l = listeners;
@@ -173,7 +161,7 @@ pub async fn run(
                 Ok((s, _)) => {
                     client_rest.clear();
                     let who = Who::of(&s).unwrap_or_default();
-                    relay.attach(s, false, None, who, false).await;
+                    relay.attach(Start::Replay(s, Vec::new()), false, who, false).await;
                 }
                 Err(e) => client_rest.failed(e),
             },
@@ -181,7 +169,7 @@ pub async fn run(
                 Ok(s) => {
                     view_rest.clear();
                     let who = Who::of(&s).unwrap_or_default();
-                    relay.attach(s, true, None, who, false).await;
+                    relay.attach(Start::Replay(s, Vec::new()), true, who, false).await;
                 }
                 Err(e) => view_rest.failed(e),
             },
@@ -193,31 +181,35 @@ pub async fn run(
                     }
                 }
             }
-            Some(data) = input_rx.recv(), if relay.input_bytes < INPUT_CAP => {
+            () = input.ready() => {
                 // Input typed while no guest is connected is dropped (the
                 // client was told): it must never reach a later guest.
                 if relay.guest.is_some() {
-                    relay.input_bytes += data.len();
-                    relay.input.push_back(data);
                     relay.write_guest();
+                } else {
+                    input.clear();
                 }
             }
-            r = writable(&relay.guest), if !relay.input.is_empty() => match r {
+            r = writable(&relay.guest), if !input.is_empty() => match r {
                 Ok(()) => relay.write_guest(),
                 Err(_) => relay.guest_gone(),
             },
             () = left.notified() => relay.clients.forget_gone(),
-            Some(r) = attach_rx.recv() => {
-                let answer = match relay.attach(r.stream, r.viewer, None, r.who, r.force).await {
-                    Attach::Attached(writer) => Ok(writer),
-                    Attach::Full(max) => Err(max),
-                };
-                // A caller that gave up meanwhile: its end closes, and the
-                // client with it.
-                let _ = r.reply.send(answer);
+            () = console.attach_ready.notified() => {
+                while let Some(r) = console.next_attach() {
+                    let start = Start::Replay(r.stream, Vec::new());
+                    let answer = match relay.attach(start, r.viewer, r.who, r.force).await {
+                        Attach::Attached(writer) => Ok(writer),
+                        Attach::Full(max) => Err(max),
+                    };
+                    // A caller that gave up meanwhile: its end closes, and
+                    // the client with it.
+                    let _ = r.reply.send(answer);
+                }
             }
         }
     }
+    console.close_attach();
     let registry = relay.settings.registry.clone();
     if registry.handing_over() && !console.removing() {
         return relay.hand_over().await;
@@ -251,7 +243,7 @@ impl Relay {
             crate::limited!(info, "guest connected");
         }
         // No polling: a guest that hung up may have left output unread.
-        store.add(self.guest_name.clone(), guest.as_fd(), false);
+        let guest = Kept::add(&store, self.guest_name.clone(), guest, false);
         self.settings.registry.touch();
         // After the old connection's output was taken: that belongs to
         // the boot before.
@@ -274,7 +266,7 @@ impl Relay {
     fn guest_gone(&mut self) {
         // Input queued for this guest is for this guest only.
         self.input.clear();
-        self.input_bytes = 0;
+        self.buf = BytesMut::new();
         if self.guest.take().is_some() {
             crate::limited!(info, "guest disconnected");
             self.settings.registry.store().remove(&self.guest_name);
@@ -301,22 +293,27 @@ impl Relay {
         }
     }
 
-    /// One read from the guest, out of the thread's buffer (the log's job
-    /// runs on another thread); `None` if it had nothing or left.
+    /// One read from the guest, into the relay's buffer, which it then
+    /// shares with the log and the clients; `None` if it had nothing (the
+    /// buffer is then given back) or left.
     fn take_guest_output(&mut self) -> Option<Bytes> {
-        BUFFER.with_borrow_mut(|buf| {
-            let guest = self.guest.as_ref()?;
-            match guest.try_read(buf) {
-                Ok(0) => self.guest_gone(),
-                Ok(n) => return Some(Bytes::copy_from_slice(&buf[..n])),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    debug!(error = %e, "guest read failed");
-                    self.guest_gone();
-                }
+        let guest = self.guest.as_ref()?;
+        // Reuses the last read's memory once the log and the clients are
+        // done with it; else takes new.
+        self.buf.reserve(CHUNK);
+        match guest.try_read_buf(&mut self.buf) {
+            Ok(0) => self.guest_gone(),
+            Ok(_) => return Some(self.buf.split().freeze()),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Idle: an idle console holds no buffer.
+                self.buf = BytesMut::new();
             }
-            None
-        })
+            Err(e) => {
+                debug!(error = %e, "guest read failed");
+                self.guest_gone();
+            }
+        }
+        None
     }
 
     /// When the guest may be read again, if the log's rate says to wait;
@@ -359,20 +356,24 @@ impl Relay {
         }
     }
 
-    /// Guest output: to the log first, then to every client, straight to
-    /// its socket if it keeps up, else into its queue. True if a client's
-    /// writer task was woken.
+    /// Guest output: to the log and to every client at once, from the one
+    /// buffer (the log's job writes on a blocking thread while the clients
+    /// are written here), and the guest is not read again until the log
+    /// has it. True if a client's task was woken.
     async fn output(&mut self, data: Bytes) -> bool {
-        match &self.settings.log {
-            // A refused write is counted and logged by the log itself. The
-            // guest is not read again until it is done: a slow disk slows
-            // the guest, and what was read is never only in memory twice.
-            Some(log) => {
+        let log = self.settings.log.clone();
+        let to_log = async {
+            // A refused write is counted and logged by the log itself. A
+            // slow disk slows the guest, and what was read is never only
+            // in memory twice.
+            if let Some(log) = &log {
                 let _ = log.write(Wait::Forever, data.clone()).await;
-                if log.limited() {
-                    log.charge(data.len());
-                }
             }
+        };
+        let ((), woke) = tokio::join!(to_log, self.clients.push(&data));
+        match &log {
+            Some(log) if log.limited() => log.charge(data.len()),
+            Some(_) => {}
             None => self.remember(&data),
         }
         if let Some(boot) = &mut self.boot {
@@ -383,7 +384,7 @@ impl Relay {
         self.stats
             .bytes_from_guest
             .fetch_add(data.len() as u64, Relaxed);
-        self.clients.push(&mut Output::shared(&data))
+        woke
     }
 
     fn remember(&mut self, data: &[u8]) {
@@ -401,22 +402,14 @@ impl Relay {
     /// now waits for it to become writable.
     fn write_guest(&mut self) {
         let Some(guest) = &self.guest else { return };
-        while let Some(front) = self.input.front_mut() {
-            match guest.try_write(front) {
-                Ok(n) => {
-                    self.stats.bytes_to_guest.fetch_add(n as u64, Relaxed);
-                    self.input_bytes -= n;
-                    if n == front.len() {
-                        self.input.pop_front();
-                    } else {
-                        *front = front.slice(n..);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    debug!(error = %e, "guest write failed");
-                    return self.guest_gone();
-                }
+        match self.input.write_to(guest) {
+            Ok(n) => {
+                self.stats.bytes_to_guest.fetch_add(n as u64, Relaxed);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                debug!(error = %e, "guest write failed");
+                self.guest_gone();
             }
         }
     }
@@ -424,23 +417,16 @@ impl Relay {
     /// Starts a client (or, with `viewer`, a read-only watcher): first the
     /// replay (or, for one carried over, what was queued for it), then live
     /// output. `force` takes the writer's place.
-    async fn attach(
-        &mut self,
-        stream: UnixStream,
-        viewer: bool,
-        adopted: Option<(String, Vec<u8>)>,
-        who: Who,
-        force: bool,
-    ) -> Attach {
-        if let Some(max) = self.clients.refuse_if_full(&stream, viewer, who) {
+    async fn attach(&mut self, start: Start, viewer: bool, who: Who, force: bool) -> Attach {
+        if let Some(max) = self.clients.refuse_if_full(start.stream(), viewer, who) {
             return Attach::Full(max);
         }
         self.clients.forget_gone();
-        let start = match adopted {
-            Some((fd_name, pending)) => Start::Adopted { fd_name, pending },
-            None => Start::Replay(self.replay().await),
+        let start = match start {
+            Start::Replay(stream, _) => Start::Replay(stream, self.replay().await),
+            adopted => adopted,
         };
-        Attach::Attached(self.clients.add(stream, viewer, start, who, force))
+        Attach::Attached(self.clients.add(start, viewer, who, force))
     }
 
     async fn replay(&self) -> Vec<u8> {
@@ -456,22 +442,21 @@ impl Relay {
     }
 }
 
-/// Counts a client while either of its tasks runs; when both end, the
-async fn readable(guest: &Option<UnixStream>) -> io::Result<()> {
+async fn readable(guest: &Option<Kept<UnixStream>>) -> io::Result<()> {
     match guest {
         Some(g) => g.readable().await,
         None => std::future::pending().await,
     }
 }
 
-async fn writable(guest: &Option<UnixStream>) -> io::Result<()> {
+async fn writable(guest: &Option<Kept<UnixStream>>) -> io::Result<()> {
     match guest {
         Some(g) => g.writable().await,
         None => std::future::pending().await,
     }
 }
 
-async fn accept(l: &Option<UnixListener>) -> io::Result<UnixStream> {
+async fn accept(l: &Option<Kept<UnixListener>>) -> io::Result<UnixStream> {
     match l {
         Some(l) => l.accept().await.map(|(s, _)| s),
         None => std::future::pending().await,

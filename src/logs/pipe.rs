@@ -29,6 +29,7 @@ use super::{
     log::{PipeRequest, Wait},
     registry::PipeGuard,
 };
+use crate::fdstore::Kept;
 
 /// Requests to read the pipe dry or finish it, each answered once done.
 type Requests = tokio::sync::mpsc::Receiver<PipeRequest>;
@@ -55,16 +56,20 @@ pub fn open(
     if let Err(e) = fcntl(&read, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE)) {
         debug!(error = %e, "pipe size stays at the kernel default");
     }
-    let store = guard.registry().store();
+    let store = guard.registry().store().clone();
     let name = format!("pipe/{}/{}", guard.log().name().fd_part(), store.id());
     // No polling: a pipe whose writers are gone may still hold data.
     store.add(name.clone(), read.as_fd(), false);
-    adopt(name, read, guard, tracker, shutdown)?;
+    if let Err(e) = adopt(name.clone(), read, guard, tracker, shutdown) {
+        store.remove(&name);
+        return Err(e);
+    }
     Ok(write)
 }
 
 /// Feeds `guard`'s log from the read end of a pipe stored as `name` (by
-/// `open`, or by a previous guestlogd) until every writer has closed it.
+/// `open`, or by a previous guestlogd), lent by the store, until every
+/// writer has closed it.
 pub fn adopt(
     name: String,
     read: OwnedFd,
@@ -77,8 +82,8 @@ pub fn adopt(
     // SAFETY: an `OwnedFd` keeps its descriptor open, and names the same
     // one, for as long as the `AsyncFd` that owns it lives.
     let read = unsafe { AsyncFd::register_with_interest(read, Interest::READABLE) }
-        .map(Arc::new)
         .map_err(io::Error::from)?;
+    let read = Arc::new(Kept::lent(guard.registry().store(), name.clone(), read));
     let span = info_span!("pipe", log = %guard.log().name(), fd = read.as_raw_fd());
     // A few waiting requests are plenty: one dry read answers them all.
     let (drains, requests) = tokio::sync::mpsc::channel(4);
@@ -92,7 +97,7 @@ pub fn adopt(
 /// next guestlogd; a final one first takes whatever the pipe holds.
 async fn pump(
     name: String,
-    read: Arc<AsyncFd<OwnedFd>>,
+    read: Arc<Kept<AsyncFd<OwnedFd>>>,
     guard: PipeGuard,
     mut drains: Requests,
     shutdown: CancellationToken,
@@ -270,7 +275,7 @@ static DRAIN_DEADLINE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new()
 /// Reads until the pipe is empty or at EOF (`Some(true)`), before
 /// `deadline`: `None` if the writer kept it full until then.
 async fn read_dry(
-    read: &Arc<AsyncFd<OwnedFd>>,
+    read: &Arc<Kept<AsyncFd<OwnedFd>>>,
     guard: &PipeGuard,
     deadline: Instant,
 ) -> Option<bool> {
@@ -320,7 +325,7 @@ const JOB_READS: usize = 16;
 
 /// Reads from the pipe and writes each read to the log at once, in the
 /// log's turn on a blocking thread.
-async fn transfer(read: &Arc<AsyncFd<OwnedFd>>, guard: &PipeGuard, until: Until) -> Moved {
+async fn transfer(read: &Arc<Kept<AsyncFd<OwnedFd>>>, guard: &PipeGuard, until: Until) -> Moved {
     let read = read.clone();
     let job = guard.log().run(Wait::Forever, move |log, slot| {
         Ok(BUFFER.with_borrow_mut(|buf| {

@@ -77,6 +77,9 @@ pub enum Pushed {
     Queued { dropped: usize, woke: bool },
     /// The consumer is gone, or was disconnected by this push.
     Closed,
+    /// Nothing done: the output does not fit now, and the producer said
+    /// it would rather wait for room (`room`) than drop or disconnect.
+    Full,
 }
 
 /// Output on its way to several queues, copied into shared memory at most
@@ -131,6 +134,8 @@ pub struct Batch {
 pub struct OutputQueue {
     state: Mutex<State>,
     ready: Notify,
+    /// Told when the consumer frees room, for a producer that waits.
+    room: Notify,
     cap: usize,
     policy: SlowPolicy,
 }
@@ -342,6 +347,7 @@ impl OutputQueue {
         Self {
             state: Mutex::new(State::new()),
             ready: Notify::new(),
+            room: Notify::new(),
             cap,
             policy,
         }
@@ -367,6 +373,19 @@ impl OutputQueue {
         &self,
         out: &mut Output<'_>,
         send: impl FnOnce(&[u8]) -> io::Result<usize>,
+    ) -> Pushed {
+        self.push_or_full(out, send, false)
+    }
+
+    /// `push`, except that with `wait` output that does not fit now is
+    /// neither dropped nor a reason to disconnect: `Pushed::Full`, and
+    /// nothing changes. The producer may then wait for `room` and push
+    /// again.
+    pub fn push_or_full(
+        &self,
+        out: &mut Output<'_>,
+        send: impl FnOnce(&[u8]) -> io::Result<usize>,
+        wait: bool,
     ) -> Pushed {
         let mut s = self.lock();
         if s.closed {
@@ -399,6 +418,9 @@ impl OutputQueue {
         rest -= dropped;
         let (mut plan, mut cost) = s.plan(out, rest, cap);
         if s.held + cost > cap {
+            if wait && dropped == 0 && !idle {
+                return Pushed::Full;
+            }
             if disconnect {
                 return self.close_locked(s);
             }
@@ -432,7 +454,24 @@ impl OutputQueue {
         s.clear();
         drop(s);
         self.ready.notify_one();
+        self.room.notify_one();
         Pushed::Closed
+    }
+
+    /// Waits until `n` bytes pushed now would fit without dropping, or the
+    /// queue is closed. One producer waits at a time.
+    pub async fn room(&self, n: usize) {
+        loop {
+            {
+                let s = self.lock();
+                if s.closed || s.held + copy_cost(n, self.cap) <= self.cap {
+                    return;
+                }
+            }
+            // `notify_one` keeps a permit when nobody waits: a batch sent
+            // between the check and this await is not missed.
+            self.room.notified().await;
+        }
     }
 
     /// Waits for output; `None` once the queue is closed. What is still
@@ -469,6 +508,7 @@ impl OutputQueue {
                     s.in_flight = cost;
                     s.sending = true;
                     s.next_tail = TAIL_MIN;
+                    self.room.notify_one();
                     return Some(Batch {
                         dropped: std::mem::take(&mut s.dropped),
                         chunks,
@@ -515,6 +555,8 @@ impl OutputQueue {
         let mut s = self.lock();
         s.held -= std::mem::take(&mut s.in_flight);
         s.sending = false;
+        drop(s);
+        self.room.notify_one();
     }
 
     /// Ends the queue: the producer stops pushing, the consumer stops, and
@@ -525,6 +567,7 @@ impl OutputQueue {
         s.clear();
         drop(s);
         self.ready.notify_one();
+        self.room.notify_one();
     }
 
     /// Nothing queued and nothing being sent.

@@ -337,12 +337,13 @@ impl Registry {
         }
     }
 
-    /// Closes the files of logs no one uses: no pipe, console, follower
-    /// or job holds them. Each reopens when it is next used.
+    /// Closes the files of logs no one uses (no pipe, console, follower or
+    /// job holds them) and of logs no job has used for `IDLE_AFTER` (an
+    /// idle console's, a silent pipe's). Each reopens when it is next used.
     pub fn close_idle(&self) -> usize {
         let unused: Vec<_> = lock(&self.logs)
             .values()
-            .filter(|l| l.is_open() && Arc::strong_count(l) == 1)
+            .filter(|l| l.is_open() && (Arc::strong_count(l) == 1 || l.idle()))
             .cloned()
             .collect();
         let n = unused.len();

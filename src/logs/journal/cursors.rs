@@ -113,7 +113,9 @@ impl Cursors {
     }
 
     fn open(&self) -> Option<Table> {
-        if let Some(fd) = self.store.get(FD_NAME) {
+        // Lent to the table, which holds it as long as the process lives:
+        // the one descriptor serves both.
+        if let Some(fd) = self.store.lend(FD_NAME) {
             let file = File::from(fd);
             let len = file.metadata().map_or(0, |m| m.len()) as usize;
             let mut names = vec![None; len / RECORD];

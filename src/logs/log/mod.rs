@@ -58,6 +58,11 @@ pub const MAX_JOBS: usize = 128;
 
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
+/// A log whose file no job has used for this long closes it, whoever holds
+/// the log (an idle console, a pipe that says nothing): descriptors follow
+/// what is active. The next job opens it again.
+pub const IDLE_AFTER: Duration = Duration::from_secs(5);
+
 /// Whose turn it is to wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Wait {
@@ -276,9 +281,10 @@ impl Log {
     }
 
     /// Closes the file if no job runs and no one but the registry (and the
-    /// caller) holds the log; it reopens on demand.
+    /// caller) holds the log, or no job has used it for `IDLE_AFTER`; it
+    /// reopens on demand.
     pub(crate) fn close_if_unused(self: &Arc<Self>, holders: usize) {
-        if Arc::strong_count(self) > holders {
+        if Arc::strong_count(self) > holders && !self.idle() {
             return;
         }
         let Ok(mut slot) = self.file.clone().try_lock_owned() else {
@@ -310,6 +316,11 @@ impl Log {
 
     pub(crate) fn last_used(&self) -> u64 {
         self.last_used.load(Relaxed)
+    }
+
+    /// No job has used the file for `IDLE_AFTER`.
+    pub(crate) fn idle(&self) -> bool {
+        self.epoch.elapsed().as_secs() >= self.last_used() + IDLE_AFTER.as_secs()
     }
 
     fn touch(&self) {
@@ -402,6 +413,8 @@ impl Log {
                     true
                 }
                 Pushed::Closed => false,
+                // Never asked to wait: a follower never slows the log.
+                Pushed::Full => true,
             }
         });
     }
