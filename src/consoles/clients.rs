@@ -43,6 +43,7 @@ use crate::{
         name::LogName,
         queue::{Output, OutputQueue, Pushed, drop_marker},
         registry::Registry,
+        seats::Seat,
     },
 };
 
@@ -137,46 +138,69 @@ impl Clients {
         self.left.clone()
     }
 
-    /// Refuses a client (or viewer) past the console's limit, telling it
-    /// in-band; returns that limit.
-    pub(super) fn refuse_if_full(
+    /// A seat for a new client (or viewer), or the limit that refuses it,
+    /// told to it in-band: the console's `max-clients` (for clients and
+    /// separately viewers) or the host's `max-clients-total`. A client
+    /// `carried` over from a previous guestlogd is never refused: it is
+    /// connected already.
+    pub(super) fn seat(
         &self,
         stream: &UnixStream,
         viewer: bool,
         who: Who,
-    ) -> Option<usize> {
+        carried: bool,
+    ) -> Result<Seat, (&'static str, usize)> {
         let stats = &self.stats;
         let counter = if viewer {
             &stats.viewers
         } else {
             &stats.clients
         };
+        let seats = self.settings.registry.seats();
         let max = self.settings.max_clients;
-        if counter.load(Relaxed) >= max {
-            let what = if viewer { "viewers" } else { "clients" };
-            let msg = format!("\r\n[guestlogd: LimitReached: {max} {what}]\r\n");
-            let _ = stream.try_write(msg.as_bytes());
-            crate::limited!(
-                info,
-                console = %self.settings.name,
-                uid = who.uid,
-                pid = who.pid,
-                what,
-                max,
-                "console {}: attach refused: {max} {what} already (uid {} pid {})",
-                self.settings.name,
-                who.uid,
-                who.pid
-            );
-            return Some(max);
-        }
-        None
+        let refused = if carried {
+            return Ok(seats.take_past_cap());
+        } else if counter.load(Relaxed) >= max {
+            (if viewer { "viewers" } else { "clients" }, max)
+        } else {
+            match seats.take() {
+                Some(seat) => return Ok(seat),
+                None => ("clientsTotal", seats.max()),
+            }
+        };
+        let (what, max) = refused;
+        let shown = match what {
+            "clientsTotal" => "clients on this host",
+            other => other,
+        };
+        let msg = format!("\r\n[guestlogd: LimitReached: {max} {shown}]\r\n");
+        let _ = stream.try_write(msg.as_bytes());
+        crate::limited!(
+            info,
+            console = %self.settings.name,
+            uid = who.uid,
+            pid = who.pid,
+            what,
+            max,
+            "console {}: attach refused: {max} {shown} already (uid {} pid {})",
+            self.settings.name,
+            who.uid,
+            who.pid
+        );
+        Err(refused)
     }
 
     /// Starts a client (or, with `viewer`, a read-only watcher): first
     /// `start`, then live output. `force` takes the writer's place.
     /// Returns whether it may write.
-    pub(super) fn add(&mut self, start: Start, viewer: bool, who: Who, force: bool) -> bool {
+    pub(super) fn add(
+        &mut self,
+        start: Start,
+        viewer: bool,
+        who: Who,
+        force: bool,
+        seat: Seat,
+    ) -> bool {
         let stats = self.stats.clone();
         let counter = if viewer {
             &stats.viewers
@@ -222,6 +246,7 @@ impl Clients {
             left: self.left.clone(),
             console: self.settings.name.clone(),
             who,
+            _seat: seat,
         };
         // One descriptor, shared by the relay's direct writes and the
         // client's task (tokio's write half would shut the socket down
@@ -457,6 +482,8 @@ struct Attached {
     left: Arc<Notify>,
     console: LogName,
     who: Who,
+    /// Its place under `max-clients-total`, given back when it ends.
+    _seat: Seat,
 }
 
 impl Drop for Attached {

@@ -164,8 +164,9 @@ pub struct AttachRequest {
     pub who: Who,
     pub viewer: bool,
     pub force: bool,
-    /// Whether the client may write, or the client limit that refused it.
-    pub reply: oneshot::Sender<Result<bool, usize>>,
+    /// Whether the client may write, or the limit that refused it: its
+    /// name (`clients`, `viewers`, `clientsTotal`) and its value.
+    pub reply: oneshot::Sender<Result<bool, (&'static str, usize)>>,
 }
 
 /// What a previous guestlogd passed on for one console.
@@ -222,8 +223,8 @@ pub enum RemoveError {
 pub enum AttachError {
     #[error("no console {0}")]
     NoSuchConsole(LogName),
-    #[error("the console has {0} clients already")]
-    Limit(usize),
+    #[error("{max} {what} are attached already")]
+    Limit { what: &'static str, max: usize },
     #[error("cannot make a connection to attach")]
     Socket(#[source] std::io::Error),
 }

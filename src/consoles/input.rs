@@ -108,12 +108,14 @@ mod tests {
     async fn input_reaches_the_guest_in_order_and_frees_its_room() {
         let input = Input::new();
         let (ours, theirs) = UnixStream::pair().unwrap();
+        ours.writable().await.unwrap();
         input.send(&mut Some(Bytes::from_static(b"ab"))).await;
         input.send(&mut Some(Bytes::from_static(b"cd"))).await;
         assert!(!input.is_empty());
         assert_eq!(input.write_to(&ours).unwrap(), 4);
         assert!(input.is_empty());
         let mut buf = [0; 8];
+        theirs.readable().await.unwrap();
         let n = theirs.try_read(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"abcd");
         assert_eq!(input.room.available_permits(), INPUT_CAP);

@@ -62,8 +62,8 @@ struct Relay {
 enum Attach {
     /// Attached; whether it may write.
     Attached(bool),
-    /// Refused: the console has this many clients (or viewers) already.
-    Full(usize),
+    /// Refused at a limit: its name and value.
+    Full(&'static str, usize),
 }
 
 /// Runs a console until `stop`. Then, when the console is removed or the
@@ -200,7 +200,7 @@ pub async fn run(
                     let start = Start::Replay(r.stream, Vec::new());
                     let answer = match relay.attach(start, r.viewer, r.who, r.force).await {
                         Attach::Attached(writer) => Ok(writer),
-                        Attach::Full(max) => Err(max),
+                        Attach::Full(what, max) => Err((what, max)),
                     };
                     // A caller that gave up meanwhile: its end closes, and
                     // the client with it.
@@ -418,15 +418,17 @@ impl Relay {
     /// replay (or, for one carried over, what was queued for it), then live
     /// output. `force` takes the writer's place.
     async fn attach(&mut self, start: Start, viewer: bool, who: Who, force: bool) -> Attach {
-        if let Some(max) = self.clients.refuse_if_full(start.stream(), viewer, who) {
-            return Attach::Full(max);
-        }
         self.clients.forget_gone();
+        let carried = matches!(start, Start::Adopted(..));
+        let seat = match self.clients.seat(start.stream(), viewer, who, carried) {
+            Ok(seat) => seat,
+            Err((what, max)) => return Attach::Full(what, max),
+        };
         let start = match start {
             Start::Replay(stream, _) => Start::Replay(stream, self.replay().await),
             adopted => adopted,
         };
-        Attach::Attached(self.clients.add(start, viewer, who, force))
+        Attach::Attached(self.clients.add(start, viewer, who, force, seat))
     }
 
     async fn replay(&self) -> Vec<u8> {

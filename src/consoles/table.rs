@@ -191,7 +191,7 @@ impl Consoles {
         console.request_attach(request).map_err(|_| gone())?;
         match answer.await {
             Ok(Ok(writer)) => Ok((theirs.into(), writer)),
-            Ok(Err(max)) => Err(AttachError::Limit(max)),
+            Ok(Err((what, max))) => Err(AttachError::Limit { what, max }),
             // The console stopped before it took the client.
             Err(_) => Err(gone()),
         }

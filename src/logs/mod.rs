@@ -6,9 +6,10 @@
 //! (`rotator`) and its `policy`, each log with its jobs and followers
 //! (`log`), where files live (`places`), the registry of every known log
 //! (`registry`), the pipes that feed logs (`pipe`), each log's export to
-//! the journal (`journal`), and the bounded queue
+//! the journal (`journal`), the bounded queue
 //! of one reader of output (`queue`), which a log's followers and a
-//! console's clients both use.
+//! console's clients both use, and the host-wide cap on those readers
+//! (`seats`).
 //!
 //! Invariants: every file operation runs as a job on a blocking thread,
 //! one at a time per log; no lock is held across file I/O that another
@@ -32,5 +33,6 @@ pub mod queue;
 pub mod rate;
 pub mod registry;
 pub mod rotator;
+pub mod seats;
 pub mod usage;
 pub mod vacuum;

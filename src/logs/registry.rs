@@ -29,6 +29,7 @@ use super::{
     places::Places,
     policy::{Policy, PolicyChange},
     rotator::RotatorError,
+    seats::Seats,
     usage::Usage,
 };
 use crate::{fdstore::FdStore, lock};
@@ -65,6 +66,8 @@ pub struct Registry {
     forgotten: Mutex<Forgotten>,
     /// Where every log counts what it writes, for the disk budget.
     usage: Arc<Usage>,
+    /// The host-wide cap on console clients, viewers and followers.
+    seats: Arc<Seats>,
 }
 
 /// The policies of forgotten logs, the most recently forgotten kept: at
@@ -183,7 +186,19 @@ impl Registry {
                 ..Forgotten::default()
             }),
             usage,
+            seats: Arc::new(Seats::new(usize::MAX)),
         }
+    }
+
+    /// With at most `max` console clients, viewers and followers at once.
+    pub fn with_seats(mut self, max: usize) -> Self {
+        self.seats = Arc::new(Seats::new(max));
+        self
+    }
+
+    /// The host-wide cap on readers of output.
+    pub fn seats(&self) -> &Arc<Seats> {
+        &self.seats
     }
 
     pub fn places(&self) -> &Arc<Places> {

@@ -222,8 +222,12 @@ mod tests {
         };
         c.write(b, "/var/log/libvirt/qemu/vm2.log", &r);
         c.write(a, "vm1", &Record::default());
-        // The successor reads the same memfd.
-        let next = Cursors::new(store.clone());
+        // The successor reads the same memfd, handed over.
+        let handed = Arc::new(FdStore::new(false));
+        for (name, fd) in store.take_all() {
+            handed.adopt(name, fd);
+        }
+        let next = Cursors::new(handed);
         assert_eq!(
             next.claim("/var/log/libvirt/qemu/vm2.log").unwrap(),
             (b, Some(r))
