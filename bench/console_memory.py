@@ -26,7 +26,7 @@ import sys
 import time
 
 from console_common import (
-    Daemon, Varlink, connect, on_signal_exit, raise_nofile, rss_detail, rss_mb,
+    Daemon, Varlink, connect, on_signal_exit, raise_nofile, rss_detail, rss_mb, status,
 )
 
 TARGET_KIB = 16.0
@@ -108,15 +108,21 @@ def main() -> int:
             fds = fd_count(d.pid)
             print(f"after {n} consoles (created in {created:.2f} s), each with a guest and a "
                   f"client, idle: RSS {after:.1f} MB ({rss_detail(d.pid)}), daemon fds {fds}")
-            # Idle logs close their files within two sweeps (5 s each).
-            deadline = time.monotonic() + 15
-            while fd_count(d.pid) > fds_before + 4 * n and time.monotonic() < deadline:
+            # Idle logs close their files within two sweeps (5 s each), and
+            # the blocking threads that ran the replays' reads end after
+            # 10 s idle (tokio's keep-alive): idle means both.
+            deadline = time.monotonic() + 30
+            while ((fd_count(d.pid) > fds_before + 4 * n
+                    or int(status(d.pid)["Threads"]) > 2 * os.cpu_count() + 4)
+                   and time.monotonic() < deadline):
                 time.sleep(0.5)
+            time.sleep(1.0)
             fds_idle = fd_count(d.pid)
             after = rss_mb(d.pid)
             kib = (after - before) * 1e6 / n / 1024
             per_fd, per_fd_idle = (fds - fds_before) / n, (fds_idle - fds_before) / n
-            print(f"after the logs' idle sweep: RSS {after:.1f} MB, daemon fds {fds_idle}")
+            print(f"after the logs' idle sweep: RSS {after:.1f} MB ({rss_detail(d.pid)}), "
+                  f"daemon fds {fds_idle}")
             print(f"per console: {kib:.1f} KiB (target {TARGET_KIB:.0f}), descriptors "
                   f"{per_fd:.2f} while in use, {per_fd_idle:.2f} idle (target {TARGET_FDS})")
         finally:

@@ -218,7 +218,13 @@ impl Clients {
                 stream
             }
             Start::Replay(stream, replay) => {
-                queue.start_with(replay);
+                // Most of it goes straight to the new connection, whose
+                // socket buffer is empty: nothing of it is kept here.
+                let sent = match stream.try_write(&replay) {
+                    Ok(n) => n,
+                    Err(_) => 0,
+                };
+                queue.start_with(replay.get(sent..).map(<[u8]>::to_vec).unwrap_or_default());
                 let kind = if viewer { "viewer" } else { "client" };
                 let name = format!("console/{}/{kind}/{}", self.settings.name, store.id());
                 Kept::add(store, name, stream, false)
@@ -232,7 +238,7 @@ impl Clients {
         } else {
             self.arbiter.join(id, force)
         };
-        lock(&self.stats.peers).insert(fd_name.clone(), who);
+        lock(&self.stats.peers).push((fd_name.clone(), who));
         // Not a child of the console's token: at a hand-over the relay must
         // mark the clients as kept before they stop.
         let stop = CancellationToken::new();
@@ -253,14 +259,15 @@ impl Clients {
         // when dropped, ending the session at a hand-over).
         let socket = Arc::new(socket);
         let may_write = Arc::new(AtomicBool::new(may_write));
-        self.tasks.spawn(serve(Task {
+        let fut = serve(Task {
             socket: socket.clone(),
             queue: queue.clone(),
             input: (!viewer).then(|| self.input.clone()),
             may_write: may_write.clone(),
             stop: stop.clone(),
             attached,
-        }));
+        });
+        self.tasks.spawn(fut);
         self.table.push(Client {
             id,
             who,
@@ -495,7 +502,7 @@ impl Drop for Attached {
         };
         counter.fetch_sub(1, Relaxed);
         if !self.keep.load(Relaxed) {
-            lock(&self.stats.peers).remove(&self.fd_name);
+            lock(&self.stats.peers).retain(|(name, _)| *name != self.fd_name);
             self.registry.store().remove(&self.fd_name);
             self.registry.touch();
             crate::limited!(
@@ -632,7 +639,7 @@ async fn serve(t: Task) {
                 }
                 Ok(false)
             }
-            () = tokio::time::sleep(HANGUP_POLL), if !reading => {
+            () = hangup_poll(reading) => {
                 if hung_up(&socket) {
                     break;
                 }
@@ -672,12 +679,22 @@ fn send_some(socket: &UnixStream, batch: &mut VecDeque<Bytes>) -> io::Result<boo
     Ok(true)
 }
 
-/// Queues what the client typed for the guest, once there is room.
+/// Queues what the client typed for the guest, once there is room. Its
+/// wait is boxed: an idle client's task stays small.
 async fn send_typed(input: Option<&Input>, typed: &mut Option<Bytes>) {
     match input {
-        Some(input) => input.send(typed).await,
+        Some(input) => Box::pin(input.send(typed)).await,
         None => *typed = None,
     }
+}
+
+/// Ready every `HANGUP_POLL` once the client stopped sending (never
+/// before); the timer exists only then.
+async fn hangup_poll(reading: bool) {
+    if reading {
+        std::future::pending::<()>().await;
+    }
+    Box::pin(tokio::time::sleep(HANGUP_POLL)).await;
 }
 
 /// Whether the client has gone (POLLHUP: both directions closed).

@@ -125,7 +125,9 @@ pub struct Stats {
     pub writer: Mutex<Option<(String, Who)>>,
     /// Every client's credentials, by descriptor name, for the saved state:
     /// a client made by AttachConsole has the daemon as its socket peer.
-    pub peers: Mutex<BTreeMap<String, Who>>,
+    /// A list, not a map: a console has a client or two, and a map's
+    /// first node alone costs more than that list.
+    pub peers: Mutex<Vec<(String, Who)>>,
 }
 
 /// A running console.

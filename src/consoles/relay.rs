@@ -34,10 +34,23 @@ use super::{
     input::Input,
     writers::Who,
 };
-use crate::{error_chain, fdstore::Kept, logs::log::Wait};
+use crate::{
+    error_chain,
+    fdstore::Kept,
+    logs::{log::Wait, queue},
+};
 
 /// The most read from the guest at once.
 const CHUNK: usize = 128 * 1024;
+/// The first read after the guest was idle: a serial console's output is
+/// mostly a few bytes, and a read that fills it doubles the next, up to
+/// `CHUNK`, so a flood is read in large pieces within a few reads.
+const FIRST_READ: usize = 4096;
+
+thread_local! {
+    /// Where first reads land, on the worker thread.
+    static SMALL: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; FIRST_READ]);
+}
 
 struct Relay {
     settings: Settings,
@@ -48,6 +61,8 @@ struct Relay {
     /// The guest's output is read into this while it sends; empty (no
     /// allocation) while it is idle.
     buf: BytesMut,
+    /// How much the next read asks for.
+    want: usize,
     clients: Clients,
     /// The latest output, for replay, when there is no log to read it from.
     ring: VecDeque<u8>,
@@ -82,7 +97,7 @@ pub async fn run(
     let input = Arc::new(Input::new());
     let guest_name = format!("console/{}/guest", settings.name);
     let boot = match settings.boot.clone() {
-        Some(log) => Some(BootLog::resume(log, settings.boot_bytes).await),
+        Some(log) => Some(Box::pin(BootLog::resume(log, settings.boot_bytes)).await),
         None => None,
     };
     let mut relay = Relay {
@@ -91,6 +106,7 @@ pub async fn run(
         guest: None,
         input: input.clone(),
         buf: BytesMut::new(),
+        want: FIRST_READ,
         clients: Clients::new(settings.clone(), stats.clone(), input.clone()),
         ring: VecDeque::new(),
         guest_name,
@@ -113,9 +129,7 @@ pub async fn run(
     });
     for c in clients {
         let who = c.who.or_else(|| Who::of(&c.stream)).unwrap_or_default();
-        relay
-            .attach(Start::Adopted(c.stream, c.pending), c.viewer, who, false)
-            .await;
+        Box::pin(relay.attach(Start::Adopted(c.stream, c.pending), c.viewer, who, false)).await;
     }
     let l = listeners;
     let left = relay.clients.left();
@@ -137,7 +151,7 @@ pub async fn run(
             r = l.guest.accept(), if guest_rest.until.is_none() => match r {
                 Ok((s, _)) => {
                     guest_rest.clear();
-                    relay.connect_guest(s).await;
+                    Box::pin(relay.connect_guest(s)).await;
                 }
                 Err(e) => guest_rest.failed(e),
             },
@@ -146,7 +160,10 @@ pub async fn run(
             }
             r = readable(&relay.guest), if throttled.is_none() => match r {
                 Ok(()) => {
-                    let woke = relay.read_guest().await;
+                    // Boxed, as every long path below: the relay's future
+                    // is what an idle console costs, so it holds only the
+                    // waits, and a path takes its memory while it runs.
+                    let woke = Box::pin(relay.read_guest()).await;
                     throttled = relay.throttle();
                     if woke {
                         // A busy guest keeps this task ready forever, and the
@@ -161,7 +178,8 @@ pub async fn run(
                 Ok((s, _)) => {
                     client_rest.clear();
                     let who = Who::of(&s).unwrap_or_default();
-                    relay.attach(Start::Replay(s, Vec::new()), false, who, false).await;
+                    let start = Start::Replay(s, Vec::new());
+                    Box::pin(relay.attach(start, false, who, false)).await;
                 }
                 Err(e) => client_rest.failed(e),
             },
@@ -169,7 +187,8 @@ pub async fn run(
                 Ok(s) => {
                     view_rest.clear();
                     let who = Who::of(&s).unwrap_or_default();
-                    relay.attach(Start::Replay(s, Vec::new()), true, who, false).await;
+                    let start = Start::Replay(s, Vec::new());
+                    Box::pin(relay.attach(start, true, who, false)).await;
                 }
                 Err(e) => view_rest.failed(e),
             },
@@ -198,7 +217,8 @@ pub async fn run(
             () = console.attach_ready.notified() => {
                 while let Some(r) = console.next_attach() {
                     let start = Start::Replay(r.stream, Vec::new());
-                    let answer = match relay.attach(start, r.viewer, r.who, r.force).await {
+                    let attached = Box::pin(relay.attach(start, r.viewer, r.who, r.force)).await;
+                    let answer = match attached {
                         Attach::Attached(writer) => Ok(writer),
                         Attach::Full(what, max) => Err((what, max)),
                     };
@@ -212,11 +232,11 @@ pub async fn run(
     console.close_attach();
     let registry = relay.settings.registry.clone();
     if registry.handing_over() && !console.removing() {
-        return relay.hand_over().await;
+        return Box::pin(relay.hand_over()).await;
     }
     // What the guest has sent is taken and logged before the console ends.
-    relay.drain_guest().await;
-    relay.clients.close().await;
+    Box::pin(relay.drain_guest()).await;
+    Box::pin(relay.clients.close()).await;
     let store = registry.store();
     store.remove(&relay.guest_name);
     for kind in ["guest-listen", "client-listen", "view-listen"] {
@@ -298,16 +318,55 @@ impl Relay {
     /// buffer is then given back) or left.
     fn take_guest_output(&mut self) -> Option<Bytes> {
         let guest = self.guest.as_ref()?;
+        if self.want == FIRST_READ {
+            return self.take_small_output();
+        }
         // Reuses the last read's memory once the log and the clients are
         // done with it; else takes new.
-        self.buf.reserve(CHUNK);
+        self.buf.reserve(self.want);
+        let room = self.buf.capacity();
         match guest.try_read_buf(&mut self.buf) {
             Ok(0) => self.guest_gone(),
-            Ok(_) => return Some(self.buf.split().freeze()),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                // Idle: an idle console holds no buffer.
-                self.buf = BytesMut::new();
+            Ok(n) => {
+                if n == room {
+                    self.want = (self.want * 2).min(CHUNK);
+                }
+                return Some(self.buf.split().freeze());
             }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Idle: an idle console holds no buffer, and the memory
+                // goes back to the kernel.
+                let freed = std::mem::take(&mut self.buf).capacity();
+                self.want = FIRST_READ;
+                queue::give_back(freed);
+            }
+            Err(e) => {
+                debug!(error = %e, "guest read failed");
+                self.guest_gone();
+            }
+        }
+        None
+    }
+
+    /// The first read after the guest was idle, into the thread's buffer
+    /// and copied out at its size: a few bytes typed or printed cost a few
+    /// bytes, not a read buffer. One that fills it starts large reads.
+    fn take_small_output(&mut self) -> Option<Bytes> {
+        let guest = self.guest.as_ref()?;
+        let read = SMALL.with_borrow_mut(|buf| {
+            guest
+                .try_read(buf)
+                .map(|n| (n, Bytes::copy_from_slice(&buf[..n])))
+        });
+        match read {
+            Ok((0, _)) => self.guest_gone(),
+            Ok((n, data)) => {
+                if n == FIRST_READ {
+                    self.want = 2 * FIRST_READ;
+                }
+                return Some(data);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => {
                 debug!(error = %e, "guest read failed");
                 self.guest_gone();

@@ -148,9 +148,8 @@ impl Consoles {
             attach_ready: tokio::sync::Notify::new(),
         });
         let span = info_span!("console", name = %settings.name);
-        let task = tokio::spawn(
-            relay::run(settings, listeners, adopted, stats, stop, console.clone()).instrument(span),
-        );
+        let fut = relay::run(settings, listeners, adopted, stats, stop, console.clone());
+        let task = tokio::spawn(fut.instrument(span));
         *lock(&console.task) = Some(task);
         info!(name = %console.name, "console created");
         map.insert(console.name.clone(), console.clone());

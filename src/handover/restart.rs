@@ -475,7 +475,7 @@ impl Saver {
                     pending: handovers.get(&c.name).cloned().unwrap_or_default(),
                     writers: st.writers,
                     writer: lock(&c.stats.writer).as_ref().map(|(n, _)| n.clone()),
-                    peers: lock(&c.stats.peers).clone(),
+                    peers: lock(&c.stats.peers).iter().cloned().collect(),
                     boot_bytes: if st.boot.is_some() { st.boot_bytes } else { 0 },
                     domain: c.domain(),
                 }

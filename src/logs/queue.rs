@@ -287,13 +287,15 @@ impl State {
     }
 }
 
-/// Counts `freed` bytes of queue memory and has glibc return its free
-/// pages to the kernel soon after. Without this, the queues of clients
-/// that left stay resident: their tails were allocated among longer-lived
-/// blocks, so the heap cannot shrink from its top. One trim, `TRIM_DELAY`
-/// after the first release, covers every release until it runs, so a
-/// stream of clients leaving costs at most one trim per `TRIM_DELAY`.
-fn give_back(freed: usize) {
+/// Counts `freed` bytes of output memory (a queue cleared, a batch sent, a
+/// relay's read buffer given back when its guest went idle) and has glibc
+/// return its free pages to the kernel soon after. Without this, memory
+/// that bursts of output took stays resident: it was allocated among
+/// longer-lived blocks, often by other threads' arenas, so no heap can
+/// shrink from its top. One trim, `TRIM_DELAY` after the first release,
+/// covers every release until it runs, so a stream of releases costs at
+/// most one trim per `TRIM_DELAY`.
+pub fn give_back(freed: usize) {
     if freed == 0 || FREED.fetch_add(freed, Relaxed) > 0 {
         return;
     }
@@ -354,12 +356,20 @@ impl OutputQueue {
     }
 
     /// Queues a consumer's first bytes (its replay), past the cap if need be.
+    /// Its buffer is kept, not copied: slices of it, each charged as a
+    /// copy of its own would be, which adds up to what it holds.
     pub fn start_with(&self, replay: Vec<u8>) {
         if !replay.is_empty() {
             let mut s = self.lock();
             s.seal_tail();
             s.held += copy_cost(replay.len(), self.cap);
-            s.push_copies(&replay, self.cap);
+            let all = Bytes::from(replay);
+            let part = part(self.cap);
+            for at in (0..all.len()).step_by(part) {
+                let data = all.slice(at..(at + part).min(all.len()));
+                let cost = data.len() + OVERHEAD;
+                s.chunks.push_back(Chunk { data, cost });
+            }
             drop(s);
             self.ready.notify_one();
         }
@@ -553,10 +563,12 @@ impl OutputQueue {
     /// The consumer has sent what it popped (or holds it no more).
     pub fn sent(&self) {
         let mut s = self.lock();
-        s.held -= std::mem::take(&mut s.in_flight);
+        let freed = std::mem::take(&mut s.in_flight);
+        s.held -= freed;
         s.sending = false;
         drop(s);
         self.room.notify_one();
+        give_back(freed);
     }
 
     /// Ends the queue: the producer stops pushing, the consumer stops, and
