@@ -17,6 +17,7 @@
 use std::{
     cell::RefCell,
     collections::VecDeque,
+    future::poll_fn,
     io,
     os::fd::AsFd,
     sync::{
@@ -220,10 +221,7 @@ impl Clients {
             Start::Replay(stream, replay) => {
                 // Most of it goes straight to the new connection, whose
                 // socket buffer is empty: nothing of it is kept here.
-                let sent = match stream.try_write(&replay) {
-                    Ok(n) => n,
-                    Err(_) => 0,
-                };
+                let sent = stream.try_write(&replay).unwrap_or_default();
                 queue.start_with(replay.get(sent..).map(<[u8]>::to_vec).unwrap_or_default());
                 let kind = if viewer { "viewer" } else { "client" };
                 let name = format!("console/{}/{kind}/{}", self.settings.name, store.id());
@@ -587,12 +585,14 @@ async fn serve(t: Task) {
                     send_some(&socket, &mut batch)
                 }
             },
-            r = socket.writable(), if sending => match r {
+            // Poll methods keep the waker in tokio's registration: the
+            // task's future holds a pointer, not a wait.
+            r = poll_fn(|cx| socket.poll_write_ready(cx)), if sending => match r {
                 Ok(()) => send_some(&socket, &mut batch),
                 Err(e) => Err(e),
             },
             () = send_typed(input.as_deref(), &mut typed), if typed.is_some() => Ok(false),
-            r = socket.readable(), if reading && typed.is_none() => {
+            r = poll_fn(|cx| socket.poll_read_ready(cx)), if reading && typed.is_none() => {
                 let read = r.and_then(|()| {
                     INPUT_BUFFER.with_borrow_mut(|buf| {
                         socket.try_read(buf).map(|n| Bytes::copy_from_slice(&buf[..n]))

@@ -17,6 +17,7 @@
 
 use std::{
     collections::VecDeque,
+    future::poll_fn,
     io,
     sync::{Arc, atomic::Ordering::Relaxed},
     time::Duration,
@@ -73,6 +74,16 @@ struct Relay {
     throttling: bool,
 }
 
+/// What a relay starts from.
+pub struct Parts {
+    pub settings: Settings,
+    pub listeners: Listeners,
+    pub adopted: Adopted,
+    pub stats: Arc<Stats>,
+    pub stop: CancellationToken,
+    pub console: Arc<Console>,
+}
+
 /// How an attach went.
 enum Attach {
     /// Attached; whether it may write.
@@ -86,14 +97,17 @@ enum Attach {
 /// sockets; when the daemon hands over to a successor, it leaves every
 /// connection open in the descriptor store and returns the clients'
 /// unsent output.
-pub async fn run(
-    settings: Settings,
-    listeners: Listeners,
-    adopted: Adopted,
-    stats: Arc<Stats>,
-    stop: CancellationToken,
-    console: Arc<Console>,
-) -> Handover {
+pub async fn run(parts: Box<Parts>) -> Handover {
+    // One boxed argument: what an async fn takes stays in its future for
+    // good, beside the locals it is moved into.
+    let Parts {
+        settings,
+        listeners,
+        adopted,
+        stats,
+        stop,
+        console,
+    } = *parts;
     let input = Arc::new(Input::new());
     let guest_name = format!("console/{}/guest", settings.name);
     let boot = match settings.boot.clone() {
@@ -148,7 +162,7 @@ pub async fn run(
         tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            r = l.guest.accept(), if guest_rest.until.is_none() => match r {
+            r = poll_fn(|cx| l.guest.poll_accept(cx)), if guest_rest.until.is_none() => match r {
                 Ok((s, _)) => {
                     guest_rest.clear();
                     Box::pin(relay.connect_guest(s)).await;
@@ -174,7 +188,7 @@ pub async fn run(
                 }
                 Err(_) => relay.guest_gone(),
             },
-            r = l.client.accept(), if client_rest.until.is_none() => match r {
+            r = poll_fn(|cx| l.client.poll_accept(cx)), if client_rest.until.is_none() => match r {
                 Ok((s, _)) => {
                     client_rest.clear();
                     let who = Who::of(&s).unwrap_or_default();
@@ -503,23 +517,29 @@ impl Relay {
     }
 }
 
+/// Waits with the socket's poll method, which keeps the waker in tokio's
+/// own registration: the relay's future holds a pointer, not a wait.
 async fn readable(guest: &Option<Kept<UnixStream>>) -> io::Result<()> {
     match guest {
-        Some(g) => g.readable().await,
+        Some(g) => poll_fn(|cx| g.poll_read_ready(cx)).await,
         None => std::future::pending().await,
     }
 }
 
+// The waits below are boxed when they run: most consoles never type,
+// rest a listener, nor are throttled, and their relay's future holds only
+// what they use.
+
 async fn writable(guest: &Option<Kept<UnixStream>>) -> io::Result<()> {
     match guest {
-        Some(g) => g.writable().await,
+        Some(g) => poll_fn(|cx| g.poll_write_ready(cx)).await,
         None => std::future::pending().await,
     }
 }
 
 async fn accept(l: &Option<Kept<UnixListener>>) -> io::Result<UnixStream> {
     match l {
-        Some(l) => l.accept().await.map(|(s, _)| s),
+        Some(l) => poll_fn(|cx| l.poll_accept(cx)).await.map(|(s, _)| s),
         None => std::future::pending().await,
     }
 }
@@ -545,7 +565,7 @@ impl Rest {
 
 async fn sleep_until(t: Option<tokio::time::Instant>) {
     match t {
-        Some(t) => tokio::time::sleep_until(t).await,
+        Some(t) => Box::pin(tokio::time::sleep_until(t)).await,
         None => std::future::pending().await,
     }
 }

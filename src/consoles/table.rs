@@ -148,7 +148,14 @@ impl Consoles {
             attach_ready: tokio::sync::Notify::new(),
         });
         let span = info_span!("console", name = %settings.name);
-        let fut = relay::run(settings, listeners, adopted, stats, stop, console.clone());
+        let fut = relay::run(Box::new(relay::Parts {
+            settings,
+            listeners,
+            adopted,
+            stats,
+            stop,
+            console: console.clone(),
+        }));
         let task = tokio::spawn(fut.instrument(span));
         *lock(&console.task) = Some(task);
         info!(name = %console.name, "console created");
