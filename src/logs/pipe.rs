@@ -1,8 +1,11 @@
 //! Pipes from OpenPipe: each read end is pumped into its log by one task.
 //!
 //! A task waits for the pipe to be readable, then runs a job in its log's
-//! turn, on a blocking thread, that reads what the pipe holds (`CHUNK`
-//! bytes at a time) and writes each read to the log before the next:
+//! turn, on a blocking thread, that moves what the pipe holds into the
+//! log: with `splice(2)`, never through user space, when nothing needs the
+//! bytes there (no follower, no rate limit; see `Log::splices`), else, and
+//! within a line's reach of the cap, by reads of `CHUNK` bytes each
+//! written to the log before the next:
 //! nothing waits in user space, where a crash would lose it, a slow disk
 //! slows the writer through the pipe instead of growing a buffer, and a
 //! disk that hangs holds this pipe's job, not an async worker. The read
@@ -28,6 +31,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use super::{
     log::{PipeRequest, Wait},
     registry::PipeGuard,
+    rotator::Spliced,
 };
 use crate::fdstore::Kept;
 
@@ -322,18 +326,33 @@ enum Moved {
 
 /// Reads a job's budget at most: each is written at once.
 const JOB_READS: usize = 16;
+/// The most one splice moves: the whole pipe.
+const SPLICE_MAX: usize = PIPE_SIZE as usize;
 
 /// Reads from the pipe and writes each read to the log at once, in the
 /// log's turn on a blocking thread.
 async fn transfer(read: &Arc<Kept<AsyncFd<OwnedFd>>>, guard: &PipeGuard, until: Until) -> Moved {
     let read = read.clone();
     let job = guard.log().run(Wait::Forever, move |log, slot| {
+        // Nothing needs the bytes in user space: the kernel moves them
+        // from the pipe into the file, and a read (below) happens only
+        // near the cap, where a line end decides the cut, or after a
+        // failed splice, so that what the disk refuses is counted.
+        let splices = log.splices();
         Ok(BUFFER.with_borrow_mut(|buf| {
             for k in 0.. {
                 match until {
                     Until::More if k == JOB_READS => return Moved::More,
                     Until::Dry(deadline) if Instant::now() >= deadline => return Moved::More,
                     _ => {}
+                }
+                if splices {
+                    match log.splice_in(slot, read.get_ref().as_fd(), SPLICE_MAX) {
+                        Ok(Spliced::Moved(_)) => continue,
+                        Ok(Spliced::Eof) => return Moved::Eof,
+                        Ok(Spliced::Empty) => return Moved::Dry,
+                        Ok(Spliced::NearCap) | Err(_) => {}
+                    }
                 }
                 let n = match nix::unistd::read(read.get_ref(), buf) {
                     Err(nix::errno::Errno::EINTR) => continue,

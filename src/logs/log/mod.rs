@@ -31,6 +31,7 @@ use tracing::warn;
 pub use super::figures::{Counters, JournalFigures, LogSnapshot};
 mod export;
 mod shaping;
+mod splice;
 
 use super::{
     figures::Stats,
