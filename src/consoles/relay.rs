@@ -41,7 +41,9 @@ use crate::{
     logs::{log::Wait, queue},
 };
 
-/// The most read from the guest at once.
+/// The most read from the guest at once (and at most half a client's
+/// queue, so that a read always fits in the queue of a client that keeps
+/// up: see `Relay::max_read`).
 const CHUNK: usize = 128 * 1024;
 /// The first read after the guest was idle: a serial console's output is
 /// mostly a few bytes, and a read that fills it doubles the next, up to
@@ -343,7 +345,7 @@ impl Relay {
             Ok(0) => self.guest_gone(),
             Ok(n) => {
                 if n == room {
-                    self.want = (self.want * 2).min(CHUNK);
+                    self.want = (self.want * 2).min(self.max_read());
                 }
                 return Some(self.buf.split().freeze());
             }
@@ -387,6 +389,13 @@ impl Relay {
             }
         }
         None
+    }
+
+    /// The largest read: `CHUNK`, or half a client's queue if that is
+    /// less, so that a read a client's socket does not take at once can
+    /// wait in its queue instead of being dropped.
+    fn max_read(&self) -> usize {
+        CHUNK.min(self.settings.queue / 2).max(FIRST_READ)
     }
 
     /// When the guest may be read again, if the log's rate says to wait;
