@@ -328,6 +328,10 @@ enum Moved {
 const JOB_READS: usize = 16;
 /// The most one splice moves: the whole pipe.
 const SPLICE_MAX: usize = PIPE_SIZE as usize;
+/// What is read, not spliced, where the cap is near: more than the line
+/// window the cut looks at (80 bytes), little enough that a rotation
+/// copies almost nothing through user space.
+const NEAR_CAP_READ: usize = 4096;
 
 /// Reads from the pipe and writes each read to the log at once, in the
 /// log's turn on a blocking thread.
@@ -346,15 +350,19 @@ async fn transfer(read: &Arc<Kept<AsyncFd<OwnedFd>>>, guard: &PipeGuard, until: 
                     Until::Dry(deadline) if Instant::now() >= deadline => return Moved::More,
                     _ => {}
                 }
+                // Near the cap a small read sees the line ends that decide
+                // the cut; after a failed splice a whole one is counted.
+                let mut want = buf.len();
                 if splices {
                     match log.splice_in(slot, read.get_ref().as_fd(), SPLICE_MAX) {
                         Ok(Spliced::Moved(_)) => continue,
                         Ok(Spliced::Eof) => return Moved::Eof,
                         Ok(Spliced::Empty) => return Moved::Dry,
-                        Ok(Spliced::NearCap) | Err(_) => {}
+                        Ok(Spliced::NearCap) => want = NEAR_CAP_READ,
+                        Err(_) => {}
                     }
                 }
-                let n = match nix::unistd::read(read.get_ref(), buf) {
+                let n = match nix::unistd::read(read.get_ref(), &mut buf[..want]) {
                     Err(nix::errno::Errno::EINTR) => continue,
                     Err(nix::errno::Errno::EAGAIN) => return Moved::Dry,
                     Err(e) => return Moved::Failed(e.into()),
