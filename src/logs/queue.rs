@@ -6,7 +6,9 @@
 //! When a push would pass the cap, the queue's policy applies: `Drop`
 //! discards the oldest bytes not yet popped and remembers how many, so the
 //! consumer is told before the data that follows the gap; `Disconnect`
-//! closes the queue.
+//! closes the queue. A producer may instead ask to be told (`push_or_full`)
+//! and wait for the consumer to free room (`room`), for as long as it
+//! chooses (a console's relay: a moment, see `consoles::clients`).
 //!
 //! The cap bounds memory, not payload. A guest's serial port gives the relay
 //! a few bytes per read, and a chunk per read would cost far more in
