@@ -37,9 +37,7 @@ class Varlink:
         self.sock.connect(str(path))
         self.buf = bytearray()
 
-    def call(self, method: str, params: dict | None = None) -> dict:
-        msg = {"method": f"{MANAGER}.{method}", "parameters": params or {}}
-        self.sock.sendall(json.dumps(msg).encode() + b"\0")
+    def _reply(self) -> dict:
         while (end := self.buf.find(b"\0")) < 0:
             chunk = self.sock.recv(1 << 20)
             if not chunk:
@@ -49,16 +47,36 @@ class Varlink:
         del self.buf[: end + 1]
         if "error" in reply:
             raise VarlinkError(f"{reply['error']} {reply.get('parameters')}")
-        return reply.get("parameters", {})
+        return reply
+
+    def call(self, method: str, params: dict | None = None) -> dict:
+        msg = {"method": f"{MANAGER}.{method}", "parameters": params or {}}
+        self.sock.sendall(json.dumps(msg).encode() + b"\0")
+        return self._reply().get("parameters", {})
+
+    def list(self) -> dict:
+        """ListLogs with "more": pages of at most 256 entries, so it works
+        at any number of logs and consoles (without it a reply past
+        max-message-size is refused)."""
+        msg = {"method": f"{MANAGER}.ListLogs", "parameters": {}, "more": True}
+        self.sock.sendall(json.dumps(msg).encode() + b"\0")
+        out = {"logs": [], "consoles": []}
+        while True:
+            reply = self._reply()
+            params = reply.get("parameters", {})
+            for key in out:
+                out[key] += params.get(key, [])
+            if not reply.get("continues"):
+                return out
 
     def console(self, name: str) -> dict:
-        for c in self.call("ListLogs")["consoles"]:
+        for c in self.list()["consoles"]:
             if c["name"] == name:
                 return c
         raise VarlinkError(f"no console {name}")
 
     def log(self, name: str) -> dict:
-        for lg in self.call("ListLogs")["logs"]:
+        for lg in self.list()["logs"]:
             if lg["name"] == name:
                 return lg
         raise VarlinkError(f"no log {name}")

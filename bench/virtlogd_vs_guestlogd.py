@@ -229,7 +229,10 @@ def main():
                       f"{res['files']:>5} {res['biggest']:>8} {res['others']:>6.2f}",
                       flush=True)
                 if res["wchar"] < a.bytes:
-                    print(f"  WARNING: {res['daemon']} wrote only {res['wchar']} bytes")
+                    # Bytes moved by splice(2) (guestlogd's pipes) are not
+                    # counted in wchar; the end markers are the check.
+                    print(f"  note: {res['daemon']}'s wchar counts {res['wchar']} bytes "
+                          "(splice(2) is not counted there)")
                 if res["biggest"] > 2 << 20:
                     print(f"  WARNING: a file over 2 MiB: {res['biggest']}")
     print()
@@ -247,13 +250,13 @@ def main():
             print(f"{d['name']:<10} {n:>5} {mbs:>8.1f} {cpg:>9.2f}")
     base, new = daemons[0]["name"], daemons[1]["name"]
     print()
-    print(f"Ratios {new}/{base} (target: throughput >= 3x, CPU per GB <= 0.20x):")
+    print(f"Ratios {new}/{base} (target: throughput >= 5x, CPU per GB <= 0.15x):")
     for n in pipe_counts:
         (b_mbs, b_cpg), (n_mbs, n_cpg) = best[base, n], best[new, n]
         tp, cp = n_mbs / b_mbs, n_cpg / b_cpg if b_cpg else float("nan")
         print(f"  {n} pipe{'s' if n > 1 else ' '}: throughput {tp:5.2f}x "
-              f"[{'met' if tp >= 3 else 'NOT met'}]   CPU per GB {cp:5.3f}x "
-              f"[{'met' if cp <= 0.2 else 'NOT met'}]")
+              f"[{'met' if tp >= 5 else 'NOT met'}]   CPU per GB {cp:5.3f}x "
+              f"[{'met' if cp <= 0.15 else 'NOT met'}]")
 
 
 main()

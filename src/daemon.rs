@@ -19,7 +19,10 @@ use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::{info, warn};
 
 use crate::{
-    config::Config,
+    config::{
+        Config,
+        budget::{FdBudget, raise_nofile},
+    },
     consoles::table::Consoles,
     error_chain,
     fdstore::FdStore,
@@ -119,6 +122,11 @@ pub fn run(
     activation: Activation,
     from_virtlogd: Option<FromVirtlogd>,
 ) -> Result<Exit, DaemonError> {
+    // Every console, pipe and client is a descriptor: the hard limit is
+    // what the host allows us, the soft one only guards select(2).
+    if let Err(e) = raise_nofile() {
+        warn!(error = %e, "cannot raise the soft RLIMIT_NOFILE to the hard limit");
+    }
     for (dir, mode) in [(&opts.runtime_dir, 0o755), (&opts.log_dir, 0o750)] {
         create_dir(dir, mode)?;
     }
@@ -188,15 +196,18 @@ async fn serve(
     } else {
         Usage::off()
     });
-    let registry = Arc::new(Registry::new(
-        opts.log_dir.clone(),
-        config.libvirt.roots.clone(),
-        config.log.policy(),
-        limits.max_pipes,
-        limits.max_logs,
-        store.clone(),
-        usage,
-    ));
+    let registry = Arc::new(
+        Registry::new(
+            opts.log_dir.clone(),
+            config.libvirt.roots.clone(),
+            config.log.policy(),
+            limits.max_pipes,
+            limits.max_logs,
+            store.clone(),
+            usage,
+        )
+        .with_seats(limits.max_clients_total),
+    );
     let vacuum = Arc::new(Vacuum::new(registry.clone(), disk));
     let tracker = TaskTracker::new();
     let shutdown = CancellationToken::new();
@@ -540,33 +551,6 @@ fn check_fd_budget(l: &crate::config::Limits, libvirt_connections: usize) {
         ),
         Some(max) => info!(stored = b.stored, max, "FD store budget fits"),
         None => {}
-    }
-}
-
-/// The most descriptors the configured limits can make the daemon hold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FdBudget {
-    /// Kept for the next guestlogd: every pipe, and each console's three
-    /// listeners, guest, clients and viewers, and the state.
-    pub stored: usize,
-    /// In this process: each stored descriptor twice (the live one and
-    /// the duplicate a re-exec hands over), the open log files (one per
-    /// log in use: by a pipe, a console, or a call or follower on a
-    /// connection), both fronts' connections, and a few of our own.
-    pub process: usize,
-}
-
-impl FdBudget {
-    /// With the varlink front's `max-connections` and the libvirt front's
-    /// `libvirt_connections`.
-    pub fn of(l: &crate::config::Limits, libvirt_connections: usize) -> Self {
-        let stored = l.max_pipes + l.max_consoles * (4 + 2 * l.max_clients) + 1;
-        let connections = l.max_connections + libvirt_connections;
-        let logs_in_use = l.max_logs.min(l.max_pipes + l.max_consoles + connections);
-        Self {
-            stored,
-            process: 2 * stored + logs_in_use + connections + 64,
-        }
     }
 }
 

@@ -17,6 +17,7 @@
 pub mod config;
 pub mod consoles;
 pub mod daemon;
+#[allow(unsafe_code)]
 pub mod fdstore;
 pub mod fronts;
 pub mod handover;

@@ -40,6 +40,7 @@ use crate::{
         queue::{OutputQueue, SlowPolicy},
         registry::{Registry, RegistryError},
         rotator::{Chunk, Pos, RotatingFile, RotatorError},
+        seats::Seat,
         vacuum::Vacuum,
     },
 };
@@ -358,10 +359,16 @@ impl Ops {
         &self,
         name: &LogName,
         replay: usize,
-    ) -> Result<(Arc<OutputQueue>, Arc<Log>), OpError> {
+    ) -> Result<(Arc<OutputQueue>, Arc<Log>, Seat), OpError> {
         let log = self.existing(name)?;
+        // A follower is a reader like a console client: one host-wide cap.
+        let seats = self.registry.seats();
+        let seat = seats.take().ok_or(OpError::Limit {
+            what: "clientsTotal",
+            max: seats.max(),
+        })?;
         let queue = log.follow(replay, self.limits.client_queue).await?;
-        Ok((queue, log))
+        Ok((queue, log, seat))
     }
 
     /// The log called `name`, entered if new: no I/O.

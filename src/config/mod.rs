@@ -7,6 +7,7 @@
 //! this configuration leaves unset for the libvirt front
 //! (`Config::apply_virtlogd`).
 
+pub mod budget;
 pub mod virtlogd;
 
 use std::{fs, path::Path};
@@ -212,6 +213,10 @@ pub struct Limits {
     pub max_consoles: usize,
     /// Clients per console, and separately viewers per console.
     pub max_clients: usize,
+    /// Console clients, viewers and Follow streams over the whole host:
+    /// what bounds their descriptors and queues, rather than every
+    /// console being full.
+    pub max_clients_total: usize,
     /// Output queued for one console client or follower before the
     /// slow-client policy applies, in bytes.
     pub client_queue: usize,
@@ -247,8 +252,9 @@ impl Default for Limits {
             max_logs: 8192,
             max_connections: 256,
             max_message_size: 1024 * 1024,
-            max_consoles: 512,
+            max_consoles: 4096,
             max_clients: 16,
+            max_clients_total: 8192,
             client_queue: 256 * 1024,
             max_connections_per_uid: 64,
             root_connections: None,
@@ -344,13 +350,14 @@ impl Config {
             l.max_connections,
             l.max_consoles,
             l.max_clients,
+            l.max_clients_total,
             l.max_connections_per_uid,
         ]
         .contains(&0)
         {
             return Err(
                 "limits: max-pipes, max-logs, max-connections, max-connections-per-uid, \
-                 max-consoles and max-clients must be at least 1"
+                 max-consoles, max-clients and max-clients-total must be at least 1"
                     .into(),
             );
         }

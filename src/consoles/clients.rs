@@ -1,16 +1,23 @@
 //! A console's clients: the table its relay fans output out to, each
-//! client's pair of tasks, and who among them may type.
+//! client's task, and who among them may type.
 //!
-//! The relay owns one `Clients`. Output goes to every client without
-//! waiting: straight to its socket while it keeps up, else into its
-//! bounded queue (`OutputQueue`), which its writer task drains at the
-//! client's pace. Its reader task sends input to the relay, which writes
-//! it to the guest. Every attach, detach and take-over is logged with the
-//! client's uid and pid (rate-limited: anyone who may connect to
+//! The relay owns one `Clients`. Output goes to every client from the
+//! relay's one buffer: straight to its socket while it keeps up, else into
+//! its bounded queue (`OutputQueue`), which its task drains at the
+//! client's pace. A client whose queue is full is waited for, a little
+//! (`CLIENT_WAIT`, at most that long per read over all clients, and once
+//! per lag until it has caught up), so that a client that keeps up but was
+//! descheduled for a moment loses nothing; past that its oldest output is
+//! dropped, or it is disconnected, and the guest goes on. One task per
+//! client sends its backlog and takes its input (`Input`), which the relay
+//! writes to the guest. Every attach, detach and take-over is logged with
+//! the client's uid and pid (rate-limited: anyone who may connect to
 //! NAME.client can make them), never into the guest's log.
 
 use std::{
+    cell::RefCell,
     collections::VecDeque,
+    future::poll_fn,
     io,
     os::fd::AsFd,
     sync::{
@@ -21,26 +28,40 @@ use std::{
 };
 
 use bytes::Bytes;
-use tokio::{
-    io::Interest,
-    net::UnixStream,
-    sync::{Notify, mpsc},
-};
+use tokio::{net::UnixStream, sync::Notify, time::Instant};
 use tokio_util::{sync::CancellationToken, task::TaskTracker};
 use tracing::debug;
 
 use super::{
     console::{Handover, Pending, Settings, Stats},
+    input::Input,
     writers::{Arbiter, NewWriter, Who},
 };
 use crate::{
+    fdstore::Kept,
     lock,
     logs::{
         name::LogName,
         queue::{Output, OutputQueue, Pushed, drop_marker},
         registry::Registry,
+        seats::Seat,
     },
 };
+
+/// How long the guest may wait, per read, for clients whose queues are
+/// full; and how long one client may make it wait before it has caught up
+/// again. Long enough for a client descheduled on a busy host, short
+/// enough that a stalled one costs the guest one pause.
+pub(super) const CLIENT_WAIT: Duration = Duration::from_millis(250);
+
+/// The most read from a client at once.
+const INPUT_CHUNK: usize = 4096;
+
+thread_local! {
+    /// Client reads land here, on the worker thread, and are copied out as
+    /// big as they are: an idle client holds no buffer.
+    static INPUT_BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; INPUT_CHUNK]);
+}
 
 /// The relay's end of one client.
 struct Client {
@@ -51,26 +72,39 @@ struct Client {
     may_write: Arc<AtomicBool>,
     fd_name: String,
     queue: Arc<OutputQueue>,
-    /// Shared with the client's writer task, for writes that need no wait.
-    socket: Arc<UnixStream>,
+    /// Shared with the client's task, for writes that need no wait; the
+    /// one descriptor, also in the store.
+    socket: Arc<Kept<UnixStream>>,
     stop: CancellationToken,
+    /// How long the guest may still wait for this client before it has
+    /// caught up (its queue emptied) again.
+    patience: Duration,
 }
 
-/// Where a new client's output starts.
+/// A new client's connection and where its output starts.
 pub(super) enum Start {
-    /// The console's latest output.
-    Replay(Vec<u8>),
+    /// A new connection: the console's latest output first.
+    Replay(UnixStream, Vec<u8>),
     /// A client carried over from a previous guestlogd, with what was
     /// still queued for it.
-    Adopted { fd_name: String, pending: Vec<u8> },
+    Adopted(Kept<UnixStream>, Vec<u8>),
+}
+
+impl Start {
+    pub(super) fn stream(&self) -> &UnixStream {
+        match self {
+            Self::Replay(s, _) => s,
+            Self::Adopted(s, _) => s,
+        }
+    }
 }
 
 /// Every client of one console; owned by its relay.
 pub(super) struct Clients {
     settings: Settings,
     stats: Arc<Stats>,
-    /// Where clients that may write send their input, to the relay.
-    input_tx: mpsc::Sender<Bytes>,
+    /// Where clients that may write put their input, for the relay.
+    input: Arc<Input>,
     table: Vec<Client>,
     tasks: TaskTracker,
     /// Set when the console is handed over: clients that end then stay in
@@ -85,16 +119,12 @@ pub(super) struct Clients {
 }
 
 impl Clients {
-    pub(super) fn new(
-        settings: Settings,
-        stats: Arc<Stats>,
-        input_tx: mpsc::Sender<Bytes>,
-    ) -> Self {
+    pub(super) fn new(settings: Settings, stats: Arc<Stats>, input: Arc<Input>) -> Self {
         let arbiter = Arbiter::new(settings.writers);
         Self {
             settings,
             stats,
-            input_tx,
+            input,
             table: Vec::new(),
             tasks: TaskTracker::new(),
             keep: Arc::new(AtomicBool::new(false)),
@@ -109,40 +139,56 @@ impl Clients {
         self.left.clone()
     }
 
-    /// Refuses a client (or viewer) past the console's limit, telling it
-    /// in-band; returns that limit.
-    pub(super) fn refuse_if_full(
+    /// A seat for a new client (or viewer), or the limit that refuses it,
+    /// told to it in-band: the console's `max-clients` (for clients and
+    /// separately viewers) or the host's `max-clients-total`. A client
+    /// `carried` over from a previous guestlogd is never refused: it is
+    /// connected already.
+    pub(super) fn seat(
         &self,
         stream: &UnixStream,
         viewer: bool,
         who: Who,
-    ) -> Option<usize> {
+        carried: bool,
+    ) -> Result<Seat, (&'static str, usize)> {
         let stats = &self.stats;
         let counter = if viewer {
             &stats.viewers
         } else {
             &stats.clients
         };
+        let seats = self.settings.registry.seats();
         let max = self.settings.max_clients;
-        if counter.load(Relaxed) >= max {
-            let what = if viewer { "viewers" } else { "clients" };
-            let msg = format!("\r\n[guestlogd: LimitReached: {max} {what}]\r\n");
-            let _ = stream.try_write(msg.as_bytes());
-            crate::limited!(
-                info,
-                console = %self.settings.name,
-                uid = who.uid,
-                pid = who.pid,
-                what,
-                max,
-                "console {}: attach refused: {max} {what} already (uid {} pid {})",
-                self.settings.name,
-                who.uid,
-                who.pid
-            );
-            return Some(max);
-        }
-        None
+        let refused = if carried {
+            return Ok(seats.take_past_cap());
+        } else if counter.load(Relaxed) >= max {
+            (if viewer { "viewers" } else { "clients" }, max)
+        } else {
+            match seats.take() {
+                Some(seat) => return Ok(seat),
+                None => ("clientsTotal", seats.max()),
+            }
+        };
+        let (what, max) = refused;
+        let shown = match what {
+            "clientsTotal" => "clients on this host",
+            other => other,
+        };
+        let msg = format!("\r\n[guestlogd: LimitReached: {max} {shown}]\r\n");
+        let _ = stream.try_write(msg.as_bytes());
+        crate::limited!(
+            info,
+            console = %self.settings.name,
+            uid = who.uid,
+            pid = who.pid,
+            what,
+            max,
+            "console {}: attach refused: {max} {shown} already (uid {} pid {})",
+            self.settings.name,
+            who.uid,
+            who.pid
+        );
+        Err(refused)
     }
 
     /// Starts a client (or, with `viewer`, a read-only watcher): first
@@ -150,11 +196,11 @@ impl Clients {
     /// Returns whether it may write.
     pub(super) fn add(
         &mut self,
-        stream: UnixStream,
-        viewer: bool,
         start: Start,
+        viewer: bool,
         who: Who,
         force: bool,
+        seat: Seat,
     ) -> bool {
         let stats = self.stats.clone();
         let counter = if viewer {
@@ -164,22 +210,25 @@ impl Clients {
         };
         let queue = Arc::new(OutputQueue::new(self.settings.queue, self.settings.slow));
         let store = self.settings.registry.store();
-        let carried = matches!(start, Start::Adopted { .. });
-        let fd_name = match start {
+        let carried = matches!(start, Start::Adopted(..));
+        let socket = match start {
             // A client carried over from a previous guestlogd: it saw the
             // replay then; it gets what was still queued for it.
-            Start::Adopted { fd_name, pending } => {
+            Start::Adopted(stream, pending) => {
                 queue.start_with(pending);
-                fd_name
+                stream
             }
-            Start::Replay(replay) => {
-                queue.start_with(replay);
+            Start::Replay(stream, replay) => {
+                // Most of it goes straight to the new connection, whose
+                // socket buffer is empty: nothing of it is kept here.
+                let sent = stream.try_write(&replay).unwrap_or_default();
+                queue.start_with(replay.get(sent..).map(<[u8]>::to_vec).unwrap_or_default());
                 let kind = if viewer { "viewer" } else { "client" };
                 let name = format!("console/{}/{kind}/{}", self.settings.name, store.id());
-                store.add(name.clone(), stream.as_fd(), false);
-                name
+                Kept::add(store, name, stream, false)
             }
         };
+        let fd_name = socket.name().to_owned();
         self.next_id += 1;
         let id = self.next_id;
         let (may_write, change) = if viewer {
@@ -187,12 +236,12 @@ impl Clients {
         } else {
             self.arbiter.join(id, force)
         };
-        lock(&self.stats.peers).insert(fd_name.clone(), who);
+        lock(&self.stats.peers).push((fd_name.clone(), who));
         // Not a child of the console's token: at a hand-over the relay must
         // mark the clients as kept before they stop.
         let stop = CancellationToken::new();
         counter.fetch_add(1, Relaxed);
-        let guard = Arc::new(Attached {
+        let attached = Attached {
             stats: self.stats.clone(),
             viewer,
             fd_name: fd_name.clone(),
@@ -201,25 +250,22 @@ impl Clients {
             left: self.left.clone(),
             console: self.settings.name.clone(),
             who,
-        });
-        // Shared, not split: tokio's write half shuts the socket down when
-        // dropped, which would end the client's session at a hand-over.
-        let socket = Arc::new(stream);
+            _seat: seat,
+        };
+        // One descriptor, shared by the relay's direct writes and the
+        // client's task (tokio's write half would shut the socket down
+        // when dropped, ending the session at a hand-over).
+        let socket = Arc::new(socket);
         let may_write = Arc::new(AtomicBool::new(may_write));
-        let input = (!viewer).then(|| self.input_tx.clone());
-        self.tasks.spawn(send_output(
-            socket.clone(),
-            queue.clone(),
-            stop.clone(),
-            guard.clone(),
-        ));
-        self.tasks.spawn(take_input(
-            socket.clone(),
-            input,
-            may_write.clone(),
-            stop.clone(),
-            guard,
-        ));
+        let fut = serve(Task {
+            socket: socket.clone(),
+            queue: queue.clone(),
+            input: (!viewer).then(|| self.input.clone()),
+            may_write: may_write.clone(),
+            stop: stop.clone(),
+            attached,
+        });
+        self.tasks.spawn(fut);
         self.table.push(Client {
             id,
             who,
@@ -228,6 +274,7 @@ impl Clients {
             queue,
             socket,
             stop,
+            patience: CLIENT_WAIT,
         });
         let writer = may_write.load(Relaxed);
         if !carried {
@@ -330,26 +377,51 @@ impl Clients {
         }
     }
 
-    /// Output for every client: straight to its socket if it keeps up,
-    /// else into its queue. True if a client's writer task was woken.
-    pub(super) fn push(&mut self, out: &mut Output<'_>) -> bool {
-        let stats = &self.stats;
+    /// Output for every client, from the one buffer the guest was read
+    /// into: straight to its socket if it keeps up, else into its queue,
+    /// waiting a little for a full queue (see the module doc). True if a
+    /// client's task was woken.
+    pub(super) async fn push(&mut self, data: &Bytes) -> bool {
+        let mut out = Output::shared(data);
         let mut woke = false;
-        self.table
-            .retain(|c| match c.queue.push(out, |d| c.socket.try_write(d)) {
-                Pushed::Sent => true,
+        let mut closed = false;
+        // The guest waits at most this long for all clients of one read.
+        let mut deadline = None;
+        for c in &mut self.table {
+            if c.patience < CLIENT_WAIT && c.queue.is_idle() {
+                c.patience = CLIENT_WAIT;
+            }
+            let send = |d: &[u8]| c.socket.try_write(d);
+            let mut pushed = c.queue.push_or_full(&mut out, send, !c.patience.is_zero());
+            if pushed == Pushed::Full {
+                let now = Instant::now();
+                let until = *deadline.get_or_insert(now + CLIENT_WAIT);
+                let wait = c.patience.min(until.saturating_duration_since(now));
+                let room = tokio::time::timeout(wait, c.queue.room(data.len())).await;
+                c.patience = match room {
+                    Ok(()) => c.patience.saturating_sub(now.elapsed()),
+                    Err(_) => Duration::ZERO,
+                };
+                let send = |d: &[u8]| c.socket.try_write(d);
+                pushed = c.queue.push_or_full(&mut out, send, false);
+            }
+            match pushed {
+                Pushed::Sent | Pushed::Full => {}
                 Pushed::Queued { dropped, woke: w } => {
-                    stats
+                    self.stats
                         .bytes_dropped_for_clients
                         .fetch_add(dropped as u64, Relaxed);
                     woke |= w;
-                    true
                 }
                 Pushed::Closed => {
                     c.stop.cancel();
-                    false
+                    closed = true;
                 }
-            });
+            }
+        }
+        if closed {
+            self.table.retain(|c| !c.stop.is_cancelled());
+        }
         woke
     }
 
@@ -394,7 +466,6 @@ impl Clients {
         handover
     }
 
-    /// Closes every client for good, at the console's end.
     /// A line of guestlogd's own to every client and viewer, in order with
     /// their output.
     pub(super) fn notice_all(&mut self, text: &str) {
@@ -414,6 +485,7 @@ impl Clients {
         self.close().await;
     }
 
+    /// Closes every client for good, at the console's end.
     pub(super) async fn close(&mut self) {
         for c in self.table.drain(..) {
             c.stop.cancel();
@@ -423,8 +495,8 @@ impl Clients {
     }
 }
 
-/// Counts a client while either of its tasks runs; when both end, the
-/// connection is closed for good unless the console is being handed over.
+/// Counts a client while its task runs; when it ends, the connection is
+/// closed for good unless the console is being handed over.
 struct Attached {
     stats: Arc<Stats>,
     viewer: bool,
@@ -434,6 +506,8 @@ struct Attached {
     left: Arc<Notify>,
     console: LogName,
     who: Who,
+    /// Its place under `max-clients-total`, given back when it ends.
+    _seat: Seat,
 }
 
 impl Drop for Attached {
@@ -445,7 +519,7 @@ impl Drop for Attached {
         };
         counter.fetch_sub(1, Relaxed);
         if !self.keep.load(Relaxed) {
-            lock(&self.stats.peers).remove(&self.fd_name);
+            lock(&self.stats.peers).retain(|(name, _)| *name != self.fd_name);
             self.registry.store().remove(&self.fd_name);
             self.registry.touch();
             crate::limited!(
@@ -473,144 +547,183 @@ fn notice(c: &Client, text: &str) {
         .push(&mut Output::new(line.as_bytes()), |d| c.socket.try_write(d));
 }
 
-/// A client's writer: the backlog in its queue, at the client's pace.
-async fn send_output(
-    w: Arc<UnixStream>,
+/// What a client's task owns.
+struct Task {
+    socket: Arc<Kept<UnixStream>>,
     queue: Arc<OutputQueue>,
+    /// Where its input goes; none for a viewer.
+    input: Option<Arc<Input>>,
+    may_write: Arc<AtomicBool>,
     stop: CancellationToken,
-    _attached: Arc<Attached>,
-) {
+    attached: Attached,
+}
+
+/// How often a client that has closed its sending side is checked for
+/// having gone altogether.
+const HANGUP_POLL: Duration = Duration::from_secs(1);
+
+/// A client's task: sends the backlog in its queue at the client's pace,
+/// and takes its input (for a viewer, or a client that is not the writer,
+/// to nowhere). Ends when the client goes, its queue is closed (it was
+/// disconnected), or `stop`.
+async fn serve(t: Task) {
+    let Task {
+        socket,
+        queue,
+        input,
+        may_write,
+        stop,
+        attached,
+    } = t;
+    // The batch being sent, in order, sent piece by piece so that a stop in
+    // the middle can put back exactly what the client has not got.
+    let mut batch: VecDeque<Bytes> = VecDeque::new();
+    let mut sending = false;
+    // Input read but not yet taken: the guest's input queue is full.
+    let mut typed: Option<Bytes> = None;
+    let mut reading = true;
+    let (mut told, mut told_read_only) = (false, false);
     loop {
-        let batch = tokio::select! {
+        let sent = tokio::select! {
             biased;
-            () = stop.cancelled() => break,
-            b = queue.pop() => b,
+            () = stop.cancelled() => {
+                if sending {
+                    queue.unsend(std::mem::take(&mut batch).into(), 0);
+                }
+                return;
+            }
+            b = queue.pop(), if !sending => match b {
+                None => break,
+                Some(b) => {
+                    batch = b.chunks.into();
+                    if b.dropped > 0 {
+                        batch.push_front(Bytes::from(drop_marker(b.dropped)));
+                    }
+                    sending = true;
+                    // Most likely writable now: no wait for a wake-up.
+                    send_some(&socket, &mut batch)
+                }
+            },
+            // Poll methods keep the waker in tokio's registration: the
+            // task's future holds a pointer, not a wait.
+            r = poll_fn(|cx| socket.poll_write_ready(cx)), if sending => match r {
+                Ok(()) => send_some(&socket, &mut batch),
+                Err(e) => Err(e),
+            },
+            () = send_typed(input.as_deref(), &mut typed), if typed.is_some() => Ok(false),
+            r = poll_fn(|cx| socket.poll_read_ready(cx)), if reading && typed.is_none() => {
+                let read = r.and_then(|()| {
+                    INPUT_BUFFER.with_borrow_mut(|buf| {
+                        socket.try_read(buf).map(|n| Bytes::copy_from_slice(&buf[..n]))
+                    })
+                });
+                match read {
+                    // EOF may be a half-close by a client that still reads
+                    // its output; the client has gone once it hangs up.
+                    Ok(data) if data.is_empty() => reading = false,
+                    Ok(data) => {
+                        let input = input.as_deref();
+                        let to_guest = match input {
+                            None => false,
+                            Some(_) if !may_write.load(Relaxed) => {
+                                if !std::mem::replace(&mut told_read_only, true) {
+                                    let _ = socket.try_write(READ_ONLY);
+                                }
+                                false
+                            }
+                            Some(_) if !attached.stats.guest_connected.load(Relaxed) => {
+                                told_read_only = false;
+                                if !std::mem::replace(&mut told, true) {
+                                    // Best effort and never waited for: a
+                                    // notice, not output.
+                                    let _ = socket.try_write(NO_GUEST);
+                                }
+                                crate::limited!(debug, bytes = data.len(), "input dropped: no guest");
+                                false
+                            }
+                            Some(_) => {
+                                (told, told_read_only) = (false, false);
+                                true
+                            }
+                        };
+                        if to_guest {
+                            typed = Some(data);
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => {
+                        debug!(error = %e, "client read failed");
+                        reading = false;
+                    }
+                }
+                Ok(false)
+            }
+            () = hangup_poll(reading) => {
+                if hung_up(&socket) {
+                    break;
+                }
+                Ok(false)
+            }
         };
-        let Some(batch) = batch else { break };
-        let mut chunks: VecDeque<Bytes> = batch.chunks.into();
-        if batch.dropped > 0 {
-            chunks.push_front(Bytes::from(drop_marker(batch.dropped)));
-        }
-        // Sent piece by piece, so that a stop in the middle can put back
-        // exactly what the client has not got.
-        while let Some(front) = chunks.front_mut() {
-            let sent = tokio::select! {
-                biased;
-                () = stop.cancelled() => {
-                    queue.unsend(chunks.into(), 0);
-                    return;
-                }
-                r = write_some(&w, front) => r,
-            };
-            match sent {
-                Ok(n) if n == front.len() => {
-                    chunks.pop_front();
-                }
-                Ok(n) => *front = front.slice(n..),
-                Err(_) => {
-                    stop.cancel();
-                    queue.close();
-                    return;
-                }
+        match sent {
+            Ok(true) => {
+                queue.sent();
+                sending = false;
+            }
+            Ok(false) => {}
+            Err(e) => {
+                debug!(error = %e, "client write failed");
+                break;
             }
         }
-        queue.sent();
     }
     stop.cancel();
     queue.close();
 }
 
-/// One read, once the socket has something.
-async fn read_some(r: &UnixStream, buf: &mut [u8]) -> io::Result<usize> {
-    loop {
-        r.readable().await?;
-        match r.try_read(buf) {
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-            other => return other,
-        }
-    }
-}
-
-/// One non-blocking write, once the socket can take some bytes.
-async fn write_some(w: &UnixStream, data: &[u8]) -> io::Result<usize> {
-    loop {
-        w.writable().await?;
-        match w.try_write(data) {
-            Ok(n) => return Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+/// Writes from the front of `batch` until it is empty (true) or the socket
+/// takes no more now (false).
+fn send_some(socket: &UnixStream, batch: &mut VecDeque<Bytes>) -> io::Result<bool> {
+    while let Some(front) = batch.front_mut() {
+        match socket.try_write(front) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) if n == front.len() => {
+                batch.pop_front();
+            }
+            Ok(n) => *front = front.slice(n..),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
             Err(e) => return Err(e),
         }
     }
+    Ok(true)
 }
 
-/// A client's reader: input to the relay (or, for a viewer or a client
-/// that is not the writer, nowhere).
-async fn take_input(
-    r: Arc<UnixStream>,
-    input: Option<mpsc::Sender<Bytes>>,
-    may_write: Arc<AtomicBool>,
-    stop: CancellationToken,
-    attached: Arc<Attached>,
-) {
-    let mut buf = [0u8; 4096];
-    let mut told = false;
-    let mut told_read_only = false;
-    loop {
-        let n = tokio::select! {
-            biased;
-            () = stop.cancelled() => return,
-            r = read_some(&r, &mut buf) => r,
-        };
-        let n = match n {
-            Ok(0) => break,
-            Err(e) => {
-                debug!(error = %e, "client read failed");
-                break;
-            }
-            Ok(n) => n,
-        };
-        if input.is_some() && !may_write.load(Relaxed) {
-            if !std::mem::replace(&mut told_read_only, true) {
-                let _ = r.try_write(READ_ONLY);
-            }
-            continue;
-        }
-        told_read_only = false;
-        if input.is_some() && !attached.stats.guest_connected.load(Relaxed) {
-            if !std::mem::replace(&mut told, true) {
-                // Best effort and never waited for: a notice, not output.
-                let _ = r.try_write(NO_GUEST);
-            }
-            crate::limited!(debug, bytes = n, "input dropped: no guest");
-            continue;
-        }
-        told = false;
-        if let Some(tx) = &input {
-            let data = Bytes::copy_from_slice(&buf[..n]);
-            tokio::select! {
-                biased;
-                () = stop.cancelled() => return,
-                r = tx.send(data) => if r.is_err() { return },
-            }
-        }
+/// Queues what the client typed for the guest, once there is room. Its
+/// wait is boxed: an idle client's task stays small.
+async fn send_typed(input: Option<&Input>, typed: &mut Option<Bytes>) {
+    match input {
+        Some(input) => Box::pin(input.send(typed)).await,
+        None => *typed = None,
     }
-    // EOF may be a half-close by a client that still reads its output; the
-    // client has gone only once the socket hangs up.
-    loop {
-        let hung_up = tokio::select! {
-            biased;
-            () = stop.cancelled() => return,
-            r = r.ready(Interest::WRITABLE) => r.map_or(true, |ready| ready.is_write_closed()),
-        };
-        if hung_up {
-            break;
-        }
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(Duration::from_secs(1)) => {}
-        }
+}
+
+/// Ready every `HANGUP_POLL` once the client stopped sending (never
+/// before); the timer exists only then.
+async fn hangup_poll(reading: bool) {
+    if reading {
+        std::future::pending::<()>().await;
     }
-    stop.cancel();
+    Box::pin(tokio::time::sleep(HANGUP_POLL)).await;
+}
+
+/// Whether the client has gone (POLLHUP: both directions closed).
+fn hung_up(socket: &UnixStream) -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    let mut fds = [PollFd::new(socket.as_fd(), PollFlags::POLLOUT)];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLHUP))
 }
 
 /// What a client that types while another writes is told, once until it

@@ -16,13 +16,14 @@ use std::{
 use serde::{Deserialize, Serialize};
 use tokio::{
     net::{UnixListener, UnixStream},
-    sync::{mpsc, oneshot},
+    sync::oneshot,
     task::JoinHandle,
 };
 use tokio_util::sync::CancellationToken;
 
 use super::writers::{Who, Writers};
 use crate::{
+    fdstore::Kept,
     lock,
     logs::{log::Log, name::LogName, queue::SlowPolicy, registry::Registry},
 };
@@ -124,7 +125,9 @@ pub struct Stats {
     pub writer: Mutex<Option<(String, Who)>>,
     /// Every client's credentials, by descriptor name, for the saved state:
     /// a client made by AttachConsole has the daemon as its socket peer.
-    pub peers: Mutex<BTreeMap<String, Who>>,
+    /// A list, not a map: a console has a client or two, and a map's
+    /// first node alone costs more than that list.
+    pub peers: Mutex<Vec<(String, Who)>>,
     /// The guest connection came with its domain's live migration, so it
     /// adds nothing to the boot log (`boot`); for the saved state.
     pub boot_closed: AtomicBool,
@@ -155,8 +158,11 @@ pub struct Console {
     pub(super) migrated: AtomicBool,
     /// The relay task; taken by whoever waits for it to end.
     pub(super) task: Mutex<Option<JoinHandle<Handover>>>,
-    /// AttachConsole's way to the relay.
-    pub(super) attach: mpsc::Sender<AttachRequest>,
+    /// AttachConsole's way to the relay: requests it has not taken yet
+    /// (none once it has ended), allocated only while some wait.
+    pub(super) attaches: Mutex<Option<std::collections::VecDeque<AttachRequest>>>,
+    /// Told when a request is queued.
+    pub(super) attach_ready: tokio::sync::Notify,
 }
 
 /// A client handed to the relay by AttachConsole.
@@ -166,14 +172,15 @@ pub struct AttachRequest {
     pub who: Who,
     pub viewer: bool,
     pub force: bool,
-    /// Whether the client may write, or the client limit that refused it.
-    pub reply: oneshot::Sender<Result<bool, usize>>,
+    /// Whether the client may write, or the limit that refused it: its
+    /// name (`clients`, `viewers`, `clientsTotal`) and its value.
+    pub reply: oneshot::Sender<Result<bool, (&'static str, usize)>>,
 }
 
 /// What a previous guestlogd passed on for one console.
 #[derive(Debug, Default)]
 pub struct Adopted {
-    pub guest: Option<tokio::net::UnixStream>,
+    pub guest: Option<Kept<UnixStream>>,
     pub clients: Vec<AdoptedClient>,
     /// With one writer: the writer's descriptor name.
     pub writer: Option<String>,
@@ -183,8 +190,7 @@ pub struct Adopted {
 
 #[derive(Debug)]
 pub struct AdoptedClient {
-    pub fd_name: String,
-    pub stream: tokio::net::UnixStream,
+    pub stream: Kept<UnixStream>,
     pub viewer: bool,
     pub pending: Vec<u8>,
     /// Its credentials as saved; else its socket peer's.
@@ -227,8 +233,8 @@ pub enum RemoveError {
 pub enum AttachError {
     #[error("no console {0}")]
     NoSuchConsole(LogName),
-    #[error("the console has {0} clients already")]
-    Limit(usize),
+    #[error("{max} {what} are attached already")]
+    Limit { what: &'static str, max: usize },
     #[error("cannot make a connection to attach")]
     Socket(#[source] std::io::Error),
 }
@@ -236,9 +242,9 @@ pub enum AttachError {
 /// A console's listening sockets.
 #[derive(Debug)]
 pub struct Listeners {
-    pub guest: UnixListener,
-    pub client: UnixListener,
-    pub view: Option<UnixListener>,
+    pub guest: Kept<UnixListener>,
+    pub client: Kept<UnixListener>,
+    pub view: Option<Kept<UnixListener>>,
 }
 
 /// What a console's relay leaves for the next guestlogd: client output
@@ -255,6 +261,36 @@ pub struct Pending {
 }
 
 impl Console {
+    /// Hands a client to the relay; gives it back if the relay has ended.
+    pub(super) fn request_attach(&self, r: AttachRequest) -> Result<(), AttachRequest> {
+        match lock(&self.attaches).as_mut() {
+            Some(q) => {
+                q.push_back(r);
+                self.attach_ready.notify_one();
+                Ok(())
+            }
+            None => Err(r),
+        }
+    }
+
+    /// The next client AttachConsole handed over, if any.
+    pub(super) fn next_attach(&self) -> Option<AttachRequest> {
+        let mut slot = lock(&self.attaches);
+        let q = slot.as_mut()?;
+        let r = q.pop_front();
+        if q.is_empty() {
+            // Freed, not kept for the next call.
+            *q = std::collections::VecDeque::new();
+        }
+        r
+    }
+
+    /// The relay has ended: requests still waiting are dropped (their
+    /// callers are told the console is gone) and no more are taken.
+    pub(super) fn close_attach(&self) {
+        lock(&self.attaches).take();
+    }
+
     /// Stops the relay and waits for it.
     pub(super) async fn stop(&self) -> Handover {
         self.stop.cancel();

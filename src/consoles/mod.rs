@@ -3,7 +3,8 @@
 //!
 //! Owns: the table of consoles and their sockets (`table`), what one
 //! console is (`console`), the relay task that owns a console's guest
-//! connection (`relay`) and its clients (`clients`), who may type
+//! connection (`relay`) and its clients (`clients`), their input on its
+//! way to the guest (`input`), who may type
 //! (`writers`), and the boot log (`boot`).
 //!
 //! Invariants: one console, one relay task, which owns the guest stream,
@@ -17,6 +18,7 @@
 pub mod boot;
 mod clients;
 pub mod console;
+mod input;
 pub mod relay;
 pub mod table;
 pub mod writers;

@@ -1,65 +1,75 @@
 //! A console's relay: one task owns the guest connection, the log and the
 //! client table (`clients`).
 //!
-//! The relay reads the guest, writes what it read to the log (a slow disk
-//! thus slows the guest, through the socket, and loses nothing), then
-//! passes it to every client without waiting (`clients`). Input from
-//! clients is written to the guest without blocking. Neither the guest nor
-//! the log ever waits for a client, and a guest with no client and no log
-//! is still read, so it never stalls.
+//! The relay reads the guest into one buffer, then writes it to the log
+//! and passes it to every client at once, from that buffer (the log's job
+//! runs on a blocking thread meanwhile): it reads again only once the log
+//! has it, so a slow disk slows the guest, through the socket, and loses
+//! nothing. A client's full queue is waited for at most `CLIENT_WAIT` per
+//! read (`clients`); past that the client loses output, never the guest
+//! or the log. Input from clients is written to the guest without
+//! blocking. A guest with no client and no log is still read, so it
+//! never stalls. The read buffer exists while the guest sends, and is
+//! given back when it is idle.
 //!
 //! Beside that path: the boot log (`boot`) gets the first bytes after each
 //! guest connection.
 
 use std::{
-    cell::RefCell,
     collections::VecDeque,
+    future::poll_fn,
     io,
-    os::fd::AsFd,
     sync::{Arc, atomic::Ordering::Relaxed},
     time::Duration,
 };
 
-use bytes::Bytes;
-use tokio::{
-    net::{UnixListener, UnixStream},
-    sync::mpsc,
-};
+use bytes::{Bytes, BytesMut};
+use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{
     boot::BootLog,
     clients::{Clients, Start},
-    console::{Adopted, AttachRequest, Console, Handover, Listeners, Settings, Stats},
+    console::{Adopted, Console, Handover, Listeners, Settings, Stats},
+    input::Input,
     writers::Who,
 };
 use crate::{
     error_chain,
-    logs::{log::Wait, queue::Output},
+    fdstore::Kept,
+    logs::{log::Wait, queue},
 };
 
 /// How long clients have to take their last output, the migration's line
 /// included, when their console is removed because its domain left.
 const FLUSH_LIMIT: Duration = Duration::from_secs(2);
 
-/// The most read from the guest at once.
-const CHUNK: usize = 64 * 1024;
-/// Client input waiting for the guest to read it; past this, clients that
-/// type wait (only they do).
-const INPUT_CAP: usize = 64 * 1024;
+/// The most read from the guest at once (and at most half a client's
+/// queue, so that a read always fits in the queue of a client that keeps
+/// up: see `Relay::max_read`).
+const CHUNK: usize = 128 * 1024;
+/// The first read after the guest was idle: a serial console's output is
+/// mostly a few bytes, and a read that fills it doubles the next, up to
+/// `CHUNK`, so a flood is read in large pieces within a few reads.
+const FIRST_READ: usize = 4096;
 
 thread_local! {
-    static BUFFER: RefCell<Vec<u8>> = RefCell::new(vec![0; CHUNK]);
+    /// Where first reads land, on the worker thread.
+    static SMALL: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0; FIRST_READ]);
 }
 
 struct Relay {
     settings: Settings,
     stats: Arc<Stats>,
-    guest: Option<UnixStream>,
+    guest: Option<Kept<UnixStream>>,
     /// Client input not yet taken by the guest.
-    input: VecDeque<Bytes>,
-    input_bytes: usize,
+    input: Arc<Input>,
+    /// The guest's output is read into this while it sends; empty (no
+    /// allocation) while it is idle.
+    buf: BytesMut,
+    /// How much the next read asks for.
+    want: usize,
     clients: Clients,
     /// The latest output, for replay, when there is no log to read it from.
     ring: VecDeque<u8>,
@@ -76,12 +86,22 @@ struct Relay {
     departed: bool,
 }
 
+/// What a relay starts from.
+pub struct Parts {
+    pub settings: Settings,
+    pub listeners: Listeners,
+    pub adopted: Adopted,
+    pub stats: Arc<Stats>,
+    pub stop: CancellationToken,
+    pub console: Arc<Console>,
+}
+
 /// How an attach went.
 enum Attach {
     /// Attached; whether it may write.
     Attached(bool),
-    /// Refused: the console has this many clients (or viewers) already.
-    Full(usize),
+    /// Refused at a limit: its name and value.
+    Full(&'static str, usize),
 }
 
 /// Runs a console until `stop`. Then, when the console is removed or the
@@ -89,20 +109,22 @@ enum Attach {
 /// sockets; when the daemon hands over to a successor, it leaves every
 /// connection open in the descriptor store and returns the clients'
 /// unsent output.
-pub async fn run(
-    settings: Settings,
-    listeners: Listeners,
-    adopted: Adopted,
-    stats: Arc<Stats>,
-    stop: CancellationToken,
-    console: Arc<Console>,
-    mut attach_rx: mpsc::Receiver<AttachRequest>,
-) -> Handover {
-    let (input_tx, mut input_rx) = mpsc::channel(64);
+pub async fn run(parts: Box<Parts>) -> Handover {
+    // One boxed argument: what an async fn takes stays in its future for
+    // good, beside the locals it is moved into.
+    let Parts {
+        settings,
+        listeners,
+        adopted,
+        stats,
+        stop,
+        console,
+    } = *parts;
+    let input = Arc::new(Input::new());
     let guest_name = format!("console/{}/guest", settings.name);
     let boot = match settings.boot.clone() {
         Some(log) => {
-            let mut boot = BootLog::resume(log, settings.boot_bytes).await;
+            let mut boot = Box::pin(BootLog::resume(log, settings.boot_bytes)).await;
             if adopted.boot_closed {
                 boot.close();
                 stats.boot_closed.store(true, Relaxed);
@@ -115,9 +137,10 @@ pub async fn run(
         settings: settings.clone(),
         stats: stats.clone(),
         guest: None,
-        input: VecDeque::new(),
-        input_bytes: 0,
-        clients: Clients::new(settings.clone(), stats.clone(), input_tx),
+        input: input.clone(),
+        buf: BytesMut::new(),
+        want: FIRST_READ,
+        clients: Clients::new(settings.clone(), stats.clone(), input.clone()),
         ring: VecDeque::new(),
         guest_name,
         boot,
@@ -136,18 +159,13 @@ pub async fn run(
     // so that the longest attached still takes over when the writer leaves.
     let mut clients = adopted.clients;
     clients.sort_by_key(|c| {
-        let id = c
-            .fd_name
-            .rsplit('/')
-            .next()
-            .and_then(|n| n.parse::<u64>().ok());
-        (Some(&c.fd_name) != adopted.writer.as_ref(), id)
+        let name = c.stream.name();
+        let id = name.rsplit('/').next().and_then(|n| n.parse::<u64>().ok());
+        (Some(name) != adopted.writer.as_deref(), id)
     });
     for c in clients {
         let who = c.who.or_else(|| Who::of(&c.stream)).unwrap_or_default();
-        relay
-            .attach(c.stream, c.viewer, Some((c.fd_name, c.pending)), who, false)
-            .await;
+        Box::pin(relay.attach(Start::Adopted(c.stream, c.pending), c.viewer, who, false)).await;
     }
     let l = listeners;
     let left = relay.clients.left();
@@ -166,10 +184,10 @@ pub async fn run(
         tokio::select! {
             biased;
             () = stop.cancelled() => break,
-            r = l.guest.accept(), if guest_rest.until.is_none() => match r {
+            r = poll_fn(|cx| l.guest.poll_accept(cx)), if guest_rest.until.is_none() => match r {
                 Ok((s, _)) => {
                     guest_rest.clear();
-                    relay.connect_guest(s).await;
+                    Box::pin(relay.connect_guest(s)).await;
                 }
                 Err(e) => guest_rest.failed(e),
             },
@@ -178,7 +196,10 @@ pub async fn run(
             }
             r = readable(&relay.guest), if throttled.is_none() => match r {
                 Ok(()) => {
-                    let woke = relay.read_guest().await;
+                    // Boxed, as every long path below: the relay's future
+                    // is what an idle console costs, so it holds only the
+                    // waits, and a path takes its memory while it runs.
+                    let woke = Box::pin(relay.read_guest()).await;
                     throttled = relay.throttle();
                     if woke {
                         // A busy guest keeps this task ready forever, and the
@@ -189,11 +210,12 @@ pub async fn run(
                 }
                 Err(_) => relay.guest_gone(),
             },
-            r = l.client.accept(), if client_rest.until.is_none() => match r {
+            r = poll_fn(|cx| l.client.poll_accept(cx)), if client_rest.until.is_none() => match r {
                 Ok((s, _)) => {
                     client_rest.clear();
                     let who = Who::of(&s).unwrap_or_default();
-                    relay.attach(s, false, None, who, false).await;
+                    let start = Start::Replay(s, Vec::new());
+                    Box::pin(relay.attach(start, false, who, false)).await;
                 }
                 Err(e) => client_rest.failed(e),
             },
@@ -201,7 +223,8 @@ pub async fn run(
                 Ok(s) => {
                     view_rest.clear();
                     let who = Who::of(&s).unwrap_or_default();
-                    relay.attach(s, true, None, who, false).await;
+                    let start = Start::Replay(s, Vec::new());
+                    Box::pin(relay.attach(start, true, who, false)).await;
                 }
                 Err(e) => view_rest.failed(e),
             },
@@ -213,47 +236,52 @@ pub async fn run(
                     }
                 }
             }
-            Some(data) = input_rx.recv(), if relay.input_bytes < INPUT_CAP => {
+            () = input.ready() => {
                 // Input typed while no guest is connected is dropped (the
                 // client was told): it must never reach a later guest.
                 if relay.guest.is_some() {
-                    relay.input_bytes += data.len();
-                    relay.input.push_back(data);
                     relay.write_guest();
+                } else {
+                    input.clear();
                 }
             }
-            r = writable(&relay.guest), if !relay.input.is_empty() => match r {
+            r = writable(&relay.guest), if !input.is_empty() => match r {
                 Ok(()) => relay.write_guest(),
                 Err(_) => relay.guest_gone(),
             },
             () = left.notified() => relay.clients.forget_gone(),
-            Some(r) = attach_rx.recv() => {
-                let answer = match relay.attach(r.stream, r.viewer, None, r.who, r.force).await {
-                    Attach::Attached(writer) => Ok(writer),
-                    Attach::Full(max) => Err(max),
-                };
-                // A caller that gave up meanwhile: its end closes, and the
-                // client with it.
-                let _ = r.reply.send(answer);
+            () = console.attach_ready.notified() => {
+                while let Some(r) = console.next_attach() {
+                    let start = Start::Replay(r.stream, Vec::new());
+                    let attached = Box::pin(relay.attach(start, r.viewer, r.who, r.force)).await;
+                    let answer = match attached {
+                        Attach::Attached(writer) => Ok(writer),
+                        Attach::Full(what, max) => Err((what, max)),
+                    };
+                    // A caller that gave up meanwhile: its end closes, and
+                    // the client with it.
+                    let _ = r.reply.send(answer);
+                }
             }
         }
         if std::mem::take(&mut relay.guest_left) {
             relay.guest_ended().await;
         }
     }
+    console.close_attach();
     let registry = relay.settings.registry.clone();
     if registry.handing_over() && !console.removing() {
-        return relay.hand_over().await;
+        return Box::pin(relay.hand_over()).await;
     }
     // What the guest has sent is taken and logged before the console ends.
-    relay.drain_guest().await;
+    Box::pin(relay.drain_guest()).await;
     if console.migrated() {
-        relay.migrated_out().await;
+        Box::pin(relay.migrated_out()).await;
     }
     if relay.departed {
-        relay.clients.close_flushed(FLUSH_LIMIT).await;
+        Box::pin(relay.clients.close_flushed(FLUSH_LIMIT)).await;
     } else {
-        relay.clients.close().await;
+        Box::pin(relay.clients.close()).await;
     }
     let store = registry.store();
     store.remove(&relay.guest_name);
@@ -281,7 +309,7 @@ impl Relay {
             crate::limited!(info, "guest connected");
         }
         // No polling: a guest that hung up may have left output unread.
-        store.add(self.guest_name.clone(), guest.as_fd(), false);
+        let guest = Kept::add(&store, self.guest_name.clone(), guest, false);
         self.settings.registry.touch();
         // After the old connection's output was taken: that belongs to
         // the boot before. A guest that comes with its domain's live
@@ -317,7 +345,7 @@ impl Relay {
     fn guest_gone(&mut self) {
         // Input queued for this guest is for this guest only.
         self.input.clear();
-        self.input_bytes = 0;
+        self.buf = BytesMut::new();
         if self.guest.take().is_some() {
             self.guest_left = true;
             crate::limited!(info, "guest disconnected");
@@ -373,22 +401,73 @@ impl Relay {
         }
     }
 
-    /// One read from the guest, out of the thread's buffer (the log's job
-    /// runs on another thread); `None` if it had nothing or left.
+    /// One read from the guest, into the relay's buffer, which it then
+    /// shares with the log and the clients; `None` if it had nothing (the
+    /// buffer is then given back) or left.
     fn take_guest_output(&mut self) -> Option<Bytes> {
-        BUFFER.with_borrow_mut(|buf| {
-            let guest = self.guest.as_ref()?;
-            match guest.try_read(buf) {
-                Ok(0) => self.guest_gone(),
-                Ok(n) => return Some(Bytes::copy_from_slice(&buf[..n])),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    debug!(error = %e, "guest read failed");
-                    self.guest_gone();
+        let guest = self.guest.as_ref()?;
+        if self.want == FIRST_READ {
+            return self.take_small_output();
+        }
+        // Reuses the last read's memory once the log and the clients are
+        // done with it; else takes new.
+        self.buf.reserve(self.want);
+        let room = self.buf.capacity();
+        match guest.try_read_buf(&mut self.buf) {
+            Ok(0) => self.guest_gone(),
+            Ok(n) => {
+                if n == room {
+                    self.want = (self.want * 2).min(self.max_read());
                 }
+                return Some(self.buf.split().freeze());
             }
-            None
-        })
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // Idle: an idle console holds no buffer, and the memory
+                // goes back to the kernel.
+                let freed = std::mem::take(&mut self.buf).capacity();
+                self.want = FIRST_READ;
+                queue::give_back(freed);
+            }
+            Err(e) => {
+                debug!(error = %e, "guest read failed");
+                self.guest_gone();
+            }
+        }
+        None
+    }
+
+    /// The first read after the guest was idle, into the thread's buffer
+    /// and copied out at its size: a few bytes typed or printed cost a few
+    /// bytes, not a read buffer. One that fills it starts large reads.
+    fn take_small_output(&mut self) -> Option<Bytes> {
+        let guest = self.guest.as_ref()?;
+        let read = SMALL.with_borrow_mut(|buf| {
+            guest
+                .try_read(buf)
+                .map(|n| (n, Bytes::copy_from_slice(&buf[..n])))
+        });
+        match read {
+            Ok((0, _)) => self.guest_gone(),
+            Ok((n, data)) => {
+                if n == FIRST_READ {
+                    self.want = 2 * FIRST_READ;
+                }
+                return Some(data);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                debug!(error = %e, "guest read failed");
+                self.guest_gone();
+            }
+        }
+        None
+    }
+
+    /// The largest read: `CHUNK`, or half a client's queue if that is
+    /// less, so that a read a client's socket does not take at once can
+    /// wait in its queue instead of being dropped.
+    fn max_read(&self) -> usize {
+        CHUNK.min(self.settings.queue / 2).max(FIRST_READ)
     }
 
     /// When the guest may be read again, if the log's rate says to wait;
@@ -431,20 +510,24 @@ impl Relay {
         }
     }
 
-    /// Guest output: to the log first, then to every client, straight to
-    /// its socket if it keeps up, else into its queue. True if a client's
-    /// writer task was woken.
+    /// Guest output: to the log and to every client at once, from the one
+    /// buffer (the log's job writes on a blocking thread while the clients
+    /// are written here), and the guest is not read again until the log
+    /// has it. True if a client's task was woken.
     async fn output(&mut self, data: Bytes) -> bool {
-        match &self.settings.log {
-            // A refused write is counted and logged by the log itself. The
-            // guest is not read again until it is done: a slow disk slows
-            // the guest, and what was read is never only in memory twice.
-            Some(log) => {
+        let log = self.settings.log.clone();
+        let to_log = async {
+            // A refused write is counted and logged by the log itself. A
+            // slow disk slows the guest, and what was read is never only
+            // in memory twice.
+            if let Some(log) = &log {
                 let _ = log.write(Wait::Forever, data.clone()).await;
-                if log.limited() {
-                    log.charge(data.len());
-                }
             }
+        };
+        let ((), woke) = tokio::join!(to_log, self.clients.push(&data));
+        match &log {
+            Some(log) if log.limited() => log.charge(data.len()),
+            Some(_) => {}
             None => self.remember(&data),
         }
         if let Some(boot) = &mut self.boot {
@@ -455,7 +538,7 @@ impl Relay {
         self.stats
             .bytes_from_guest
             .fetch_add(data.len() as u64, Relaxed);
-        self.clients.push(&mut Output::shared(&data))
+        woke
     }
 
     fn remember(&mut self, data: &[u8]) {
@@ -473,22 +556,14 @@ impl Relay {
     /// now waits for it to become writable.
     fn write_guest(&mut self) {
         let Some(guest) = &self.guest else { return };
-        while let Some(front) = self.input.front_mut() {
-            match guest.try_write(front) {
-                Ok(n) => {
-                    self.stats.bytes_to_guest.fetch_add(n as u64, Relaxed);
-                    self.input_bytes -= n;
-                    if n == front.len() {
-                        self.input.pop_front();
-                    } else {
-                        *front = front.slice(n..);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    debug!(error = %e, "guest write failed");
-                    return self.guest_gone();
-                }
+        match self.input.write_to(guest) {
+            Ok(n) => {
+                self.stats.bytes_to_guest.fetch_add(n as u64, Relaxed);
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => {
+                debug!(error = %e, "guest write failed");
+                self.guest_gone();
             }
         }
     }
@@ -496,23 +571,18 @@ impl Relay {
     /// Starts a client (or, with `viewer`, a read-only watcher): first the
     /// replay (or, for one carried over, what was queued for it), then live
     /// output. `force` takes the writer's place.
-    async fn attach(
-        &mut self,
-        stream: UnixStream,
-        viewer: bool,
-        adopted: Option<(String, Vec<u8>)>,
-        who: Who,
-        force: bool,
-    ) -> Attach {
-        if let Some(max) = self.clients.refuse_if_full(&stream, viewer, who) {
-            return Attach::Full(max);
-        }
+    async fn attach(&mut self, start: Start, viewer: bool, who: Who, force: bool) -> Attach {
         self.clients.forget_gone();
-        let start = match adopted {
-            Some((fd_name, pending)) => Start::Adopted { fd_name, pending },
-            None => Start::Replay(self.replay().await),
+        let carried = matches!(start, Start::Adopted(..));
+        let seat = match self.clients.seat(start.stream(), viewer, who, carried) {
+            Ok(seat) => seat,
+            Err((what, max)) => return Attach::Full(what, max),
         };
-        Attach::Attached(self.clients.add(stream, viewer, start, who, force))
+        let start = match start {
+            Start::Replay(stream, _) => Start::Replay(stream, self.replay().await),
+            adopted => adopted,
+        };
+        Attach::Attached(self.clients.add(start, viewer, who, force, seat))
     }
 
     async fn replay(&self) -> Vec<u8> {
@@ -528,24 +598,29 @@ impl Relay {
     }
 }
 
-/// Counts a client while either of its tasks runs; when both end, the
-async fn readable(guest: &Option<UnixStream>) -> io::Result<()> {
+/// Waits with the socket's poll method, which keeps the waker in tokio's
+/// own registration: the relay's future holds a pointer, not a wait.
+async fn readable(guest: &Option<Kept<UnixStream>>) -> io::Result<()> {
     match guest {
-        Some(g) => g.readable().await,
+        Some(g) => poll_fn(|cx| g.poll_read_ready(cx)).await,
         None => std::future::pending().await,
     }
 }
 
-async fn writable(guest: &Option<UnixStream>) -> io::Result<()> {
+// The waits below are boxed when they run: most consoles never type,
+// rest a listener, nor are throttled, and their relay's future holds only
+// what they use.
+
+async fn writable(guest: &Option<Kept<UnixStream>>) -> io::Result<()> {
     match guest {
-        Some(g) => g.writable().await,
+        Some(g) => poll_fn(|cx| g.poll_write_ready(cx)).await,
         None => std::future::pending().await,
     }
 }
 
-async fn accept(l: &Option<UnixListener>) -> io::Result<UnixStream> {
+async fn accept(l: &Option<Kept<UnixListener>>) -> io::Result<UnixStream> {
     match l {
-        Some(l) => l.accept().await.map(|(s, _)| s),
+        Some(l) => poll_fn(|cx| l.poll_accept(cx)).await.map(|(s, _)| s),
         None => std::future::pending().await,
     }
 }
@@ -571,7 +646,7 @@ impl Rest {
 
 async fn sleep_until(t: Option<tokio::time::Instant>) {
     match t {
-        Some(t) => tokio::time::sleep_until(t).await,
+        Some(t) => Box::pin(tokio::time::sleep_until(t)).await,
         None => std::future::pending().await,
     }
 }

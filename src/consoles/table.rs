@@ -13,7 +13,6 @@
 use std::{
     collections::BTreeMap,
     fs,
-    os::fd::AsFd,
     os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     sync::{
@@ -24,7 +23,7 @@ use std::{
 
 use tokio::{
     net::{UnixListener, UnixStream},
-    sync::{mpsc, oneshot},
+    sync::oneshot,
 };
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, info, info_span};
@@ -37,7 +36,7 @@ use super::{
     relay,
     writers::Who,
 };
-use crate::{lock, logs::name::LogName};
+use crate::{fdstore::Kept, lock, logs::name::LogName};
 
 /// Every console.
 #[derive(Debug)]
@@ -109,36 +108,28 @@ impl Consoles {
         let (listeners, adopted) = match adopt {
             Some(a) => a,
             None => {
-                let listeners = bind_all(
+                let (guest, client, view) = bind_all(
                     &settings,
                     &guest_socket,
                     &client_socket,
                     view_socket.as_deref(),
                 )?;
+                // Each listener is held once: by the relay, and lent to
+                // the store for the next guestlogd.
                 let store = settings.registry.store();
                 let prefix = format!("console/{}", settings.name);
-                store.add(
-                    format!("{prefix}/guest-listen"),
-                    listeners.guest.as_fd(),
-                    true,
-                );
-                store.add(
-                    format!("{prefix}/client-listen"),
-                    listeners.client.as_fd(),
-                    true,
-                );
-                if let Some(v) = &listeners.view {
-                    store.add(format!("{prefix}/view-listen"), v.as_fd(), true);
-                }
+                let kept = |kind: &str, l| Kept::add(store, format!("{prefix}/{kind}"), l, true);
+                let listeners = Listeners {
+                    guest: kept("guest-listen", guest),
+                    client: kept("client-listen", client),
+                    view: view.map(|v| kept("view-listen", v)),
+                };
                 (listeners, Adopted::default())
             }
         };
 
         let stop = self.shutdown.child_token();
         let stats = Arc::new(Stats::default());
-        // A few at once: each is one call, answered as soon as the relay
-        // takes it.
-        let (attach, attach_rx) = mpsc::channel(8);
         let console = Arc::new(Console {
             name: settings.name.clone(),
             guest_socket,
@@ -154,21 +145,19 @@ impl Consoles {
             removing: AtomicBool::new(false),
             migrated: AtomicBool::new(false),
             task: Mutex::new(None),
-            attach,
+            attaches: Mutex::new(Some(Default::default())),
+            attach_ready: tokio::sync::Notify::new(),
         });
         let span = info_span!("console", name = %settings.name);
-        let task = tokio::spawn(
-            relay::run(
-                settings,
-                listeners,
-                adopted,
-                stats,
-                stop,
-                console.clone(),
-                attach_rx,
-            )
-            .instrument(span),
-        );
+        let fut = relay::run(Box::new(relay::Parts {
+            settings,
+            listeners,
+            adopted,
+            stats,
+            stop,
+            console: console.clone(),
+        }));
+        let task = tokio::spawn(fut.instrument(span));
         *lock(&console.task) = Some(task);
         info!(name = %console.name, "console created");
         map.insert(console.name.clone(), console.clone());
@@ -206,10 +195,10 @@ impl Consoles {
             force,
             reply,
         };
-        console.attach.send(request).await.map_err(|_| gone())?;
+        console.request_attach(request).map_err(|_| gone())?;
         match answer.await {
             Ok(Ok(writer)) => Ok((theirs.into(), writer)),
-            Ok(Err(max)) => Err(AttachError::Limit(max)),
+            Ok(Err((what, max))) => Err(AttachError::Limit { what, max }),
             // The console stopped before it took the client.
             Err(_) => Err(gone()),
         }
@@ -258,12 +247,15 @@ impl Consoles {
     }
 }
 
+/// The guest's, the clients' and (with viewers) the viewers' listeners.
+type Bound = (UnixListener, UnixListener, Option<UnixListener>);
+
 fn bind_all(
     settings: &Settings,
     guest: &Path,
     client: &Path,
     view: Option<&Path>,
-) -> Result<Listeners, ConsoleError> {
+) -> Result<Bound, ConsoleError> {
     let failed = |path: &Path| {
         let path = path.to_owned();
         move |source| ConsoleError::Socket { path, source }
@@ -275,11 +267,11 @@ fn bind_all(
         Ok(l)
     };
     let listeners = (|| {
-        Ok(Listeners {
-            guest: listen(guest)?,
-            client: listen(client)?,
-            view: view.map(&mut listen).transpose()?,
-        })
+        Ok((
+            listen(guest)?,
+            listen(client)?,
+            view.map(&mut listen).transpose()?,
+        ))
     })();
     if listeners.is_err() {
         for p in bound {

@@ -36,7 +36,9 @@ use crate::{
         console::{Adopted, AdoptedClient, Handover, Listeners, Owner, Settings},
         table::Consoles,
     },
-    error_chain, lock,
+    error_chain,
+    fdstore::Kept,
+    lock,
     logs::{
         journal::{Journal, export::Shared},
         log::Counters,
@@ -117,7 +119,7 @@ pub fn adopt(
         }
     }
     for name in &saved.fds {
-        if store.get(name).is_none() {
+        if !store.contains(name) {
             warn!(
                 name,
                 "a descriptor the saved state describes was not passed"
@@ -237,8 +239,12 @@ fn adopt_pipe(
     let found = LogName::from_fd_part(log)
         .ok()
         .and_then(|l| registry.get(&l));
-    let (Some(log), Some(fd), Some(slot)) = (found, store.get(name), registry.reserve_pipe())
-    else {
+    let (Some(log), Some(slot)) = (found, registry.reserve_pipe()) else {
+        warn!(name, "cannot take over a pipe");
+        store.remove(name);
+        return;
+    };
+    let Some(fd) = store.lend(name) else {
         warn!(name, "cannot take over a pipe");
         store.remove(name);
         return;
@@ -266,15 +272,37 @@ fn adopt_console(
     let name = LogName::try_from(saved.name.as_str()).map_err(|e| e.to_string())?;
     let store = registry.store();
     let prefix = format!("console/{name}");
-    let listener = |kind: &str| -> Option<tokio::net::UnixListener> {
-        let std = std::os::unix::net::UnixListener::from(store.get(&format!("{prefix}/{kind}"))?);
-        std.set_nonblocking(true).ok()?;
-        tokio::net::UnixListener::from_std(std).ok()
+    // Each descriptor is lent to its new owner, not duplicated: the one
+    // descriptor serves the console and the store. One that cannot be
+    // used is removed, and so closed.
+    let listener = |kind: &str| -> Option<Kept<tokio::net::UnixListener>> {
+        let name = format!("{prefix}/{kind}");
+        let fd = store.lend(&name)?;
+        let std = std::os::unix::net::UnixListener::from(fd);
+        let l = std
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixListener::from_std(std));
+        match l {
+            Ok(l) => Some(Kept::lent(store, name, l)),
+            Err(_) => {
+                store.remove(&name);
+                None
+            }
+        }
     };
-    let stream = |fd: OwnedFd| -> Option<tokio::net::UnixStream> {
+    let stream = |name: &str| -> Option<Kept<tokio::net::UnixStream>> {
+        let fd = store.lend(name)?;
         let std = std::os::unix::net::UnixStream::from(fd);
-        std.set_nonblocking(true).ok()?;
-        tokio::net::UnixStream::from_std(std).ok()
+        let s = std
+            .set_nonblocking(true)
+            .and_then(|()| tokio::net::UnixStream::from_std(std));
+        match s {
+            Ok(s) => Some(Kept::lent(store, name.to_owned(), s)),
+            Err(_) => {
+                store.remove(name);
+                None
+            }
+        }
     };
     let listeners = Listeners {
         guest: listener("guest-listen").ok_or("its guest socket was not passed")?,
@@ -286,13 +314,13 @@ fn adopt_console(
         },
     };
     let mut adopted = Adopted {
-        guest: store.get(&format!("{prefix}/guest")).and_then(stream),
+        guest: stream(&format!("{prefix}/guest")),
         clients: Vec::new(),
         writer: saved.writer.clone(),
         boot_closed: saved.boot_closed,
     };
     for (fd_name, viewer) in attached {
-        let Some(s) = store.get(&fd_name).and_then(stream) else {
+        let Some(s) = stream(&fd_name) else {
             continue;
         };
         let pending = saved
@@ -314,7 +342,6 @@ fn adopt_console(
             });
         adopted.clients.push(AdoptedClient {
             who: saved.peers.get(&fd_name).copied(),
-            fd_name,
             stream: s,
             viewer,
             pending,
@@ -461,7 +488,7 @@ impl Saver {
                     pending: handovers.get(&c.name).cloned().unwrap_or_default(),
                     writers: st.writers,
                     writer: lock(&c.stats.writer).as_ref().map(|(n, _)| n.clone()),
-                    peers: lock(&c.stats.peers).clone(),
+                    peers: lock(&c.stats.peers).iter().cloned().collect(),
                     boot_bytes: if st.boot.is_some() { st.boot_bytes } else { 0 },
                     domain: c.domain(),
                     boot_closed: c.stats.boot_closed.load(Relaxed),
@@ -500,7 +527,7 @@ impl Saver {
             }
         };
         let name = state::fd_name(store.id());
-        store.add(name.clone(), std::os::fd::AsFd::as_fd(&fd), true);
+        store.keep(name.clone(), fd, true);
         if let Some(old) = last.replace(name) {
             store.remove(&old);
         }

@@ -9,7 +9,8 @@
 //! the journal (`journal`), the domains on the move between hosts
 //! (`migration`), and the bounded queue
 //! of one reader of output (`queue`), which a log's followers and a
-//! console's clients both use.
+//! console's clients both use, and the host-wide cap on those readers
+//! (`seats`).
 //!
 //! Invariants: every file operation runs as a job on a blocking thread,
 //! one at a time per log; no lock is held across file I/O that another
@@ -34,5 +35,6 @@ pub mod queue;
 pub mod rate;
 pub mod registry;
 pub mod rotator;
+pub mod seats;
 pub mod usage;
 pub mod vacuum;

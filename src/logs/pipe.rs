@@ -1,8 +1,11 @@
 //! Pipes from OpenPipe: each read end is pumped into its log by one task.
 //!
 //! A task waits for the pipe to be readable, then runs a job in its log's
-//! turn, on a blocking thread, that reads what the pipe holds (`CHUNK`
-//! bytes at a time) and writes each read to the log before the next:
+//! turn, on a blocking thread, that moves what the pipe holds into the
+//! log: with `splice(2)`, never through user space, when nothing needs the
+//! bytes there (no follower, no rate limit; see `Log::splices`), else, and
+//! within a line's reach of the cap, by reads of `CHUNK` bytes each
+//! written to the log before the next:
 //! nothing waits in user space, where a crash would lose it, a slow disk
 //! slows the writer through the pipe instead of growing a buffer, and a
 //! disk that hangs holds this pipe's job, not an async worker. The read
@@ -28,7 +31,9 @@ use tracing::{Instrument, debug, info_span, warn};
 use super::{
     log::{PipeRequest, Wait},
     registry::PipeGuard,
+    rotator::Spliced,
 };
+use crate::fdstore::Kept;
 
 /// Requests to read the pipe dry or finish it, each answered once done.
 type Requests = tokio::sync::mpsc::Receiver<PipeRequest>;
@@ -55,16 +60,20 @@ pub fn open(
     if let Err(e) = fcntl(&read, FcntlArg::F_SETPIPE_SZ(PIPE_SIZE)) {
         debug!(error = %e, "pipe size stays at the kernel default");
     }
-    let store = guard.registry().store();
+    let store = guard.registry().store().clone();
     let name = format!("pipe/{}/{}", guard.log().name().fd_part(), store.id());
     // No polling: a pipe whose writers are gone may still hold data.
     store.add(name.clone(), read.as_fd(), false);
-    adopt(name, read, guard, tracker, shutdown)?;
+    if let Err(e) = adopt(name.clone(), read, guard, tracker, shutdown) {
+        store.remove(&name);
+        return Err(e);
+    }
     Ok(write)
 }
 
 /// Feeds `guard`'s log from the read end of a pipe stored as `name` (by
-/// `open`, or by a previous guestlogd) until every writer has closed it.
+/// `open`, or by a previous guestlogd), lent by the store, until every
+/// writer has closed it.
 pub fn adopt(
     name: String,
     read: OwnedFd,
@@ -77,8 +86,8 @@ pub fn adopt(
     // SAFETY: an `OwnedFd` keeps its descriptor open, and names the same
     // one, for as long as the `AsyncFd` that owns it lives.
     let read = unsafe { AsyncFd::register_with_interest(read, Interest::READABLE) }
-        .map(Arc::new)
         .map_err(io::Error::from)?;
+    let read = Arc::new(Kept::lent(guard.registry().store(), name.clone(), read));
     let span = info_span!("pipe", log = %guard.log().name(), fd = read.as_raw_fd());
     // A few waiting requests are plenty: one dry read answers them all.
     let (drains, requests) = tokio::sync::mpsc::channel(4);
@@ -92,7 +101,7 @@ pub fn adopt(
 /// next guestlogd; a final one first takes whatever the pipe holds.
 async fn pump(
     name: String,
-    read: Arc<AsyncFd<OwnedFd>>,
+    read: Arc<Kept<AsyncFd<OwnedFd>>>,
     guard: PipeGuard,
     mut drains: Requests,
     shutdown: CancellationToken,
@@ -285,7 +294,7 @@ static DRAIN_DEADLINE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new()
 /// Reads until the pipe is empty or at EOF (`Some(true)`), before
 /// `deadline`: `None` if the writer kept it full until then.
 async fn read_dry(
-    read: &Arc<AsyncFd<OwnedFd>>,
+    read: &Arc<Kept<AsyncFd<OwnedFd>>>,
     guard: &PipeGuard,
     deadline: Instant,
 ) -> Option<bool> {
@@ -332,12 +341,23 @@ enum Moved {
 
 /// Reads a job's budget at most: each is written at once.
 const JOB_READS: usize = 16;
+/// The most one splice moves: the whole pipe.
+const SPLICE_MAX: usize = PIPE_SIZE as usize;
+/// What is read, not spliced, where the cap is near: more than the line
+/// window the cut looks at (80 bytes), little enough that a rotation
+/// copies almost nothing through user space.
+const NEAR_CAP_READ: usize = 4096;
 
 /// Reads from the pipe and writes each read to the log at once, in the
 /// log's turn on a blocking thread.
-async fn transfer(read: &Arc<AsyncFd<OwnedFd>>, guard: &PipeGuard, until: Until) -> Moved {
+async fn transfer(read: &Arc<Kept<AsyncFd<OwnedFd>>>, guard: &PipeGuard, until: Until) -> Moved {
     let read = read.clone();
     let job = guard.log().run(Wait::Forever, move |log, slot| {
+        // Nothing needs the bytes in user space: the kernel moves them
+        // from the pipe into the file, and a read (below) happens only
+        // near the cap, where a line end decides the cut, or after a
+        // failed splice, so that what the disk refuses is counted.
+        let splices = log.splices();
         Ok(BUFFER.with_borrow_mut(|buf| {
             for k in 0.. {
                 match until {
@@ -345,7 +365,19 @@ async fn transfer(read: &Arc<AsyncFd<OwnedFd>>, guard: &PipeGuard, until: Until)
                     Until::Dry(deadline) if Instant::now() >= deadline => return Moved::More,
                     _ => {}
                 }
-                let n = match nix::unistd::read(read.get_ref(), buf) {
+                // Near the cap a small read sees the line ends that decide
+                // the cut; after a failed splice a whole one is counted.
+                let mut want = buf.len();
+                if splices {
+                    match log.splice_in(slot, read.get_ref().as_fd(), SPLICE_MAX) {
+                        Ok(Spliced::Moved(_)) => continue,
+                        Ok(Spliced::Eof) => return Moved::Eof,
+                        Ok(Spliced::Empty) => return Moved::Dry,
+                        Ok(Spliced::NearCap) => want = NEAR_CAP_READ,
+                        Err(_) => {}
+                    }
+                }
+                let n = match nix::unistd::read(read.get_ref(), &mut buf[..want]) {
                     Err(nix::errno::Errno::EINTR) => continue,
                     Err(nix::errno::Errno::EAGAIN) => return Moved::Dry,
                     Err(e) => return Moved::Failed(e.into()),

@@ -6,7 +6,9 @@
 //! When a push would pass the cap, the queue's policy applies: `Drop`
 //! discards the oldest bytes not yet popped and remembers how many, so the
 //! consumer is told before the data that follows the gap; `Disconnect`
-//! closes the queue.
+//! closes the queue. A producer may instead ask to be told (`push_or_full`)
+//! and wait for the consumer to free room (`room`), for as long as it
+//! chooses (a console's relay: a moment, see `consoles::clients`).
 //!
 //! The cap bounds memory, not payload. A guest's serial port gives the relay
 //! a few bytes per read, and a chunk per read would cost far more in
@@ -77,6 +79,9 @@ pub enum Pushed {
     Queued { dropped: usize, woke: bool },
     /// The consumer is gone, or was disconnected by this push.
     Closed,
+    /// Nothing done: the output does not fit now, and the producer said
+    /// it would rather wait for room (`room`) than drop or disconnect.
+    Full,
 }
 
 /// Output on its way to several queues, copied into shared memory at most
@@ -131,6 +136,8 @@ pub struct Batch {
 pub struct OutputQueue {
     state: Mutex<State>,
     ready: Notify,
+    /// Told when the consumer frees room, for a producer that waits.
+    room: Notify,
     cap: usize,
     policy: SlowPolicy,
 }
@@ -286,13 +293,15 @@ impl State {
     }
 }
 
-/// Counts `freed` bytes of queue memory and has glibc return its free
-/// pages to the kernel soon after. Without this, the queues of clients
-/// that left stay resident: their tails were allocated among longer-lived
-/// blocks, so the heap cannot shrink from its top. One trim, `TRIM_DELAY`
-/// after the first release, covers every release until it runs, so a
-/// stream of clients leaving costs at most one trim per `TRIM_DELAY`.
-fn give_back(freed: usize) {
+/// Counts `freed` bytes of output memory (a queue cleared, a batch sent, a
+/// relay's read buffer given back when its guest went idle) and has glibc
+/// return its free pages to the kernel soon after. Without this, memory
+/// that bursts of output took stays resident: it was allocated among
+/// longer-lived blocks, often by other threads' arenas, so no heap can
+/// shrink from its top. One trim, `TRIM_DELAY` after the first release,
+/// covers every release until it runs, so a stream of releases costs at
+/// most one trim per `TRIM_DELAY`.
+pub fn give_back(freed: usize) {
     if freed == 0 || FREED.fetch_add(freed, Relaxed) > 0 {
         return;
     }
@@ -346,18 +355,27 @@ impl OutputQueue {
         Self {
             state: Mutex::new(State::new()),
             ready: Notify::new(),
+            room: Notify::new(),
             cap,
             policy,
         }
     }
 
     /// Queues a consumer's first bytes (its replay), past the cap if need be.
+    /// Its buffer is kept, not copied: slices of it, each charged as a
+    /// copy of its own would be, which adds up to what it holds.
     pub fn start_with(&self, replay: Vec<u8>) {
         if !replay.is_empty() {
             let mut s = self.lock();
             s.seal_tail();
             s.held += copy_cost(replay.len(), self.cap);
-            s.push_copies(&replay, self.cap);
+            let all = Bytes::from(replay);
+            let part = part(self.cap);
+            for at in (0..all.len()).step_by(part) {
+                let data = all.slice(at..(at + part).min(all.len()));
+                let cost = data.len() + OVERHEAD;
+                s.chunks.push_back(Chunk { data, cost });
+            }
             drop(s);
             self.ready.notify_one();
         }
@@ -371,6 +389,19 @@ impl OutputQueue {
         &self,
         out: &mut Output<'_>,
         send: impl FnOnce(&[u8]) -> io::Result<usize>,
+    ) -> Pushed {
+        self.push_or_full(out, send, false)
+    }
+
+    /// `push`, except that with `wait` output that does not fit now is
+    /// neither dropped nor a reason to disconnect: `Pushed::Full`, and
+    /// nothing changes. The producer may then wait for `room` and push
+    /// again.
+    pub fn push_or_full(
+        &self,
+        out: &mut Output<'_>,
+        send: impl FnOnce(&[u8]) -> io::Result<usize>,
+        wait: bool,
     ) -> Pushed {
         let mut s = self.lock();
         if s.closed {
@@ -403,6 +434,9 @@ impl OutputQueue {
         rest -= dropped;
         let (mut plan, mut cost) = s.plan(out, rest, cap);
         if s.held + cost > cap {
+            if wait && dropped == 0 && !idle {
+                return Pushed::Full;
+            }
             if disconnect {
                 return self.close_locked(s);
             }
@@ -436,7 +470,24 @@ impl OutputQueue {
         s.clear();
         drop(s);
         self.ready.notify_one();
+        self.room.notify_one();
         Pushed::Closed
+    }
+
+    /// Waits until `n` bytes pushed now would fit without dropping, or the
+    /// queue is closed. One producer waits at a time.
+    pub async fn room(&self, n: usize) {
+        loop {
+            {
+                let s = self.lock();
+                if s.closed || s.held + copy_cost(n, self.cap) <= self.cap {
+                    return;
+                }
+            }
+            // `notify_one` keeps a permit when nobody waits: a batch sent
+            // between the check and this await is not missed.
+            self.room.notified().await;
+        }
     }
 
     /// Waits for output; `None` once the queue is closed. What is still
@@ -476,6 +527,7 @@ impl OutputQueue {
                     s.in_flight = cost;
                     s.sending = true;
                     s.next_tail = TAIL_MIN;
+                    self.room.notify_one();
                     return Some(Batch {
                         dropped: std::mem::take(&mut s.dropped),
                         chunks,
@@ -520,8 +572,12 @@ impl OutputQueue {
     /// The consumer has sent what it popped (or holds it no more).
     pub fn sent(&self) {
         let mut s = self.lock();
-        s.held -= std::mem::take(&mut s.in_flight);
+        let freed = std::mem::take(&mut s.in_flight);
+        s.held -= freed;
         s.sending = false;
+        drop(s);
+        self.room.notify_one();
+        give_back(freed);
     }
 
     /// Ends the queue: the producer stops pushing, the consumer stops, and
@@ -532,6 +588,7 @@ impl OutputQueue {
         s.clear();
         drop(s);
         self.ready.notify_one();
+        self.room.notify_one();
     }
 
     /// Ends the queue once the consumer has what it holds: `pop` gives

@@ -30,6 +30,7 @@ use super::{
     places::Places,
     policy::{Policy, PolicyChange},
     rotator::RotatorError,
+    seats::Seats,
     usage::Usage,
 };
 use crate::{fdstore::FdStore, lock};
@@ -68,6 +69,8 @@ pub struct Registry {
     usage: Arc<Usage>,
     /// The domains arriving and leaving by live migration.
     migrations: Migrations,
+    /// The host-wide cap on console clients, viewers and followers.
+    seats: Arc<Seats>,
 }
 
 /// The policies of forgotten logs, the most recently forgotten kept: at
@@ -187,7 +190,19 @@ impl Registry {
             }),
             usage,
             migrations: Migrations::default(),
+            seats: Arc::new(Seats::new(usize::MAX)),
         }
+    }
+
+    /// With at most `max` console clients, viewers and followers at once.
+    pub fn with_seats(mut self, max: usize) -> Self {
+        self.seats = Arc::new(Seats::new(max));
+        self
+    }
+
+    /// The host-wide cap on readers of output.
+    pub fn seats(&self) -> &Arc<Seats> {
+        &self.seats
     }
 
     pub fn places(&self) -> &Arc<Places> {
@@ -345,12 +360,13 @@ impl Registry {
         }
     }
 
-    /// Closes the files of logs no one uses: no pipe, console, follower
-    /// or job holds them. Each reopens when it is next used.
+    /// Closes the files of logs no one uses (no pipe, console, follower or
+    /// job holds them) and of logs no job has used for `IDLE_AFTER` (an
+    /// idle console's, a silent pipe's). Each reopens when it is next used.
     pub fn close_idle(&self) -> usize {
         let unused: Vec<_> = lock(&self.logs)
             .values()
-            .filter(|l| l.is_open() && Arc::strong_count(l) == 1)
+            .filter(|l| l.is_open() && (Arc::strong_count(l) == 1 || l.idle()))
             .cloned()
             .collect();
         let n = unused.len();

@@ -12,12 +12,15 @@ use super::{
     api,
     wire::{WireError, int, to_value},
 };
-use crate::logs::{log::Log, queue::OutputQueue};
+use crate::logs::{log::Log, queue::OutputQueue, seats::Seat};
 
 /// feeding it; and the log, which is not forgotten while followed.
 pub(super) struct Following(
     pub(super) Arc<OutputQueue>,
     #[allow(dead_code)] pub(super) Arc<Log>,
+    /// Its place under `max-clients-total`.
+    #[allow(dead_code)]
+    pub(super) Seat,
 );
 
 impl Drop for Following {

@@ -506,7 +506,7 @@ impl Manager {
                     .await
                     .map_err(|e| match e {
                         AttachError::NoSuchConsole(n) => OpError::NoSuchConsole(n).into(),
-                        AttachError::Limit(max) => limit("clients", max),
+                        AttachError::Limit { what, max } => limit(what, max),
                         e @ AttachError::Socket(_) => {
                             limited!(warn, error = %error_chain(&e), "call failed");
                             WireError::from(ManagerError::IoError {
@@ -530,7 +530,7 @@ impl Manager {
         let ops = self.ops.clone();
         let start = async move { ops.follow(&name, replay).await };
         let stream = stream::once(start).flat_map(move |started| match started {
-            Ok((queue, log)) => follow_stream(Following(queue, log), text).boxed(),
+            Ok((queue, log, seat)) => follow_stream(Following(queue, log, seat), text).boxed(),
             Err(e) => stream::iter([(Err(WireError::from(e)), false)]).boxed(),
         });
         Ok(Box::pin(stream))

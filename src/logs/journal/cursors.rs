@@ -113,7 +113,9 @@ impl Cursors {
     }
 
     fn open(&self) -> Option<Table> {
-        if let Some(fd) = self.store.get(FD_NAME) {
+        // Lent to the table, which holds it as long as the process lives:
+        // the one descriptor serves both.
+        if let Some(fd) = self.store.lend(FD_NAME) {
             let file = File::from(fd);
             let len = file.metadata().map_or(0, |m| m.len()) as usize;
             let mut names = vec![None; len / RECORD];
@@ -204,14 +206,16 @@ impl Cursors {
     /// daemon whose logs no longer export holds nothing for it.
     fn with_existing(&self, f: impl FnOnce(&mut Table)) {
         let mut table = lock(&self.table);
-        if table.is_none() && self.store.get(FD_NAME).is_some() {
+        if table.is_none() && self.store.contains(FD_NAME) {
             *table = self.open();
         }
         let Some(t) = table.as_mut() else { return };
         f(t);
         if t.names.iter().all(Option::is_none) && t.found.is_empty() {
-            *table = None;
+            // Out of the store before the memfd closes: the store names
+            // the table's descriptor until then (`fdstore`'s invariant).
             self.store.remove(FD_NAME);
+            *table = None;
         }
     }
 }
@@ -236,8 +240,12 @@ mod tests {
         };
         c.write(b, "/var/log/libvirt/qemu/vm2.log", &r);
         c.write(a, "vm1", &Record::default());
-        // The successor reads the same memfd.
-        let next = Cursors::new(store.clone());
+        // The successor reads the same memfd, handed over.
+        let handed = Arc::new(FdStore::new(false));
+        for (name, fd) in store.take_all() {
+            handed.adopt(name, fd);
+        }
+        let next = Cursors::new(handed);
         assert_eq!(
             next.claim("/var/log/libvirt/qemu/vm2.log").unwrap(),
             (b, Some(r))
@@ -247,19 +255,16 @@ mod tests {
         assert_eq!((again, found), (a, None), "vm1's record was freed");
         // Once no record is in use, the memfd goes.
         next.free(again);
-        assert!(store.get(FD_NAME).is_some(), "vm2's record is in use");
+        assert!(store.contains(FD_NAME), "vm2's record is in use");
         next.free(b);
-        assert!(
-            store.get(FD_NAME).is_none(),
-            "an empty table kept its memfd"
-        );
+        assert!(!store.contains(FD_NAME), "an empty table kept its memfd");
     }
 
     #[test]
     fn a_takeover_without_exports_stores_nothing() {
         let store = Arc::new(FdStore::new(false));
         Cursors::new(store.clone()).prune();
-        assert!(store.get(FD_NAME).is_none());
+        assert!(!store.contains(FD_NAME));
         assert_eq!(store.len(), 0);
     }
 }

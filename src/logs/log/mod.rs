@@ -32,6 +32,7 @@ pub use super::figures::{Counters, JournalFigures, LogSnapshot};
 mod export;
 mod hop;
 mod shaping;
+mod splice;
 
 use super::{
     figures::Stats,
@@ -59,6 +60,11 @@ pub const CALL_WAIT: Duration = Duration::from_secs(10);
 pub const MAX_JOBS: usize = 128;
 
 const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// A log whose file no job has used for this long closes it, whoever holds
+/// the log (an idle console, a pipe that says nothing): descriptors follow
+/// what is active. The next job opens it again.
+pub const IDLE_AFTER: Duration = Duration::from_secs(5);
 
 /// Whose turn it is to wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -281,9 +287,10 @@ impl Log {
     }
 
     /// Closes the file if no job runs and no one but the registry (and the
-    /// caller) holds the log; it reopens on demand.
+    /// caller) holds the log, or no job has used it for `IDLE_AFTER`; it
+    /// reopens on demand.
     pub(crate) fn close_if_unused(self: &Arc<Self>, holders: usize) {
-        if Arc::strong_count(self) > holders {
+        if Arc::strong_count(self) > holders && !self.idle() {
             return;
         }
         let Ok(mut slot) = self.file.clone().try_lock_owned() else {
@@ -315,6 +322,11 @@ impl Log {
 
     pub(crate) fn last_used(&self) -> u64 {
         self.last_used.load(Relaxed)
+    }
+
+    /// No job has used the file for `IDLE_AFTER`.
+    pub(crate) fn idle(&self) -> bool {
+        self.epoch.elapsed().as_secs() >= self.last_used() + IDLE_AFTER.as_secs()
     }
 
     fn touch(&self) {
@@ -408,6 +420,8 @@ impl Log {
                     true
                 }
                 Pushed::Closed => false,
+                // Never asked to wait: a follower never slows the log.
+                Pushed::Full => true,
             }
         });
     }

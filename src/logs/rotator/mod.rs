@@ -17,12 +17,14 @@
 //! Plain synchronous code over a file, with no runtime: callers serialise
 //! access (a mutex per log) and choose the thread.
 //!
-//! `read` holds positions and reading across the files.
+//! `read` holds positions and reading across the files; `splice` moves a
+//! pipe's bytes into the file without copying them.
 
 mod error;
 #[cfg(test)]
 mod planted;
 mod read;
+mod splice;
 #[cfg(test)]
 mod tests;
 
@@ -36,6 +38,7 @@ use std::{
 
 pub use error::{RotatorError, Skipped};
 pub use read::{Chunk, Pos};
+pub use splice::Spliced;
 
 use crate::logs::{
     logdir::{Access, BaseName, Entry, Found, LogDir, OpenError},
