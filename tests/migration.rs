@@ -358,10 +358,9 @@ fn hosts_sharing_their_qemu_logs_keep_one_file_in_order() {
         "each out is followed by its in:\n{text}"
     );
     assert!(parts[0].contains("GUEST READY"), "the boot is gone");
+    // Every tick once, in order, in the file: the parts are the file less
+    // the migration's lines.
     let report = exactly_once("the shared serial log", &[&parts[0], &parts[2], &parts[4]]);
-    // And the file as a whole: every tick once, in order.
-    let all = check_ticks(&[&text]);
-    assert!(all.exactly_once() && all.disordered.is_empty(), "{all}");
     eprintln!("{ab}");
     eprintln!("{ba}");
     eprintln!("shared serial log (A, B, A): {report}");

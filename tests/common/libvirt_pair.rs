@@ -550,6 +550,21 @@ pub fn ticks(text: &str) -> Vec<u32> {
         .collect()
 }
 
+/// The tick whose line `before` ends and `after` completes, if `ticks`
+/// counted neither part: a part without its newline never counts, one with
+/// it does when it reads as a tick on its own.
+fn cut_tick(before: &str, after: &str) -> Option<u32> {
+    let (head, whole) = match before.strip_suffix('\n') {
+        Some(b) => (b.rsplit('\n').next()?, true),
+        None => (before.rsplit('\n').next()?, false),
+    };
+    let (tail, _) = after.split_once('\n')?;
+    if (whole && tick(head).is_some()) || tick(tail).is_some() {
+        return None;
+    }
+    tick(&format!("{head}{tail}"))
+}
+
 fn tick(line: &str) -> Option<u32> {
     let line = line.strip_suffix('\r').unwrap_or(line);
     let (num, up) = line.strip_prefix("TICK ")?.split_once(" up=")?;
@@ -576,6 +591,8 @@ pub struct TickReport {
     pub repeated: Vec<u32>,
     /// In a text, a tick not above the one before it ("7 after 9").
     pub disordered: Vec<String>,
+    /// Ticks whose line was cut between two texts, counted in the later.
+    pub cut: Vec<u32>,
 }
 
 impl TickReport {
@@ -602,13 +619,27 @@ impl std::fmt::Display for TickReport {
             self.missing,
             self.repeated,
             self.disordered
-        )
+        )?;
+        if !self.cut.is_empty() {
+            write!(f, "; cut between texts {:?}", self.cut)?;
+        }
+        Ok(())
     }
 }
 
-/// Checks the ticks across `texts`, each tick expected in exactly one.
+/// Checks the ticks across `texts`, each tick expected in exactly one. A
+/// tick line that a hop cut in two (its start ends one text, its rest
+/// starts the next: the guest was paused mid-line) counts once, in the
+/// later text, and is listed in `cut`.
 pub fn check_ticks(texts: &[&str]) -> TickReport {
-    let lists: Vec<Vec<u32>> = texts.iter().map(|t| ticks(t)).collect();
+    let mut lists: Vec<Vec<u32>> = texts.iter().map(|t| ticks(t)).collect();
+    let mut cut = Vec::new();
+    for (i, pair) in texts.windows(2).enumerate() {
+        if let Some(n) = cut_tick(pair[0], pair[1]) {
+            lists[i + 1].insert(0, n);
+            cut.push(n);
+        }
+    }
     let mut all: Vec<u32> = lists.iter().flatten().copied().collect();
     all.sort_unstable();
     let (first, last) = (all.first().copied(), all.last().copied());
@@ -628,6 +659,7 @@ pub fn check_ticks(texts: &[&str]) -> TickReport {
         .map(|w| format!("{} after {}", w[1], w[0]))
         .collect();
     TickReport {
+        cut,
         texts: lists
             .iter()
             .map(|l| (l.len(), l.first().copied(), l.last().copied()))
@@ -794,5 +826,28 @@ mod tests {
         assert_eq!(r.disordered, vec!["4 after 5".to_owned()]);
         assert!(!r.exactly_once());
         assert!(check_ticks(&[&t(&[1, 2]), &t(&[3])]).exactly_once());
+    }
+
+    #[test]
+    fn a_line_cut_between_two_texts_counts_once() {
+        // Cut mid-line, as a listener's two connections see it.
+        let r = check_ticks(&[
+            "TICK 000001 up=0.1\r\nTICK 0000",
+            "02 up=0.2\r\nTICK 000003 up=0.3\r\n",
+        ]);
+        assert!(r.exactly_once(), "{r}");
+        assert_eq!((r.cut.clone(), r.texts[1].0), (vec![2], 2));
+        // Cut between its CR and LF.
+        let r = check_ticks(&["TICK 000001 up=0.1\r", "\nTICK 000002 up=0.2\r\n"]);
+        assert!(r.exactly_once() && r.cut == [1], "{r}");
+        // Cut within its number, which reads as a tick until its end.
+        let r = check_ticks(&["TICK 000001 up=0", ".1\r\nTICK 000002 up=0.2\r\n"]);
+        assert!(r.exactly_once() && r.cut == [1], "{r}");
+        // A log that ended the first part with a line of its own.
+        let r = check_ticks(&["TICK 0000\n", "01 up=0.1\r\nTICK 000002 up=0.2\r\n"]);
+        assert!(r.exactly_once() && r.cut == [1], "{r}");
+        // Whole lines on both sides: nothing to join.
+        let r = check_ticks(&["TICK 000001 up=0.1\r\n", "TICK 000002 up=0.2\r\n"]);
+        assert!(r.exactly_once() && r.cut.is_empty(), "{r}");
     }
 }
