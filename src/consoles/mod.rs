@@ -16,6 +16,7 @@
 //! the operations or the saved state's format.
 
 pub mod boot;
+mod client;
 mod clients;
 pub mod console;
 mod input;

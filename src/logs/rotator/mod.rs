@@ -38,7 +38,6 @@ use std::{
 
 pub use error::{RotatorError, Skipped};
 pub use read::{Chunk, Pos};
-pub use splice::Spliced;
 
 use crate::logs::{
     logdir::{Access, BaseName, Entry, Found, LogDir, OpenError},
@@ -48,6 +47,20 @@ use crate::logs::{
 /// A write that crosses the cap is cut after the last newline within this
 /// many bytes before the cap, as libvirt does, so lines stay whole.
 const LINE_WINDOW: usize = 80;
+
+/// What a splice did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Spliced {
+    /// Moved this many bytes into the file.
+    Moved(usize),
+    /// The pipe is empty and every writer has closed it.
+    Eof,
+    /// The pipe is empty for now.
+    Empty,
+    /// The file is within `LINE_WINDOW` of its cap: nothing was moved; read
+    /// and `write` instead, which cut at a line end.
+    NearCap,
+}
 
 /// A size-capped log file and its backups. See the module's invariants.
 #[derive(Debug)]

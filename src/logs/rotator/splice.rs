@@ -14,21 +14,7 @@ use nix::{
     fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice},
 };
 
-use super::{LINE_WINDOW, RotatingFile, RotatorError, last_byte};
-
-/// What a splice did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Spliced {
-    /// Moved this many bytes into the file.
-    Moved(usize),
-    /// The pipe is empty and every writer has closed it.
-    Eof,
-    /// The pipe is empty for now.
-    Empty,
-    /// The file is within `LINE_WINDOW` of its cap: nothing was moved; read
-    /// and `write` instead, which cut at a line end.
-    NearCap,
-}
+use super::{LINE_WINDOW, RotatingFile, RotatorError, Spliced, last_byte};
 
 impl RotatingFile {
     /// Moves up to `max` bytes from `pipe` (non-blocking) to the end of the
