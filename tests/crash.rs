@@ -187,8 +187,21 @@ async fn a_kill_at_any_instant_keeps_every_new_pipe_console_and_client() {
         st = wait_status(&socket, &format!("console round {round}"), |s| s.pid != old).await;
         guest.write_all(b"after the kill\n").unwrap();
         let seen = read_until(&mut client, "after the kill");
-        let seen = seen
-            .unwrap_or_else(|| panic!("console round {round}: the client or the guest was lost"));
+        let seen = seen.unwrap_or_else(|| {
+            panic!(
+                "console round {round}: the client or the guest was lost\n{}",
+                sd.run(&[
+                    "journalctl",
+                    "-u",
+                    "guestlogd.service",
+                    "-o",
+                    "short-precise",
+                    "--no-pager",
+                    "-n",
+                    "60"
+                ])
+            )
+        });
         // What was queued for it died with the process, and it is told so.
         assert!(
             seen.starts_with(guestlogd::handover::restart::CRASH_MARKER),

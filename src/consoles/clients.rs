@@ -203,13 +203,16 @@ impl Clients {
                 stream
             }
             Start::Replay(stream, replay) => {
+                // In the store before its first byte: a client that saw
+                // anything survives a crash from then on.
+                let kind = if viewer { "viewer" } else { "client" };
+                let name = format!("console/{}/{kind}/{}", self.settings.name, store.id());
+                let stream = Kept::add(store, name, stream, false);
                 // Most of it goes straight to the new connection, whose
                 // socket buffer is empty: nothing of it is kept here.
                 let sent = stream.try_write(&replay).unwrap_or_default();
                 queue.start_with(replay.get(sent..).map(<[u8]>::to_vec).unwrap_or_default());
-                let kind = if viewer { "viewer" } else { "client" };
-                let name = format!("console/{}/{kind}/{}", self.settings.name, store.id());
-                Kept::add(store, name, stream, false)
+                stream
             }
         };
         let fd_name = socket.name().to_owned();

@@ -54,6 +54,12 @@ impl Log {
 
     /// Writes the arrival's line, if one waits, before what comes next (in
     /// `write_in`). It stays pending while the file cannot be written.
+    /// Whether the `migrated in` line still waits for the domain's first
+    /// byte here.
+    pub(super) fn arrival_pending(&self) -> bool {
+        lock(&self.hop).arrival.is_some()
+    }
+
     pub(super) fn write_arrival(&self, slot: &mut Slot) {
         let Some(domain) = lock(&self.hop).arrival.clone() else {
             return;

@@ -8,7 +8,7 @@ use std::{os::fd::BorrowedFd, sync::atomic::Ordering::Relaxed};
 use super::{Log, Slot};
 use crate::{
     lock,
-    logs::rotator::{RotatorError, Spliced},
+    logs::rotator::{Refused, RotatorError, Spliced},
 };
 
 impl Log {
@@ -20,24 +20,49 @@ impl Log {
     }
 
     /// Moves up to `max` bytes from `pipe` into the file, in a job's turn.
-    /// `NearCap`, or an error, means nothing was moved: the caller reads
-    /// and writes this time (`write_in`), which cuts at a line end and
-    /// counts and marks what the disk refuses.
+    /// `ReadInstead`, or an error, means nothing more is to be spliced this
+    /// time: the caller reads and writes (`write_in`), which cuts at a line
+    /// end, writes a migration's line first, and counts and marks what the
+    /// disk refuses.
     pub fn splice_in(
         &self,
         slot: &mut Slot,
         pipe: BorrowedFd<'_>,
         max: usize,
     ) -> Result<Spliced, RotatorError> {
+        // The domain's arrival line goes just before its first byte, which
+        // only a read sees come.
+        if self.arrival_pending() {
+            return Ok(Spliced::ReadInstead);
+        }
         let f = self.file(slot)?;
         self.write_gaps(f);
-        let spliced = f.splice_from(pipe, max)?;
-        if let Spliced::Moved(n) = spliced {
-            self.usage.grew(n as u64);
-            if self.journal.on.load(Relaxed) {
-                self.export_in(slot);
+        match f.splice_from(pipe, max) {
+            Ok(spliced) => {
+                if let Spliced::Moved(n) = spliced {
+                    self.grew_by_splice(slot, n);
+                }
+                Ok(spliced)
+            }
+            Err(Refused { error, moved, rest }) => {
+                self.grew_by_splice(slot, moved);
+                // Out of the pipe but not in the file: written the usual
+                // way, or counted and marked as lost where it happened.
+                if !rest.is_empty() {
+                    let _ = self.write_in(slot, &rest);
+                }
+                Err(error)
             }
         }
-        Ok(spliced)
+    }
+
+    fn grew_by_splice(&self, slot: &mut Slot, n: usize) {
+        if n == 0 {
+            return;
+        }
+        self.usage.grew(n as u64);
+        if self.journal.on.load(Relaxed) {
+            self.export_in(slot);
+        }
     }
 }

@@ -57,9 +57,30 @@ pub enum Spliced {
     Eof,
     /// The pipe is empty for now.
     Empty,
-    /// The file is within `LINE_WINDOW` of its cap: nothing was moved; read
-    /// and `write` instead, which cut at a line end.
-    NearCap,
+    /// Nothing was moved: read and `write` this time instead. The file is
+    /// within `LINE_WINDOW` of its cap, where `write` cuts at a line end,
+    /// or a line of guestlogd's must go before the next byte.
+    ReadInstead,
+}
+
+/// A splice the file refused part way: `moved` bytes went into the file,
+/// `rest` had left the pipe and did not, and is the caller's to write or
+/// count as lost.
+#[derive(Debug)]
+pub struct Refused {
+    pub error: RotatorError,
+    pub moved: usize,
+    pub rest: Vec<u8>,
+}
+
+impl From<RotatorError> for Refused {
+    fn from(error: RotatorError) -> Self {
+        Self {
+            error,
+            moved: 0,
+            rest: Vec::new(),
+        }
+    }
 }
 
 /// A size-capped log file and its backups. See the module's invariants.

@@ -2,73 +2,162 @@
 //! through user space (`splice(2)`), for a pipe whose bytes no one else
 //! needs there.
 //!
+//! The bytes go through a pipe of our own (`Stage`): a splice into a file
+//! holds its source pipe's lock for as long as the file system takes to
+//! write, and on a disk that hangs the writer of the log's pipe (QEMU)
+//! would then hang in the kernel, unkillably, on its next write or even
+//! its close. The first move, between two pipes, passes page references
+//! and never waits for a disk; only the second, from our own pipe, does.
+//!
 //! Invariants: the same as the rotator's. A splice never reaches the last
 //! `LINE_WINDOW` bytes before the cap: there the caller reads and writes
 //! (`RotatingFile::write`), so the cut at a line end is exactly the one a
-//! read would have made. Bytes a splice does not take stay in the pipe.
+//! read would have made. Bytes a splice does not take stay in the pipe;
+//! bytes that left it and the file refused come back in `Refused`.
 
-use std::os::fd::{AsFd, BorrowedFd};
+use std::{
+    io::Read,
+    os::fd::{AsFd, BorrowedFd, OwnedFd},
+};
 
 use nix::{
     errno::Errno,
     fcntl::{FcntlArg, OFlag, SpliceFFlags, fcntl, splice},
+    unistd::pipe2,
 };
 
-use super::{LINE_WINDOW, RotatingFile, RotatorError, Spliced, last_byte};
+use super::{LINE_WINDOW, Refused, RotatingFile, RotatorError, Spliced, last_byte};
+
+/// What our own pipe is asked to hold: what a log's pipe holds.
+const STAGE_SIZE: i32 = 1024 * 1024;
+
+/// Our own pipe, for one splice: made and closed per call, so that nothing
+/// is left in it between calls and an idle thread holds no descriptor.
+struct Stage {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl Stage {
+    fn new() -> nix::Result<Self> {
+        let (read, write) = pipe2(OFlag::O_CLOEXEC)?;
+        // Best effort: a smaller pipe only means smaller moves.
+        let _ = fcntl(&write, FcntlArg::F_SETPIPE_SZ(STAGE_SIZE));
+        Ok(Self { read, write })
+    }
+
+    /// What is left in it, `n` bytes, read out.
+    fn drain(self, n: usize) -> Vec<u8> {
+        let mut rest = Vec::with_capacity(n);
+        drop(self.write);
+        let _ = std::fs::File::from(self.read).read_to_end(&mut rest);
+        rest
+    }
+}
+
+/// `splice(2)`, again after EINTR.
+fn splice_all(
+    from: BorrowedFd<'_>,
+    to: BorrowedFd<'_>,
+    at: Option<&mut i64>,
+    n: usize,
+    flags: SpliceFFlags,
+) -> nix::Result<usize> {
+    let mut at = at;
+    loop {
+        match splice(from, None, to, at.as_deref_mut(), n, flags) {
+            Err(Errno::EINTR) => continue,
+            other => return other,
+        }
+    }
+}
 
 impl RotatingFile {
-    /// Moves up to `max` bytes from `pipe` (non-blocking) to the end of the
-    /// current file, stopping `LINE_WINDOW` short of the cap. On error
-    /// nothing was moved and the bytes are still in the pipe.
-    pub fn splice_from(
-        &mut self,
-        pipe: BorrowedFd<'_>,
-        max: usize,
-    ) -> Result<Spliced, RotatorError> {
-        let room = self.policy.max_size.saturating_sub(self.size) as usize;
-        if room <= LINE_WINDOW {
-            return Ok(Spliced::NearCap);
-        }
-        let n = max.min(room - LINE_WINDOW);
-        let failed = |e: Errno| RotatorError::Write {
+    fn write_error(&self, e: Errno) -> RotatorError {
+        RotatorError::Write {
             path: self.path(),
             source: e.into(),
+        }
+    }
+
+    /// Moves up to `max` bytes from `pipe` (non-blocking) to the end of the
+    /// current file, stopping `LINE_WINDOW` short of the cap. An error
+    /// before any byte left the pipe comes back with nothing moved and no
+    /// `rest`.
+    pub fn splice_from(&mut self, pipe: BorrowedFd<'_>, max: usize) -> Result<Spliced, Refused> {
+        let room = self.policy.max_size.saturating_sub(self.size) as usize;
+        if room <= LINE_WINDOW {
+            return Ok(Spliced::ReadInstead);
+        }
+        let n = max.min(room - LINE_WINDOW);
+        let stage = Stage::new().map_err(|e| self.write_error(e))?;
+        // Page references move from the log's pipe to ours; nothing here
+        // waits for a disk.
+        let flags = SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE;
+        let k = match splice_all(pipe, stage.write.as_fd(), None, n, flags) {
+            Ok(0) => return Ok(Spliced::Eof),
+            Ok(k) => k,
+            Err(Errno::EAGAIN) => return Ok(Spliced::Empty),
+            Err(e) => return Err(self.write_error(e).into()),
         };
         // The file is opened for appending, which splice(2) refuses; cleared
         // for the call, which writes at the file's end explicitly (`size`,
         // which the rotator keeps equal to the file's length).
-        let flags = fcntl(self.file.as_fd(), FcntlArg::F_GETFL).map_err(failed)?;
-        let append = OFlag::from_bits_truncate(flags);
-        let plain = append & !OFlag::O_APPEND;
-        fcntl(self.file.as_fd(), FcntlArg::F_SETFL(plain)).map_err(failed)?;
-        let mut at = self.size as i64;
-        let moved = loop {
-            match splice(
-                pipe,
-                None,
-                self.file.as_fd(),
-                Some(&mut at),
-                n,
-                SpliceFFlags::SPLICE_F_NONBLOCK | SpliceFFlags::SPLICE_F_MOVE,
-            ) {
-                Err(Errno::EINTR) => continue,
-                other => break other,
+        let mode = fcntl(self.file.as_fd(), FcntlArg::F_GETFL)
+            .map(OFlag::from_bits_truncate)
+            .and_then(|append| {
+                fcntl(
+                    self.file.as_fd(),
+                    FcntlArg::F_SETFL(append & !OFlag::O_APPEND),
+                )
+                .map(|_| append)
+            });
+        let append = match mode {
+            Ok(append) => append,
+            Err(e) => {
+                let error = self.write_error(e);
+                return Err(Refused {
+                    error,
+                    moved: 0,
+                    rest: stage.drain(k),
+                });
             }
         };
+        let mut at = self.size as i64;
+        let mut moved = 0;
+        let written = loop {
+            if moved == k {
+                break Ok(());
+            }
+            let to = self.file.as_fd();
+            match splice_all(
+                stage.read.as_fd(),
+                to,
+                Some(&mut at),
+                k - moved,
+                SpliceFFlags::SPLICE_F_MOVE,
+            ) {
+                Ok(0) => break Err(Errno::EIO),
+                Ok(m) => moved += m,
+                Err(e) => break Err(e),
+            }
+        };
+        self.size += moved as u64;
+        self.bytes_written += moved as u64;
+        if moved > 0 {
+            self.ends_in_newline = last_byte(&self.file, self.size) == Some(b'\n');
+        }
         // Back to appending, for `write`: if this fails the file is still
         // ours and written at explicit offsets by splices, and `write`
         // would write at the descriptor's offset; report it.
-        fcntl(self.file.as_fd(), FcntlArg::F_SETFL(append)).map_err(failed)?;
-        match moved {
-            Ok(0) => Ok(Spliced::Eof),
-            Ok(k) => {
-                self.size += k as u64;
-                self.bytes_written += k as u64;
-                self.ends_in_newline = last_byte(&self.file, self.size) == Some(b'\n');
-                Ok(Spliced::Moved(k))
-            }
-            Err(Errno::EAGAIN) => Ok(Spliced::Empty),
-            Err(e) => Err(failed(e)),
+        let restored = fcntl(self.file.as_fd(), FcntlArg::F_SETFL(append));
+        match written.and(restored.map(|_| ())) {
+            Ok(()) => Ok(Spliced::Moved(k)),
+            Err(e) => Err(Refused {
+                error: self.write_error(e),
+                moved,
+                rest: stage.drain(k - moved),
+            }),
         }
     }
 }
@@ -98,7 +187,7 @@ mod tests {
                     Spliced::Moved(_) => {}
                     Spliced::Empty => break,
                     Spliced::Eof => unreachable!("the writer is open"),
-                    Spliced::NearCap => match nix::unistd::read(&r, &mut buf) {
+                    Spliced::ReadInstead => match nix::unistd::read(&r, &mut buf) {
                         Ok(n) => log.write(&buf[..n]).unwrap(),
                         Err(nix::errno::Errno::EAGAIN) => break,
                         Err(e) => panic!("{e}"),
