@@ -9,6 +9,7 @@
 //! as every console full.
 
 use super::Limits;
+use crate::logs::log::MAX_JOBS;
 
 /// The most descriptors the configured limits can make the daemon hold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -19,8 +20,9 @@ pub struct FdBudget {
     pub stored: usize,
     /// In this process: every stored descriptor once, the open log files
     /// (one per log in use: by a pipe, a console and its boot log, or a
-    /// call or follower on a connection), both fronts' connections, and a
-    /// few of our own.
+    /// call or follower on a connection), both fronts' connections, the
+    /// pipe each file job may splice through (two descriptors, for the
+    /// length of one splice), and a few of our own.
     pub process: usize,
 }
 
@@ -35,7 +37,7 @@ impl FdBudget {
             .min(l.max_pipes + 2 * l.max_consoles + connections);
         Self {
             stored,
-            process: stored + logs_in_use + connections + 64,
+            process: stored + logs_in_use + connections + 2 * MAX_JOBS + 64,
         }
     }
 }
@@ -77,7 +79,7 @@ mod tests {
             assert!(b.stored <= value("FileDescriptorStoreMax="), "{b:?}");
             assert!(b.process <= value("LimitNOFILE="), "{b:?}");
         }
-        assert_eq!((b.stored, b.process), (28_674, 37_442));
+        assert_eq!((b.stored, b.process), (28_674, 37_698));
     }
 
     #[test]
