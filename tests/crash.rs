@@ -20,7 +20,13 @@ use serde_json::json;
 use systemd::{Systemd, wait_status};
 
 /// The host's pid of the process that is `inner` in the container.
-fn host_pid(inner: i64) -> i32 {
+/// The host's pid of `sd`'s guestlogd whose pid inside is `inner`. Only
+/// processes in `sd`'s pid namespace count: the other test here boots a
+/// container of its own, whose guestlogd may have the same pid inside.
+fn host_pid(sd: &Systemd, inner: i64) -> i32 {
+    let ns = |pid: &str| std::fs::read_link(format!("/proc/{pid}/ns/pid")).ok();
+    let ours = ns(&sd.pid1.to_string());
+    assert!(ours.is_some(), "no pid namespace for the container's PID 1");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
@@ -28,7 +34,7 @@ fn host_pid(inner: i64) -> i32 {
                 continue;
             };
             let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            if comm.trim() != "guestlogd" {
+            if comm.trim() != "guestlogd" || ns(&pid.to_string()) != ours {
                 continue;
             }
             let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -113,7 +119,7 @@ async fn a_kill_at_any_instant_keeps_every_new_pipe_console_and_client() {
     // its reply. A pipe whose reply arrived must keep working.
     let (mut kept, mut unanswered, mut seed) = (0, 0, 7u64);
     for round in 0..100 {
-        let pid = host_pid(st.pid);
+        let pid = host_pid(&sd, st.pid);
         // Every tenth round kills right after the reply; the rest at a
         // random point in the first 4 ms after the call is sent.
         let delay = (round % 10 != 0).then(|| Duration::from_micros(next(&mut seed) % 4000));
@@ -182,7 +188,7 @@ async fn a_kill_at_any_instant_keeps_every_new_pipe_console_and_client() {
             wait_read(&mut client, "before"),
             "round {round}: no relay at all"
         );
-        kill9(host_pid(st.pid));
+        kill9(host_pid(&sd, st.pid));
         let old = st.pid;
         st = wait_status(&socket, &format!("console round {round}"), |s| s.pid != old).await;
         guest.write_all(b"after the kill\n").unwrap();
@@ -250,7 +256,7 @@ async fn a_crash_mid_boot_keeps_the_boot_log_of_that_boot() {
     guest.write_all(first.as_bytes()).unwrap();
     let last_of_first = first.lines().last().unwrap();
     assert!(wait_file(&log.join("b.boot.log"), last_of_first));
-    kill9(host_pid(st.pid));
+    kill9(host_pid(&sd, st.pid));
     let old = st.pid;
     wait_status(&socket, "after the kill", |s| s.pid != old).await;
     guest.write_all(second.as_bytes()).unwrap();

@@ -373,7 +373,8 @@ async fn transfer(read: &Arc<Kept<AsyncFd<OwnedFd>>>, guard: &PipeGuard, until: 
                         Ok(Spliced::Moved(_)) => continue,
                         Ok(Spliced::Eof) => return Moved::Eof,
                         Ok(Spliced::Empty) => return Moved::Dry,
-                        Ok(Spliced::ReadInstead) => want = NEAR_CAP_READ,
+                        Ok(Spliced::NearCap) => want = NEAR_CAP_READ,
+                        Ok(Spliced::ReadInstead) => {}
                         Err(_) => {}
                     }
                 }

@@ -20,7 +20,7 @@ impl Log {
     }
 
     /// Moves up to `max` bytes from `pipe` into the file, in a job's turn.
-    /// `ReadInstead`, or an error, means nothing more is to be spliced this
+    /// `NearCap`, `ReadInstead`, or an error, means nothing more is to be spliced this
     /// time: the caller reads and writes (`write_in`), which cuts at a line
     /// end, writes a migration's line first, and counts and marks what the
     /// disk refuses.

@@ -57,9 +57,13 @@ pub enum Spliced {
     Eof,
     /// The pipe is empty for now.
     Empty,
+    /// The file is within `LINE_WINDOW` of its cap: nothing was moved; read
+    /// a little and `write` instead, which cuts at a line end.
+    NearCap,
     /// Nothing was moved: read and `write` this time instead. The file is
-    /// within `LINE_WINDOW` of its cap, where `write` cuts at a line end,
-    /// or a line of guestlogd's must go before the next byte.
+    /// longer than this rotator made it (another host appends to it: a
+    /// log directory shared while a domain migrates), and only `write`
+    /// appends; or a line of guestlogd's must go before the next byte.
     ReadInstead,
 }
 

@@ -87,7 +87,14 @@ impl RotatingFile {
     pub fn splice_from(&mut self, pipe: BorrowedFd<'_>, max: usize) -> Result<Spliced, Refused> {
         let room = self.policy.max_size.saturating_sub(self.size) as usize;
         if room <= LINE_WINDOW {
-            return Ok(Spliced::ReadInstead);
+            return Ok(Spliced::NearCap);
+        }
+        // A splice writes at an explicit offset, and `write` appends: while
+        // another host appends to the same file, only `write` is safe.
+        // (Left: another append between this check and the splice.)
+        match nix::sys::stat::fstat(self.file.as_fd()) {
+            Ok(st) if st.st_size as u64 == self.size => {}
+            _ => return Ok(Spliced::ReadInstead),
         }
         let n = max.min(room - LINE_WINDOW);
         let stage = Stage::new().map_err(|e| self.write_error(e))?;
@@ -187,7 +194,8 @@ mod tests {
                     Spliced::Moved(_) => {}
                     Spliced::Empty => break,
                     Spliced::Eof => unreachable!("the writer is open"),
-                    Spliced::ReadInstead => match nix::unistd::read(&r, &mut buf) {
+                    Spliced::ReadInstead => unreachable!("no one else writes the file"),
+                    Spliced::NearCap => match nix::unistd::read(&r, &mut buf) {
                         Ok(n) => log.write(&buf[..n]).unwrap(),
                         Err(nix::errno::Errno::EAGAIN) => break,
                         Err(e) => panic!("{e}"),
@@ -228,5 +236,31 @@ mod tests {
         log.write(b"after\n").unwrap();
         let current = std::fs::read(dir.path().join("vm.log")).unwrap();
         assert!(current.ends_with(b"x\nafter\n") || current == b"after\n");
+    }
+
+    #[test]
+    fn a_file_another_writer_appends_to_is_appended_to_not_spliced() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = open(dir.path(), 1 << 20, 3);
+        log.write(b"ours\n").unwrap();
+        // Another host's append, to the same file.
+        let mut other = std::fs::OpenOptions::new()
+            .append(true)
+            .open(dir.path().join("vm.log"))
+            .unwrap();
+        other.write_all(b"theirs\n").unwrap();
+        let (r, w) = pipe2(OFlag::O_CLOEXEC).unwrap();
+        fcntl(&r, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+        std::fs::File::from(w).write_all(b"more\n").unwrap();
+        assert_eq!(
+            log.splice_from(r.as_fd(), 1 << 20).unwrap(),
+            Spliced::ReadInstead
+        );
+        // Nothing left the pipe, and `write` appends after theirs.
+        let mut buf = [0u8; 64];
+        let n = nix::unistd::read(&r, &mut buf).unwrap();
+        log.write(&buf[..n]).unwrap();
+        let text = std::fs::read(dir.path().join("vm.log")).unwrap();
+        assert_eq!(text, b"ours\ntheirs\nmore\n");
     }
 }
