@@ -31,7 +31,8 @@ mod systemd;
 use std::time::{Duration, Instant};
 
 use libvirt::{
-    Libvirt, QEMU_LOGS, counting_domain, domain_with_devices, holds, log_daemon, seq_so_far,
+    Libvirt, QEMU_LOGS, counting_domain, domain_with_devices, holds, intact, log_daemon,
+    still_counting,
 };
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -67,30 +68,6 @@ fn guestlogctl(lv: &Libvirt, args: &[&str]) -> (String, bool, Duration) {
         text.trim_end()
     );
     (text, out.status.success(), took)
-}
-
-/// Every log's numbered lines so far: each there once, in order; returns
-/// the highest of each.
-fn intact(lv: &Libvirt, logs: &[String], when: &str) -> Vec<u32> {
-    logs.iter()
-        .map(|log| {
-            let (n, missing, errors) = seq_so_far(&lv.read(log));
-            assert!(
-                missing.is_empty() && errors.is_empty(),
-                "{when}: {log}: {} of {n} lines missing {missing:?}, {errors:?}",
-                missing.len()
-            );
-            n
-        })
-        .collect()
-}
-
-/// Waits until each log has new lines past `since`, then checks them all.
-fn still_counting(lv: &Libvirt, logs: &[String], since: &[u32], when: &str) -> Vec<u32> {
-    for (log, n) in logs.iter().zip(since) {
-        lv.wait_for(log, &format!("SEQ {:06}", n + 3), LIMIT);
-    }
-    intact(lv, logs, when)
 }
 
 /// The figure guestlogctl prints as "(N s after the command)".

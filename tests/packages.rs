@@ -47,8 +47,8 @@ use std::{
 };
 
 use libvirt::{
-    Libvirt, QEMU_LOGS, check_seq, counting_domain, domain_with_devices, domain_xml, holds,
-    pty_serial, seq_so_far,
+    Libvirt, QEMU_LOGS, check_seq, counting_domain, domain_with_devices, domain_xml, holds, intact,
+    pty_serial, still_counting,
 };
 
 const LIMIT: Duration = Duration::from_secs(120);
@@ -133,35 +133,6 @@ fn try_dpkg(lv: &Libvirt, args: &[&str]) -> (String, bool) {
     );
     println!("--- dpkg {args:?} ({})\n{}", out.status, text.trim_end());
     (text, out.status.success())
-}
-
-/// Every log's numbered lines so far: each there once, in order; the
-/// highest of each.
-fn intact(lv: &Libvirt, logs: &[String], when: &str) -> Vec<u32> {
-    logs.iter()
-        .map(|log| {
-            // Oldest first, across rotations (virtlogd.conf caps them).
-            let text: String = [".2", ".1", ".0", ""]
-                .iter()
-                .map(|b| lv.read(&format!("{log}{b}")))
-                .collect();
-            let (n, missing, errors) = seq_so_far(&text);
-            assert!(
-                missing.is_empty() && errors.is_empty(),
-                "{when}: {log}: {} of {n} lines missing {missing:?}, {errors:?}",
-                missing.len()
-            );
-            n
-        })
-        .collect()
-}
-
-/// Waits until each log has new lines past `since`, then checks them all.
-fn still_counting(lv: &Libvirt, logs: &[String], since: &[u32], when: &str) -> Vec<u32> {
-    for (log, n) in logs.iter().zip(since) {
-        lv.wait_for(log, &format!("SEQ {:06}", n + 3), LIMIT);
-    }
-    intact(lv, logs, when)
 }
 
 /// Lines written between two counts, over all logs.

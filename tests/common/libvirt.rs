@@ -325,3 +325,35 @@ pub fn holds(lv: &Libvirt, pid: &str, path: &str) -> bool {
     let fds = lv.run(&["sh", "-c", &format!("readlink /proc/{pid}/fd/*")]);
     fds.lines().any(|l| l == path)
 }
+
+/// Every log's numbered lines so far, oldest first across its rotations
+/// (`.2` … `.0`, then the log): each there once, in order. Returns the
+/// highest of each.
+pub fn intact(lv: &Libvirt, logs: &[String], when: &str) -> Vec<u32> {
+    logs.iter()
+        .map(|log| {
+            let text: String = [".2", ".1", ".0", ""]
+                .iter()
+                .map(|b| lv.read(&format!("{log}{b}")))
+                .collect();
+            let (n, missing, errors) = seq_so_far(&text);
+            assert!(
+                missing.is_empty() && errors.is_empty(),
+                "{when}: {log}: {} of {n} lines missing {missing:?}, {errors:?}",
+                missing.len()
+            );
+            n
+        })
+        .collect()
+}
+
+/// How long a domain printing a line every 100 ms may take to print three.
+const COUNT_LIMIT: Duration = Duration::from_secs(120);
+
+/// Waits until each log has new lines past `since`, then checks them all.
+pub fn still_counting(lv: &Libvirt, logs: &[String], since: &[u32], when: &str) -> Vec<u32> {
+    for (log, n) in logs.iter().zip(since) {
+        lv.wait_for(log, &format!("SEQ {:06}", n + 3), COUNT_LIMIT);
+    }
+    intact(lv, logs, when)
+}
