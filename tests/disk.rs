@@ -17,13 +17,16 @@
 //!   log gets at most the burst plus the rate, and what was dropped is
 //!   counted and marked.
 
+#[path = "common/collect.rs"]
+mod collect;
 mod common;
 #[path = "common/hangfs.rs"]
 mod hangfs;
 
+use collect::collect;
 use std::{
     fs,
-    io::{Read, Write},
+    io::Write,
     os::unix::net::UnixStream,
     path::Path,
     process::Command,
@@ -85,17 +88,7 @@ struct Peer {
 impl Peer {
     fn connect(path: &Path) -> Self {
         let socket = UnixStream::connect(path).unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (mut r, sink) = (socket.try_clone().unwrap(), seen.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 65536];
-            while let Ok(n) = r.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
+        let seen = collect(socket.try_clone().unwrap());
         Self {
             _socket: socket,
             seen,

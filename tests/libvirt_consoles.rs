@@ -20,6 +20,8 @@
 //! - `virsh destroy` removes the console, keeps the logs; the same domain
 //!   starts again on the socket libvirt had chowned, with a new boot log.
 
+#[path = "common/collect.rs"]
+mod collect;
 #[path = "common/libvirt.rs"]
 mod libvirt;
 #[path = "common/libvirt_hook.rs"]
@@ -27,8 +29,9 @@ mod libvirt_hook;
 #[path = "common/systemd.rs"]
 mod systemd;
 
+use collect::collect;
 use std::{
-    io::{Read, Write},
+    io::Write,
     process::{Child, ChildStdin, Command, Stdio},
     sync::{Arc, Mutex},
     thread::sleep,
@@ -61,22 +64,8 @@ impl Attached {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let collect = |mut r: Box<dyn Read + Send>| {
-            let buf = Arc::new(Mutex::new(Vec::new()));
-            let b = buf.clone();
-            std::thread::spawn(move || {
-                let mut chunk = [0u8; 8192];
-                while let Ok(n) = r.read(&mut chunk) {
-                    if n == 0 {
-                        break;
-                    }
-                    b.lock().unwrap().extend_from_slice(&chunk[..n]);
-                }
-            });
-            buf
-        };
-        let out = collect(Box::new(child.stdout.take().unwrap()));
-        let err = collect(Box::new(child.stderr.take().unwrap()));
+        let out = collect(child.stdout.take().unwrap());
+        let err = collect(child.stderr.take().unwrap());
         let stdin = child.stdin.take().unwrap();
         let a = Self {
             child,

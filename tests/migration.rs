@@ -22,6 +22,8 @@
 //! The figures (each migration's wall time and downtime, the ticks per
 //! stay, lost and repeated) are printed with --nocapture.
 
+#[path = "common/collect.rs"]
+mod collect;
 #[path = "common/libvirt.rs"]
 mod libvirt;
 #[path = "common/libvirt_hook.rs"]
@@ -31,8 +33,8 @@ mod libvirt_pair;
 #[path = "common/systemd.rs"]
 mod systemd;
 
+use collect::collect;
 use std::{
-    io::Read,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     thread::sleep,
@@ -69,22 +71,8 @@ impl Ctl {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let collect = |mut r: Box<dyn Read + Send>| {
-            let buf = Arc::new(Mutex::new(Vec::new()));
-            let b = buf.clone();
-            std::thread::spawn(move || {
-                let mut chunk = [0u8; 8192];
-                while let Ok(n) = r.read(&mut chunk) {
-                    if n == 0 {
-                        break;
-                    }
-                    b.lock().unwrap().extend_from_slice(&chunk[..n]);
-                }
-            });
-            buf
-        };
-        let out = collect(Box::new(child.stdout.take().unwrap()));
-        let err = collect(Box::new(child.stderr.take().unwrap()));
+        let out = collect(child.stdout.take().unwrap());
+        let err = collect(child.stderr.take().unwrap());
         Self {
             child,
             out,

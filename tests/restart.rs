@@ -2,12 +2,15 @@
 //! while a real guest prints numbered lines, a client watches and a writer
 //! streams into a pipe. Nothing is lost, repeated or disconnected.
 
+#[path = "common/collect.rs"]
+mod collect;
 mod common;
 #[path = "common/qemu.rs"]
 mod qemu;
 
+use collect::collect;
 use std::{
-    io::{Read, Write},
+    io::Write,
     os::unix::net::UnixStream,
     sync::{Arc, Mutex},
     thread::{self, sleep},
@@ -28,17 +31,7 @@ struct Client {
 impl Client {
     fn attach(path: &str) -> Self {
         let socket = UnixStream::connect(path).unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (mut r, sink) = (socket.try_clone().unwrap(), seen.clone());
-        thread::spawn(move || {
-            let mut buf = [0; 65536];
-            while let Ok(n) = r.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
+        let seen = collect(socket.try_clone().unwrap());
         Self { socket, seen }
     }
 

@@ -4,10 +4,13 @@
 //! held is counted; and another console keeps answering keystrokes
 //! meanwhile (its round trips are printed, not asserted: no timing here).
 
+#[path = "common/collect.rs"]
+mod collect;
 mod common;
 #[path = "common/qemu.rs"]
 mod qemu;
 
+use collect::collect;
 use std::{
     io::{Read, Write},
     os::unix::net::UnixStream,
@@ -32,17 +35,7 @@ struct Peer {
 impl Peer {
     fn connect(path: &str) -> Self {
         let socket = UnixStream::connect(path).unwrap();
-        let seen = Arc::new(Mutex::new(Vec::new()));
-        let (mut r, sink) = (socket.try_clone().unwrap(), seen.clone());
-        std::thread::spawn(move || {
-            let mut buf = [0u8; 65536];
-            while let Ok(n) = r.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock().unwrap().extend_from_slice(&buf[..n]);
-            }
-        });
+        let seen = collect(socket.try_clone().unwrap());
         Self { socket, seen }
     }
 
