@@ -108,7 +108,13 @@ async fn a_disk_that_hangs_freezes_only_the_logs_it_holds() {
     }
 
     hangfs.hang();
-    for p in &mut pipes {
+    // stuck-a gets a pipe's worth at once, which is spliced rather than
+    // read: the splice the disk holds must not hold the writer's pipe.
+    let bulk: Vec<u8> = (0..4096)
+        .flat_map(|i| format!("held {i:024}\n").into_bytes())
+        .collect();
+    pipes[0].write_all(&bulk).unwrap();
+    for p in &mut pipes[1..] {
         p.write_all(b"held\n").unwrap();
     }
     for name in stuck {
@@ -116,6 +122,15 @@ async fn a_disk_that_hangs_freezes_only_the_logs_it_holds() {
             hangfs.holds(&format!("{name}.log"))
         });
     }
+    // The writer of a held log still writes, and closes, at once.
+    let mut writer = pipes[0].try_clone().unwrap();
+    let wrote = std::thread::spawn(move || {
+        writer.write_all(b"more\n").unwrap();
+        drop(writer);
+    });
+    wait_until("the held log's writer to write and close", || {
+        wrote.is_finished()
+    });
 
     all_else_goes_on(&d, &hangfs, &mut free, "1").await;
     guest.write_all(b"hello from the guest\r\n").unwrap();

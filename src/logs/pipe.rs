@@ -341,6 +341,10 @@ enum Moved {
 
 /// Reads a job's budget at most: each is written at once.
 const JOB_READS: usize = 16;
+/// The least worth a splice: one costs about ten system calls (its own
+/// pipe made, moved into, moved out of, closed), a read and a write two;
+/// a pipe holding less (a guest's few bytes at a time) is read.
+const SPLICE_MIN: usize = 64 * 1024;
 /// The most one splice moves: the whole pipe.
 const SPLICE_MAX: usize = PIPE_SIZE as usize;
 /// What is read, not spliced, where the cap is near: more than the line
@@ -355,8 +359,9 @@ async fn transfer(read: &Arc<Kept<AsyncFd<OwnedFd>>>, guard: &PipeGuard, until: 
     let job = guard.log().run(Wait::Forever, move |log, slot| {
         // Nothing needs the bytes in user space: the kernel moves them
         // from the pipe into the file, and a read (below) happens only
-        // near the cap, where a line end decides the cut, or after a
-        // failed splice, so that what the disk refuses is counted.
+        // for a few bytes (`SPLICE_MIN`), near the cap, where a line end
+        // decides the cut, or after a failed splice, so that what the disk
+        // refuses is counted.
         let splices = log.splices();
         Ok(BUFFER.with_borrow_mut(|buf| {
             for k in 0.. {
@@ -368,7 +373,7 @@ async fn transfer(read: &Arc<Kept<AsyncFd<OwnedFd>>>, guard: &PipeGuard, until: 
                 // Near the cap a small read sees the line ends that decide
                 // the cut; after a failed splice a whole one is counted.
                 let mut want = buf.len();
-                if splices {
+                if splices && unread(read.get_ref()) >= SPLICE_MIN {
                     match log.splice_in(slot, read.get_ref().as_fd(), SPLICE_MAX) {
                         Ok(Spliced::Moved(_)) => continue,
                         Ok(Spliced::Eof) => return Moved::Eof,
