@@ -118,8 +118,16 @@ async fn attach_types_to_the_guest_detaches_and_restores_the_terminal() {
 
     tmux.keys(&["echo typed-in-tmux", "Enter"]);
     tmux.wait_for("ECHO typed-in-tmux");
-    // The guest's echo is in the log; what was typed went only to the guest.
-    let log = std::fs::read_to_string(d.log_path("vm")).unwrap();
+    // The guest's echo is in the log (which gets each read as the client
+    // does, so a moment may pass); what was typed went only to the guest.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let log = loop {
+        let log = std::fs::read_to_string(d.log_path("vm")).unwrap();
+        if log.contains("ECHO typed-in-tmux") || std::time::Instant::now() >= deadline {
+            break log;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
     assert!(log.contains("ECHO typed-in-tmux"), "{log}");
 
     tmux.keys(&["C-]"]);
