@@ -391,11 +391,15 @@ pub async fn call(
 
 /// guestlogd's GetStatus, if it answers.
 pub async fn status(socket: &Path) -> Option<Value> {
-    call(socket, "GetStatus", Value::Object(Default::default()))
-        .await
-        .ok()?
-        .ok()
+    // Bounded: while a process is between two images (guestlogd handing
+    // back to virtlogd) or systemd holds the socket for a service that is
+    // not running, a connection is accepted and never answered.
+    let call = call(socket, "GetStatus", Value::Object(Default::default()));
+    tokio::time::timeout(STATUS_WAIT, call).await.ok()?.ok()?.ok()
 }
+
+/// How long one GetStatus of a switch's polls may take.
+const STATUS_WAIT: Duration = Duration::from_secs(2);
 
 /// Polls `check` every 50 ms until it gives a value, or `limit` passes.
 pub async fn wait_for<T, F, Fut>(limit: Duration, mut check: F) -> Option<T>
