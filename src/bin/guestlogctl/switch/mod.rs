@@ -395,7 +395,11 @@ pub async fn status(socket: &Path) -> Option<Value> {
     // back to virtlogd) or systemd holds the socket for a service that is
     // not running, a connection is accepted and never answered.
     let call = call(socket, "GetStatus", Value::Object(Default::default()));
-    tokio::time::timeout(STATUS_WAIT, call).await.ok()?.ok()?.ok()
+    tokio::time::timeout(STATUS_WAIT, call)
+        .await
+        .ok()?
+        .ok()?
+        .ok()
 }
 
 /// How long one GetStatus of a switch's polls may take.
