@@ -335,20 +335,21 @@ fn hosts_sharing_their_qemu_logs_keep_one_file_in_order() {
     pair.virsh(Side::A, &["destroy", NAME]);
     let text = pair.a().read(&serial);
     assert_eq!(text, pair.b().read(&serial), "one file");
+    // Two of each line. In one shared file the source's `migrated out`
+    // goes where its QEMU's pipe ends, which may follow the destination's
+    // `migrated in` and first lines: each host's lines are in its own
+    // order, and every tick is in the file once, in order.
+    let marks = (text.matches(OUT).count(), text.matches(IN).count());
+    assert_eq!(marks, (2, 2), "two outs and two ins:\n{text}");
     let parts = stays(&text);
-    assert_eq!(
-        parts.len(),
-        5,
-        "out, in, out, in between three stays:\n{text}"
-    );
-    assert!(
-        parts[1].is_empty() && parts[3].is_empty(),
-        "each out is followed by its in:\n{text}"
-    );
+    let parts: Vec<&str> = parts
+        .iter()
+        .map(String::as_str)
+        .filter(|p| !p.trim().is_empty())
+        .collect();
     assert!(parts[0].contains("GUEST READY"), "the boot is gone");
-    // Every tick once, in order, in the file: the parts are the file less
-    // the migration's lines.
-    let report = exactly_once("the shared serial log", &[&parts[0], &parts[2], &parts[4]]);
+    // The parts are the file less the migration's lines.
+    let report = exactly_once("the shared serial log", &parts);
     eprintln!("{ab}");
     eprintln!("{ba}");
     eprintln!("shared serial log (A, B, A): {report}");
